@@ -1,0 +1,5 @@
+import sys
+
+from fitvision.cli import main
+
+sys.exit(main())

@@ -1,0 +1,266 @@
+"""Command-line interface: argparse subcommands that call library functions.
+
+Exit status: 0 success, 2 usage error (argparse), 1 any other failure with one
+``error: ...`` line on stderr (a traceback only when FITVISION_DEBUG=1).
+Library modules are imported inside the handlers so `fitvision --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+from fitvision import __version__
+from fitvision.errors import FitVisionError
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+# --------------------------------------------------------------------------- datasets
+def cmd_datasets(args) -> int:
+    from fitvision.data.sources import catalog_status
+
+    if args.action is None:
+        rows = catalog_status()
+        if args.json:
+            _print_json(rows)
+            return 0
+        for r in rows:
+            where = r["location"] or "not found locally (downloaded on first use)"
+            print(f"{r['name']:<12} {r['description']:<52} {where}")
+        return 0
+    if args.target is None:
+        raise FitVisionError(f"'fitvision datasets {args.action}' needs a dataset name or path")
+    if args.action == "info":
+        from fitvision.data.decode import dataset_info
+
+        info = dataset_info(args.target, storage_size=args.size)
+        if args.json:
+            _print_json(info)
+        else:
+            for k, v in info.items():
+                print(f"{k:<11} {v}")
+        return 0
+    if args.action == "show":
+        from fitvision.report.plots import show_dataset
+
+        out = args.out or "batch.png"
+        show_dataset(args.target, out, augment=args.augment, n=args.n, seed=args.seed, storage_size=args.size)
+        print(f"wrote {out}")
+        return 0
+    raise FitVisionError(f"unknown datasets action '{args.action}' (valid: info, show)")
+
+
+# --------------------------------------------------------------------------- models
+def cmd_models(args) -> int:
+    from fitvision.models import model_table
+
+    rows = model_table()
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        print(f"{r['name']:<12} {r['params']:>12,}  {r['description']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+_TRAIN_FLAGS = [
+    # flag, config field, type, help
+    ("--data", "data", str, "dataset name, folder or archive (default cifar10)"),
+    ("--model", "model", str, "architecture name (see `fitvision models`)"),
+    ("--width", "width", float, "channel width multiplier"),
+    ("--epochs", "epochs", float, "number of epochs"),
+    ("--bs", "bs", int, "batch size"),
+    ("--lr", "lr", float, "peak learning rate"),
+    ("--opt", "opt", str, "optimizer: sgd, nesterov, adam, adamw, lamb, ..."),
+    ("--wd", "wd", float, "weight decay"),
+    ("--clip", "clip", float, "gradient clipping threshold (0 = off)"),
+    ("--sched", "sched", str, "schedule: one_cycle, cosine, linear, constant, step, ..."),
+    ("--aug", "aug", str, "augmentation preset"),
+    ("--size", "size", int, "training input size in pixels"),
+    ("--train-limit", "train_limit", int, "use at most N training images"),
+    ("--valid-limit", "valid_limit", int, "evaluate on at most N validation images"),
+    ("--valid-pct", "valid_pct", float, "validation fraction for unsplit data"),
+    ("--seed", "seed", int, "random seed (split, shuffle, augmentation, init)"),
+    ("--device", "device", str, "auto, cpu, cuda, cuda:N"),
+    ("--precision", "precision", str, "auto, fp32, bf16, fp16"),
+    ("--label-smoothing", "label_smoothing", float, "label smoothing"),
+    ("--early-stop", "early_stop", int, "stop after PATIENCE epochs without val_loss improvement"),
+    ("--init-from", "init_from", str, "run directory whose weights initialise the body"),
+    ("--freeze-epochs", "freeze_epochs", int, "train only the head for the first K epochs"),
+    ("--out", "out", str, "run directory (default runs/<timestamp>-<name>)"),
+]
+_TRAIN_SWITCHES = [
+    ("--compile", "compile", "torch.compile the model (with warm-up)"),
+    ("--tta", "tta", "flip test-time augmentation at evaluation"),
+    ("--freeze", "freeze", "train only the head (see --freeze-epochs)"),
+    ("--resume", "resume", "continue the run in --out from its last checkpoint"),
+]
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default=None, help="named recipe, or auto (default): best for this hardware")
+    p.add_argument("--config", default=None, help="TOML or JSON file setting any config field")
+    for flag, dest, kind, help_ in _TRAIN_FLAGS:
+        p.add_argument(flag, dest=dest, type=kind, default=None, help=help_)
+    for flag, dest, help_ in _TRAIN_SWITCHES:
+        p.add_argument(flag, dest=dest, action="store_true", default=None, help=help_)
+
+
+def _train_config(args):
+    """Recipe, then config file, then flags: later ones win."""
+    from fitvision.config import load_config_file, updated
+    from fitvision.train.run import resolve_recipe
+
+    overrides = load_config_file(args.config) if args.config else {}
+    recipe = args.recipe or overrides.pop("recipe", None) or "auto"
+    cfg, why = resolve_recipe(recipe, data=args.data or overrides.get("data"))
+    cfg = updated(cfg, overrides)
+    flags = {dest: getattr(args, dest) for _, dest, _, _ in _TRAIN_FLAGS}
+    flags.update({dest: getattr(args, dest) for _, dest, _ in _TRAIN_SWITCHES})
+    cfg = updated(cfg, {k: v for k, v in flags.items() if v is not None})
+    return cfg, why
+
+
+def cmd_train(args) -> int:
+    from fitvision.train.run import train_run
+
+    cfg, why = _train_config(args)
+    print(why)
+    train_run(cfg)
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    from fitvision.train.run import lr_find_run
+
+    cfg, why = _train_config(args)
+    print(why)
+    lr_find_run(cfg)
+    return 0
+
+
+# --------------------------------------------------------------------------- eval / predict / report
+def cmd_eval(args) -> int:
+    from fitvision.train.run import evaluate_run
+
+    result = evaluate_run(args.run, data=args.data, tta=args.tta)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"val_acc {result['val_acc']:.4f}  val_loss {result['val_loss']:.4f}  ({result['num_valid']} images)")
+        for name, acc in result["per_class_acc"].items():
+            print(f"  {name:<16} {acc:.4f}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from fitvision.train.predict import predict_files
+
+    results = predict_files(args.run, args.images, topk=args.topk)
+    failed = 0
+    for r in results:
+        if "error" in r:
+            failed += 1
+            print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
+    ok = [r for r in results if "error" not in r]
+    if args.json:
+        _print_json(ok)
+    else:
+        for r in ok:
+            top = ", ".join(f"{p['class']} {p['prob']:.3f}" for p in r["top"])
+            print(f"{r['file']}: {top}")
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from fitvision.report.html import render_run_report
+
+    path = render_run_report(args.run)
+    print(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fitvision",
+        description="Train image classifiers fast and well: CIFAR-10, Imagenette, or any folder of labelled images.",
+    )
+    parser.add_argument("--version", action="version", version=f"fitvision {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("datasets", help="dataset catalog; `info` and `show` for one dataset")
+    p.add_argument("action", nargs="?", choices=["info", "show"], help="info or show")
+    p.add_argument("target", nargs="?", help="dataset name, folder or archive")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--out", default=None, help="output PNG for `show`")
+    p.add_argument("--augment", action="store_true", help="`show`: apply the training augmentation")
+    p.add_argument("--n", type=int, default=32, help="`show`: number of images")
+    p.add_argument("--seed", type=int, default=0, help="`show`: which images and augmentations")
+    p.add_argument("--size", type=int, default=160, help="storage size for images larger than 32 px")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("models", help="list the model registry")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train", help="train a model and write a run directory")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("lr-find", help="learning-rate range test; plots loss vs lr")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("eval", help="evaluate a run on its validation data")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", default=None, help="evaluate on other data with the same classes")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="classify image files with a trained run")
+    p.add_argument("run", help="run directory")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", help="re-render plots and report.html of a run")
+    p.add_argument("run", help="run directory")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except FitVisionError as e:
+        if os.environ.get("FITVISION_DEBUG") == "1":
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, but the user still gets one line unless debugging
+        if os.environ.get("FITVISION_DEBUG") == "1":
+            traceback.print_exc()
+        print(f"error: {type(e).__name__}: {e} (set FITVISION_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

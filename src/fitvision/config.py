@@ -1,0 +1,163 @@
+"""The one training config: every default lives here, recipes are named instances.
+
+The CLI and config files only fill in a TrainConfig; nothing else holds a default.
+Units are in the comments: "per batch" etc. matter when batch size changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fitvision.errors import FitVisionError
+
+
+@dataclass
+class TrainConfig:
+    # --- data ---
+    data: str = "cifar10"  # catalog name, folder or archive of class folders
+    size: int = 0  # training input size in px; 0 = the dataset's storage size
+    storage_size: int = 160  # decode size for images larger than 32 px (shorter side, centre crop)
+    train_limit: int = 0  # use only the first N training images (after a seeded shuffle); 0 = all
+    valid_limit: int = 0  # evaluate on at most N validation images; 0 = all
+    valid_pct: float = 0.0  # carve a validation split from unsplit data (or from train, for tuning)
+    aug: str = "crop_flip"  # augmentation preset name, see fitvision.data.augment
+    normalize: str = "auto"  # "auto": channel stats of the training split; "cifar": the seeds' stats
+
+    # --- model ---
+    model: str = "resnet9"
+    width: float = 1.0  # channel multiplier
+    init: str = "default"  # "default" (kaiming / the model's own) or "lsuv"
+
+    # --- optimisation ---
+    epochs: float = 16  # may be fractional (airbench-style schedules)
+    bs: int = 400  # batch size
+    opt: str = "adam"  # optimizer name, see fitvision.optim.create_optimizer
+    lr: float = 0.01  # peak learning rate (per batch, not scaled by batch size)
+    momentum: float = 0.9  # SGD momentum, or Adam beta1
+    beta2: float = 0.99  # Adam/LAMB beta2
+    eps: float = 1e-5  # Adam/LAMB epsilon
+    wd: float = 1e-4  # weight decay
+    wd_mode: str = "l2"  # "l2" (added to the gradient, as torch.optim.Adam) or "decoupled"
+    clip: float = 0.1  # gradient clipping threshold; 0 = off
+    clip_mode: str = "value"  # "value" (the seeds) or "norm"
+    sched: str = "one_cycle"  # schedule name, see fitvision.optim.schedules
+    pct_start: float = 0.25  # one-cycle warm-up fraction
+    div_factor: float = 25.0  # one-cycle: initial lr = lr / div_factor
+    final_div_factor: float = 1e4  # one-cycle: final lr = initial lr / final_div_factor
+    label_smoothing: float = 0.0
+    ema: float = 0.0  # EMA decay of weights per step; 0 = off
+
+    # --- loop ---
+    seed: int = 0  # one seed drives split, shuffle, augmentation and init
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    precision: str = "auto"  # "auto", "fp32", "bf16", "fp16"
+    channels_last: bool = True
+    compile: bool = False
+    tta: bool = False  # flip test-time augmentation at evaluation
+    early_stop: int = 0  # patience in epochs on val_loss; 0 = off
+    init_from: str = ""  # run directory whose body weights initialise the model
+    freeze: bool = False  # train only the head (for freeze_epochs, or the whole run if 0)
+    freeze_epochs: int = 0
+    resume: bool = False
+    out: str = ""  # run directory; "" = runs/<timestamp>-<name>
+    recipe: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _field_types() -> dict[str, type]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in fields(TrainConfig)}
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a value from a config file or flag to the field's type, or raise a clear error."""
+    types = _field_types()
+    if name not in types:
+        valid = ", ".join(sorted(types))
+        raise FitVisionError(f"unknown config key '{name}' (valid keys: {valid})")
+    kind = types[name]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise FitVisionError(f"config key '{name}' must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise FitVisionError(f"config key '{name}' must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise FitVisionError(f"config key '{name}' must be an integer, got {value!r}") from None
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise FitVisionError(f"config key '{name}' must be a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise FitVisionError(f"config key '{name}' must be a number, got {value!r}") from None
+    if not isinstance(value, str):
+        raise FitVisionError(f"config key '{name}' must be a string, got {value!r}")
+    return value
+
+
+def updated(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """A copy of cfg with overrides applied, each checked and converted."""
+    clean = {k: coerce(k, v) for k, v in overrides.items()}
+    return dataclasses.replace(cfg, **clean)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON config file into a flat dict of overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise FitVisionError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import tomllib  # noqa: PLC0415 - Python >= 3.11; 3.10 users pass JSON
+
+            data = tomllib.loads(text)
+    except ModuleNotFoundError:
+        raise FitVisionError(f"{path}: TOML needs Python >= 3.11; use a .json config instead") from None
+    except (ValueError, json.JSONDecodeError) as e:
+        raise FitVisionError(f"{path}: cannot parse config: {e}") from None
+    if not isinstance(data, dict):
+        raise FitVisionError(f"{path}: a config file must hold a table of keys")
+    return data
+
+
+# Named recipes. Each is a complete TrainConfig; "auto" picks one by hardware.
+RECIPES: dict[str, TrainConfig] = {
+    # Exactly the hyperparameters of seed 001: ResNet9, Adam, one-cycle to 0.01, wd 1e-4,
+    # clip by value 0.1, batch 400, 16 epochs, reflect-pad crop + flip, the seeds' stats.
+    "seed": TrainConfig(
+        model="resnet9", epochs=16, bs=400, opt="adam", lr=0.01, wd=1e-4, wd_mode="l2",
+        clip=0.1, clip_mode="value", sched="one_cycle", aug="crop_flip", normalize="cifar",
+        precision="fp32", recipe="seed",
+    ),
+}
+
+
+def get_recipe(name: str) -> TrainConfig:
+    if name not in RECIPES:
+        valid = ", ".join(sorted(RECIPES))
+        raise FitVisionError(f"unknown recipe '{name}' (valid recipes: auto, {valid})")
+    return dataclasses.replace(RECIPES[name])
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+

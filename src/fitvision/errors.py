@@ -1,0 +1,9 @@
+"""The one exception type for problems a user can fix."""
+
+
+class FitVisionError(Exception):
+    """A failure caused by input or environment, with a message a user can act on.
+
+    The CLI prints it as a single ``error: ...`` line and exits with status 1;
+    every other exception is a bug and keeps its traceback under FITVISION_DEBUG=1.
+    """

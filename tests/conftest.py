@@ -1,0 +1,23 @@
+"""Shared fixtures. Tests needing the real datasets read FITVISION_DATA_DIR and skip without it."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    value = os.environ.get("FITVISION_DATA_DIR", "")
+    path = Path(value) if value else None
+    if path is None or not (path / "cifar10-jpeg.tgz").is_file():
+        pytest.skip("real datasets absent: set FITVISION_DATA_DIR to the folder holding cifar10-jpeg.tgz")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep tests away from the user's cache unless a test asks for the shared one."""
+    shared = os.environ.get("FITVISION_TEST_CACHE_DIR")
+    cache = Path(shared) if shared else tmp_path_factory.getbasetemp() / "fitvision-cache"
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(cache))
