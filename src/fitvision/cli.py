@@ -148,7 +148,7 @@ def cmd_lr_find(args) -> int:
 
 # --------------------------------------------------------------------------- eval / predict / report
 def cmd_eval(args) -> int:
-    from fitvision.train.run import evaluate_run
+    from fitvision.train.inference import evaluate_run
 
     result = evaluate_run(args.run, data=args.data, tta=args.tta)
     if args.json:
@@ -161,7 +161,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from fitvision.train.predict import predict_files
+    from fitvision.train.inference import predict_files
 
     results = predict_files(args.run, args.images, topk=args.topk)
     failed = 0

@@ -1,0 +1,80 @@
+"""model.safetensors + model.json: everything needed to predict, without the training config."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fitvision.errors import FitVisionError
+
+WEIGHTS = "model.safetensors"
+META = "model.json"
+META_KEYS = ("model", "model_kwargs", "classes", "mean", "std", "input_size", "storage_size")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: never a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(run_dir: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """Save weights (safetensors) and meta (json). meta must hold every key in META_KEYS."""
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"model meta lacks {missing}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Unwrap torch.compile and make tensors contiguous CPU copies: safetensors refuses shared storage.
+    module = getattr(model, "_orig_mod", model)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    tmp = run_dir / f".{WEIGHTS}.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, run_dir / WEIGHTS)
+    atomic_write_bytes(run_dir / META, (json.dumps(meta, indent=2) + "\n").encode())
+
+
+def read_meta(run_dir: str | Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FitVisionError(f"run directory not found: {run_dir}")
+    path = run_dir / META
+    if not path.is_file():
+        raise FitVisionError(f"{run_dir} is not a finished run: {META} is missing")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise FitVisionError(f"{path} is corrupt: {e}") from None
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the architecture from model.json and load model.safetensors into it."""
+    from fitvision.models import create_model
+
+    run_dir = Path(run_dir)
+    meta = read_meta(run_dir)
+    weights = run_dir / WEIGHTS
+    if not weights.is_file():
+        raise FitVisionError(f"{run_dir} has no {WEIGHTS}")
+    model = create_model(meta["model"], **meta["model_kwargs"])
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as e:  # safetensors raises its own types for corrupt headers
+        raise FitVisionError(f"{weights} is corrupt: {e}") from None
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta
