@@ -1,0 +1,199 @@
+"""Random hyperparameter search (seed 003): train many short runs, pick the best on validation.
+
+The validation split is carved from the training data (``valid_pct``), so the test set is
+looked at once at most: when the best configuration is retrained on all the training data.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import re
+import time
+import typing
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from fitvision.config import TrainConfig, coerce
+from fitvision.errors import FitVisionError
+
+TUNE_VALID_PCT = 0.1  # used when the base config carves no validation split of its own
+_RANGE = re.compile(r"^(?P<low>[^.].*?)\.\.(?P<high>[^.].*?)(?::(?P<scale>log|lin))?$")
+_SYNTAX = "expected NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A|B|C"
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched config field: a (log-)uniform range, or a list of choices."""
+
+    name: str
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    integer: bool = False  # an int field (bs, epochs as int): draws are rounded
+    choices: tuple = ()
+
+    def sample(self, rng: random.Random) -> Any:
+        if self.choices:
+            return rng.choice(self.choices)
+        if self.log:
+            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        else:
+            value = rng.uniform(self.low, self.high)
+        return round(value) if self.integer else value
+
+
+def _number(entry: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise FitVisionError(f"search space entry '{entry}': '{text}' is not a number ({_SYNTAX})") from None
+
+
+def _field_kind(name: str) -> type:
+    coerce(name, "0")  # an unknown key fails here, with the list of valid ones
+    return typing.get_type_hints(TrainConfig)[name]
+
+
+def _parse_dim(entry: str) -> Dim:
+    name, sep, value = (s.strip() for s in entry.partition("="))
+    if not sep or not name or not value:
+        raise FitVisionError(f"search space entry '{entry}': {_SYNTAX}")
+    kind = _field_kind(name)
+    match = _RANGE.match(value)
+    if match:
+        if kind not in (int, float):
+            raise FitVisionError(f"search space entry '{entry}': '{name}' is not numeric; list choices A|B")
+        low, high = _number(entry, match["low"]), _number(entry, match["high"])
+        log = match["scale"] == "log"
+        if not low < high:
+            raise FitVisionError(f"search space entry '{entry}': LOW must be below HIGH")
+        if log and low <= 0:
+            raise FitVisionError(f"search space entry '{entry}': a :log range needs LOW > 0")
+        return Dim(name, low, high, log, integer=kind is int)
+    if ".." in value:
+        raise FitVisionError(f"search space entry '{entry}': {_SYNTAX}")
+    choices = tuple(coerce(name, c.strip()) for c in value.split("|"))
+    return Dim(name, choices=choices)
+
+
+def parse_space(text: str) -> dict[str, Dim]:
+    """'lr=1e-4..1e-1:log,wd=1e-5..1e-3:log,bs=128|256' -> {name: Dim}."""
+    space: dict[str, Dim] = {}
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        dim = _parse_dim(entry)
+        if dim.name in space:
+            raise FitVisionError(f"search space names '{dim.name}' twice")
+        space[dim.name] = dim
+    if not space:
+        raise FitVisionError(f"empty search space: {_SYNTAX}")
+    return space
+
+
+def sample_configs(space: dict[str, Dim], trials: int, seed: int) -> list[dict[str, Any]]:
+    """The trials' parameters, drawn from one seeded RNG: the same seed gives the same search."""
+    rng = random.Random(seed)
+    return [{name: dim.sample(rng) for name, dim in space.items()} for _ in range(trials)]
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
+
+
+def _read_val_acc(run_dir: Path) -> float:
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    acc = float(summary["val_acc"])
+    if not math.isfinite(acc):
+        raise FitVisionError(f"validation accuracy is {acc}")
+    return acc
+
+
+def run_trial(cfg: TrainConfig, train: Callable[[TrainConfig], Any]) -> dict[str, Any]:
+    """Train once; a failure a search should survive (NaN, OOM, bad value) becomes status 'failed'."""
+    start = time.perf_counter()
+    try:
+        val_acc, status, error = _read_val_acc(train(cfg)), "ok", ""
+    except FitVisionError as e:
+        val_acc, status, error = float("nan"), "failed", str(e)
+    except Exception as e:  # OOM is recoverable for the next trial; anything else is a bug
+        if not _is_oom(e):
+            raise
+        val_acc, status, error = float("nan"), "failed", f"out of memory: {str(e).splitlines()[0]}"
+        _free_device_memory()
+    return {"val_acc": val_acc, "seconds": round(time.perf_counter() - start, 2), "status": status,
+            "error": error}
+
+
+def _free_device_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def write_trials_csv(path: Path, rows: list[dict[str, Any]], names: list[str]) -> None:
+    from fitvision.train.modelfile import atomic_write_bytes
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["trial", *names, "val_acc", "seconds", "status", "error"],
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def best_trial(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Highest val_acc among successful trials; the earliest wins a tie."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        raise FitVisionError(f"all {len(rows)} trials failed; see the error column of trials.csv")
+    return max(ok, key=lambda r: (r["val_acc"], -r["trial"]))
+
+
+def _default_train(cfg: TrainConfig):
+    from fitvision.train.run import train_run
+
+    return train_run(cfg)
+
+
+def tune(base: TrainConfig, space: dict[str, Dim], trials: int, out: str | Path, retrain: bool = False,
+         train: Callable[[TrainConfig], Any] = _default_train) -> dict[str, Any]:
+    """Run the search, write trials.csv and best.json in ``out``, and return best.json's content.
+
+    ``train`` maps a TrainConfig to a finished run directory (``train_run``; a stand-in in tests).
+    """
+    if trials < 1:
+        raise FitVisionError(f"--trials must be at least 1, got {trials}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    search = replace(base, valid_pct=base.valid_pct or TUNE_VALID_PCT, out="", resume=False)
+    names = list(space)
+    rows: list[dict[str, Any]] = []
+    for i, params in enumerate(sample_configs(space, trials, base.seed)):
+        cfg = replace(search, **params, out=str(out / f"trial-{i:03d}"))
+        print(f"trial {i + 1}/{trials}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                      for k, v in params.items()))
+        rows.append({"trial": i, **params, **run_trial(cfg, train)})
+        write_trials_csv(out / "trials.csv", rows, names)
+        print(f"  -> {rows[-1]['status']} val_acc {rows[-1]['val_acc']:.4f} in {rows[-1]['seconds']:.1f}s")
+    best = best_trial(rows)
+    result = {"trial": best["trial"], "params": {k: best[k] for k in names}, "val_acc": best["val_acc"],
+              "run_dir": str(out / f"trial-{best['trial']:03d}"), "valid_pct": search.valid_pct,
+              "trials": trials, "failed": sum(r["status"] != "ok" for r in rows)}
+    if retrain:
+        result.update(_retrain(base, result["params"], out, train))
+    (out / "best.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _retrain(base: TrainConfig, params: dict[str, Any], out: Path, train) -> dict[str, Any]:
+    """The best configuration on all the training data; its validation set is the test set, seen once."""
+    cfg = replace(base, **params, valid_pct=0.0, out=str(out / "retrain"), resume=False)
+    run_dir = train(cfg)
+    return {"retrain_run": str(run_dir), "test_acc": _read_val_acc(Path(run_dir))}

@@ -1,0 +1,136 @@
+import csv
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from fitvision.config import TrainConfig
+from fitvision.errors import FitVisionError
+from fitvision.tune import Dim, parse_space, sample_configs, tune
+
+
+def test_parse_space_ranges_and_choices():
+    space = parse_space("lr=1e-4..1e-1:log, wd=0..1e-3,bs=128|256")
+    assert space == {
+        "lr": Dim("lr", 1e-4, 1e-1, log=True),
+        "wd": Dim("wd", 0.0, 1e-3),
+        "bs": Dim("bs", choices=(128, 256)),
+    }
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lr=1e-4..", "search space entry 'lr=1e-4..': expected NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A|B|C"),
+    ("lr", "search space entry 'lr': expected NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A|B|C"),
+    ("lr=a..1", "search space entry 'lr=a..1': 'a' is not a number "
+                "(expected NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A|B|C)"),
+    ("lr=0..1:log", "search space entry 'lr=0..1:log': a :log range needs LOW > 0"),
+    ("lr=1..0.1", "search space entry 'lr=1..0.1': LOW must be below HIGH"),
+    ("lr=0.1|0.2,lr=0.3|0.4", "search space names 'lr' twice"),
+    ("model=1..2", "search space entry 'model=1..2': 'model' is not numeric; list choices A|B"),
+    ("bs=64|big", "config key 'bs' must be an integer, got 'big'"),
+    ("", "empty search space: expected NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A|B|C"),
+])
+def test_parse_space_errors(text, message):
+    with pytest.raises(FitVisionError) as e:
+        parse_space(text)
+    assert str(e.value) == message
+
+
+def test_parse_space_unknown_key_names_it():
+    with pytest.raises(FitVisionError, match=r"^unknown config key 'learning_rate' \(valid keys: .*\blr\b"):
+        parse_space("learning_rate=0.1..1")
+
+
+def test_sampling_is_seeded_in_range_and_log_uniform():
+    space = parse_space("lr=1e-4..1e-1:log,bs=100..200,opt=sgd|adam")
+    draws = sample_configs(space, 2000, seed=3)
+    assert draws == sample_configs(space, 2000, seed=3)
+    assert draws != sample_configs(space, 2000, seed=4)
+    assert all(1e-4 <= d["lr"] <= 1e-1 and 100 <= d["bs"] <= 200 and isinstance(d["bs"], int) for d in draws)
+    assert {d["opt"] for d in draws} == {"sgd", "adam"}
+    # Log-uniform: each decade gets about a third of the draws (a linear draw would give ~1% below 1e-3).
+    below = sum(d["lr"] < 1e-3 for d in draws) / len(draws)
+    assert 0.28 < below < 0.39
+
+
+class FakeTrain:
+    """Stands in for train_run: writes summary.json with a val_acc that is a known function of lr."""
+
+    def __init__(self, fail_lr_above=None):
+        self.fail_lr_above = fail_lr_above
+        self.configs = []
+
+    def __call__(self, cfg: TrainConfig):
+        self.configs.append(cfg)
+        if self.fail_lr_above is not None and cfg.lr > self.fail_lr_above:
+            raise FitVisionError("loss became NaN at epoch 1; lower --lr")
+        run = Path(cfg.out)
+        run.mkdir(parents=True)
+        acc = 1.0 - abs(math.log10(cfg.lr) + 2.0) / 10 + (cfg.bs == 256) * 0.01  # best near lr=1e-2
+        (run / "summary.json").write_text(json.dumps({"val_acc": acc}))
+        return run
+
+
+def test_tune_picks_best_val_acc_and_records_failures(tmp_path):
+    space = parse_space("lr=1e-4..1:log,bs=128|256")
+    fake = FakeTrain(fail_lr_above=0.1)
+    base = TrainConfig(data="tiny", epochs=1, seed=5)
+    result = tune(base, space, trials=8, out=tmp_path, retrain=True, train=fake)
+
+    with open(tmp_path / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["trial"] for r in rows] == [str(i) for i in range(8)]
+    params = sample_configs(space, 8, seed=5)
+    assert [float(r["lr"]) for r in rows] == [p["lr"] for p in params]
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert failed and all(float(r["lr"]) > 0.1 for r in failed)
+    assert all(r["error"] == "loss became NaN at epoch 1; lower --lr" for r in failed)
+    assert all(r["val_acc"] == "nan" for r in failed)
+    ok = [r for r in rows if r["status"] == "ok"]
+    best = max(ok, key=lambda r: float(r["val_acc"]))
+
+    saved = json.loads((tmp_path / "best.json").read_text())
+    assert saved == result
+    assert saved["trial"] == int(best["trial"])
+    assert saved["val_acc"] == float(best["val_acc"])
+    assert saved["params"] == {"lr": float(best["lr"]), "bs": int(best["bs"])}
+    assert saved["failed"] == len(failed)
+    # Trials validate on a split of the training data; only the retrain sees the test set.
+    assert all(c.valid_pct == 0.1 for c in fake.configs[:8])
+    retrain = fake.configs[-1]
+    assert retrain.valid_pct == 0.0 and retrain.lr == saved["params"]["lr"] and retrain.bs == saved["params"]["bs"]
+    assert saved["test_acc"] == json.loads((tmp_path / "retrain" / "summary.json").read_text())["val_acc"]
+
+
+def test_tune_keeps_users_valid_pct_and_fails_when_all_trials_fail(tmp_path):
+    fake = FakeTrain(fail_lr_above=0.0)
+    with pytest.raises(FitVisionError, match=r"^all 2 trials failed; see the error column of trials.csv$"):
+        tune(TrainConfig(valid_pct=0.2), parse_space("lr=0.1|0.2"), trials=2, out=tmp_path, train=fake)
+    assert [c.valid_pct for c in fake.configs] == [0.2, 0.2]
+    assert len((tmp_path / "trials.csv").read_text().splitlines()) == 3
+
+
+def test_tune_records_oom_but_raises_bugs(tmp_path):
+    def oom(cfg):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(FitVisionError, match="all 1 trials failed"):
+        tune(TrainConfig(), parse_space("lr=0.1|0.2"), trials=1, out=tmp_path / "a", train=oom)
+    row = next(csv.DictReader(open(tmp_path / "a" / "trials.csv")))
+    assert row["status"] == "failed" and row["error"].startswith("out of memory: CUDA out of memory")
+
+    def bug(cfg):
+        raise ZeroDivisionError("a bug, not a bad hyperparameter")
+
+    with pytest.raises(ZeroDivisionError):
+        tune(TrainConfig(), parse_space("lr=0.1|0.2"), trials=1, out=tmp_path / "b", train=bug)
+
+
+def test_random_module_state_untouched():
+    random.seed(1)
+    before = random.random()
+    random.seed(1)
+    sample_configs(parse_space("lr=0.1..0.2"), 5, seed=0)
+    assert random.random() == before
