@@ -1,0 +1,128 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from fitvision.config import TrainConfig
+from fitvision.errors import FitVisionError
+from fitvision.train.modelfile import save_model
+from fitvision.train.transfer import BODY_LR_MULT, Phase, apply_init_from, final_layer_name, fine_tune_phases
+
+
+class TinyNet(nn.Module):
+    """The model interface transfer relies on: a body, and a classifier ending in the final layer."""
+
+    def __init__(self, num_classes=4, width=8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3), nn.BatchNorm2d(width), nn.ReLU())
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, width),
+                                        nn.ReLU(), nn.Linear(width, num_classes))
+
+    def get_classifier(self):
+        return self.classifier[-1]
+
+    def forward(self, x):
+        return self.classifier(self.body(x))
+
+
+def save_run(path, model, classes, name="tinynet", width=8):
+    meta = {"model": name, "model_kwargs": {"num_classes": len(classes), "width": width}, "classes": classes,
+            "mean": [0.5] * 3, "std": [0.25] * 3, "input_size": [8, 8], "storage_size": 8}
+    save_model(path, model, meta)
+    return path
+
+
+@pytest.fixture
+def source(tmp_path):
+    torch.manual_seed(1)
+    model = TinyNet(4)
+    with torch.no_grad():  # non-default BN statistics, so that copying them is visible
+        model.body[1].running_mean.uniform_()
+    return model, save_run(tmp_path / "src", model, ["a", "b", "c", "d"])
+
+
+def test_body_loaded_head_fresh_for_new_classes(source):
+    src_model, run = source
+    torch.manual_seed(2)
+    target = TinyNet(3)
+    fresh_head = copy.deepcopy(target.get_classifier().state_dict())
+    info = apply_init_from(target, run, classes=["x", "y", "z"])
+
+    src, dst = src_model.state_dict(), target.state_dict()
+    body_keys = [k for k in dst if not k.startswith("classifier.4.")]
+    assert len(body_keys) == 9  # conv w/b, bn w/b/mean/var/count, hidden fc w/b
+    for key in body_keys:
+        assert torch.equal(dst[key], src[key]), key
+    for key, value in target.get_classifier().state_dict().items():
+        assert torch.equal(value, fresh_head[key])
+    assert info == {"init_from": str(run), "loaded": 9, "head_reset": True, "source_classes": ["a", "b", "c", "d"]}
+
+
+def test_same_classes_copies_the_head_too(source):
+    src_model, run = source
+    target = TinyNet(4)
+    info = apply_init_from(target, TrainConfig(model="tinynet", width=1.0, init_from=str(run)),
+                           classes=["a", "b", "c", "d"])
+    assert info["head_reset"] is False and info["loaded"] == 11
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(target.eval()(x), src_model.eval()(x))
+
+
+def test_same_class_count_but_other_classes_resets_head(source):
+    _, run = source
+    target = TinyNet(4)
+    before = target.get_classifier().weight.clone()
+    assert apply_init_from(target, run, classes=["w", "x", "y", "z"])["head_reset"] is True
+    assert torch.equal(target.get_classifier().weight, before)
+
+
+def test_other_architecture_names_both(source):
+    _, run = source
+    cfg = TrainConfig(model="resnet9", width=1.0, init_from=str(run))
+    with pytest.raises(FitVisionError) as e:
+        apply_init_from(TinyNet(3), cfg)
+    assert str(e.value) == (f"--init-from {run} holds a tinynet(width=8), which cannot initialise a "
+                            "resnet9(width=1.0); train with --model tinynet or start from a resnet9 run")
+
+
+def test_other_width_names_the_layer(source):
+    _, run = source
+    cfg = TrainConfig(model="tinynet", width=0.5, init_from=str(run))
+    with pytest.raises(FitVisionError) as e:
+        apply_init_from(TinyNet(3, width=4), cfg)
+    assert str(e.value) == (f"--init-from {run} holds a tinynet(width=8), which does not fit this "
+                            "tinynet(width=0.5): 'body.0.weight' is shape (8, 3, 3, 3) there, (4, 3, 3, 3) here")
+
+
+def test_missing_run_is_a_clear_error(tmp_path):
+    with pytest.raises(FitVisionError, match=r"^run directory not found: .*nope$"):
+        apply_init_from(TinyNet(3), tmp_path / "nope")
+
+
+def test_final_layer_name():
+    assert final_layer_name(TinyNet()) == "classifier.4"
+    with pytest.raises(FitVisionError, match="Sequential has no get_classifier"):
+        final_layer_name(nn.Sequential(nn.Linear(2, 2)))
+
+
+@pytest.mark.parametrize("kwargs, phases", [
+    ({}, [Phase(10, False, 1.0)]),
+    ({"init_from": "run"}, [Phase(10, False, BODY_LR_MULT)]),
+    ({"init_from": "run", "freeze": True}, [Phase(10, True, 1.0)]),
+    ({"init_from": "run", "freeze": True, "freeze_epochs": 3}, [Phase(3, True, 1.0), Phase(7, False, BODY_LR_MULT)]),
+    ({"freeze": True, "freeze_epochs": 2}, [Phase(2, True, 1.0), Phase(8, False, 1.0)]),
+])
+def test_fine_tune_phases(kwargs, phases):
+    assert fine_tune_phases(TrainConfig(epochs=10, **kwargs)) == phases
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"freeze_epochs": 2}, "--freeze-epochs needs --freeze (train the head alone for K epochs)"),
+    ({"freeze": True, "freeze_epochs": 10}, "--freeze-epochs 10 leaves no epoch of the 10 to train the whole "
+                                            "network; use fewer, or --freeze alone"),
+])
+def test_fine_tune_phases_errors(kwargs, message):
+    with pytest.raises(FitVisionError) as e:
+        fine_tune_phases(TrainConfig(epochs=10, **kwargs))
+    assert str(e.value) == message
