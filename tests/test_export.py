@@ -1,0 +1,94 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fitvision.errors import FitVisionError
+from fitvision.export import export_model, read_onnx_metadata, read_torchscript_metadata
+
+MEAN, STD = [0.49, 0.48, 0.45], [0.2, 0.19, 0.21]
+CLASSES = ["airplane", "bird", "cat", "dog", "frog"]
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, len(CLASSES)))
+    with torch.no_grad():  # trained-looking BN statistics and confident outputs: a mismatch would show
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[-1].weight.mul_(20)
+    return model.eval()
+
+
+META = {"model": "tiny", "model_kwargs": {"num_classes": len(CLASSES)}, "classes": CLASSES, "mean": MEAN,
+        "std": STD, "input_size": [16, 16], "storage_size": 16}
+
+
+def images(n=100, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 16, 16), generator=gen, dtype=torch.uint8)
+
+
+def reference_probs(model, x_uint8):
+    """What fitvision predicts: [0, 1] floats, normalised with the run's stats, softmax of the logits."""
+    x = x_uint8.float() / 255
+    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return torch.softmax(model(x), dim=1).numpy()
+
+
+@pytest.mark.parametrize("input_dtype", ["float", "uint8"])
+def test_onnx_matches_fitvision_on_100_images(tmp_path, input_dtype):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime absent: pip install 'fitvision[onnx]'")
+    pytest.importorskip("onnx", reason="onnx absent: pip install 'fitvision[onnx]'")
+    model = tiny_model()
+    path = export_model(model, META, "onnx", tmp_path / "m.onnx", input_dtype=input_dtype)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = images(100)
+    feed = x.numpy() if input_dtype == "uint8" else (x.float() / 255).numpy()
+    probs = session.run(None, {"image": feed})[0]
+    ref = reference_probs(model, x)
+    assert probs.shape == (100, len(CLASSES))
+    assert np.abs(probs - ref).max() < 1e-4
+    assert ref.max(axis=1).mean() > 0.6  # confident predictions, not a uniform output matching by accident
+    # Normalization is inside the graph: feeding raw [0, 1] images to the bare network disagrees.
+    with torch.no_grad():
+        bare = torch.softmax(model(x.float() / 255), dim=1).numpy()
+    assert np.abs(probs - bare).max() > 0.1
+    # Dynamic batch: one image and a batch of 7 give the same rows.
+    assert np.allclose(session.run(None, {"image": feed[:1]})[0], probs[:1], atol=1e-6)
+    assert np.allclose(session.run(None, {"image": feed[3:10]})[0], probs[3:10], atol=1e-6)
+    meta = read_onnx_metadata(path)
+    assert json.loads(meta["classes"]) == CLASSES
+    assert json.loads(meta["mean"]) == MEAN and json.loads(meta["std"]) == STD
+    assert json.loads(meta["input_size"]) == [16, 16]
+    assert meta["input"].endswith("uint8 0..255" if input_dtype == "uint8" else "float32 0..1")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_torchscript_takes_uint8_and_float(tmp_path):
+    model = tiny_model()
+    path = export_model(model, META, "torchscript", tmp_path / "m.pt")
+    loaded = torch.jit.load(str(path))
+    x = images(10)
+    ref = reference_probs(model, x)
+    with torch.no_grad():
+        assert np.abs(loaded(x).numpy() - ref).max() < 1e-5
+        assert np.abs(loaded(x.float() / 255).numpy() - ref).max() < 1e-5
+        assert loaded(x[:1]).shape == (1, len(CLASSES))
+    meta = read_torchscript_metadata(path)
+    assert json.loads(meta["classes"]) == CLASSES and meta["model"] == "tiny"
+
+
+def test_bad_format_and_dtype(tmp_path):
+    with pytest.raises(FitVisionError) as e:
+        export_model(tiny_model(), META, "tflite", tmp_path / "m")
+    assert str(e.value) == "unknown export format 'tflite' (valid: onnx, torchscript)"
+    with pytest.raises(FitVisionError) as e:
+        export_model(tiny_model(), META, "onnx", tmp_path / "m", input_dtype="int8")
+    assert str(e.value) == "unknown input dtype 'int8' (valid: float, uint8)"
+    assert list(tmp_path.iterdir()) == []
