@@ -134,3 +134,11 @@ def test_random_module_state_untouched():
     random.seed(1)
     sample_configs(parse_space("lr=0.1..0.2"), 5, seed=0)
     assert random.random() == before
+
+
+def test_cli_bad_space_is_one_line_error(capsys):
+    from fitvision.cli import main
+
+    assert main(["tune", "--trials", "2", "--space", "lr=1e-4..0.1:cubic"]) == 1
+    assert capsys.readouterr().err == ("error: search space entry 'lr=1e-4..0.1:cubic': "
+                                       "expected NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A|B|C\n")

@@ -187,6 +187,32 @@ def cmd_report(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- tune / export
+def cmd_tune(args) -> int:
+    import time
+
+    from fitvision.tune import parse_space, tune
+
+    space = parse_space(args.space)  # a syntax error should not wait for the recipe to resolve
+    cfg, why = _train_config(args)
+    print(why)
+    out = cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-tune"
+    best = tune(cfg, space, args.trials, out, retrain=args.retrain)
+    params = ", ".join(f"{k}={v}" for k, v in best["params"].items())
+    print(f"best: trial {best['trial']} ({params}) val_acc {best['val_acc']:.4f}; wrote {out}/best.json")
+    if "test_acc" in best:
+        print(f"retrained on all training data: test_acc {best['test_acc']:.4f} ({best['retrain_run']})")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from fitvision.export import export_run
+
+    path = export_run(args.run, args.format, args.out, input_dtype=args.input_dtype)
+    print(f"wrote {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -236,6 +262,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="re-render plots and report.html of a run")
     p.add_argument("run", help="run directory")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("tune", help="random hyperparameter search on a validation split of the training data")
+    p.add_argument("--trials", type=int, default=8, help="number of configurations to try (default 8)")
+    p.add_argument("--space", required=True,
+                   help='search space, e.g. "lr=1e-4..1e-1:log,wd=1e-5..1e-3:log,bs=128|256"')
+    p.add_argument("--retrain", action="store_true",
+                   help="retrain the best on all training data and report test accuracy once")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("export", help="export a run to ONNX or TorchScript (preprocessing inside)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", default=None, help="output file (default RUN/model.onnx or RUN/model.pt)")
+    p.add_argument("--input-dtype", choices=["float", "uint8"], default="float",
+                   help="input: float in [0, 1] (default) or uint8 in 0..255, NCHW RGB")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
