@@ -22,6 +22,7 @@ def test_parse_space_ranges_and_choices():
 
 @pytest.mark.parametrize("text, message", [
     ("lr=1e-4..", "search space entry 'lr=1e-4..': expected NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A|B|C"),
+    ("lr=1..2:", "search space entry 'lr=1..2:': unknown scale '' (valid: log, lin)"),
     ("lr", "search space entry 'lr': expected NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A|B|C"),
     ("lr=a..1", "search space entry 'lr=a..1': 'a' is not a number "
                 "(expected NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A|B|C)"),
@@ -141,4 +142,4 @@ def test_cli_bad_space_is_one_line_error(capsys):
 
     assert main(["tune", "--trials", "2", "--space", "lr=1e-4..0.1:cubic"]) == 1
     assert capsys.readouterr().err == ("error: search space entry 'lr=1e-4..0.1:cubic': "
-                                       "expected NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A|B|C\n")
+                                       "unknown scale 'cubic' (valid: log, lin)\n")

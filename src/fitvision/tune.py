@@ -22,7 +22,7 @@ from fitvision.config import TrainConfig, coerce
 from fitvision.errors import FitVisionError
 
 TUNE_VALID_PCT = 0.1  # used when the base config carves no validation split of its own
-_RANGE = re.compile(r"^(?P<low>[^.].*?)\.\.(?P<high>[^.].*?)(?::(?P<scale>log|lin))?$")
+_RANGE = re.compile(r"^(?P<low>[^.][^:]*?)\.\.(?P<high>[^.:][^:]*)(?::(?P<scale>.*))?$")
 _SYNTAX = "expected NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A|B|C"
 
 
@@ -68,6 +68,8 @@ def _parse_dim(entry: str) -> Dim:
     if match:
         if kind not in (int, float):
             raise FitVisionError(f"search space entry '{entry}': '{name}' is not numeric; list choices A|B")
+        if match["scale"] not in (None, "log", "lin"):
+            raise FitVisionError(f"search space entry '{entry}': unknown scale '{match['scale']}' (valid: log, lin)")
         low, high = _number(entry, match["low"]), _number(entry, match["high"])
         log = match["scale"] == "log"
         if not low < high:
