@@ -102,8 +102,10 @@ def test_missing_run_is_a_clear_error(tmp_path):
 
 def test_final_layer_name():
     assert final_layer_name(TinyNet()) == "classifier.4"
-    with pytest.raises(FitVisionError, match="Sequential has no get_classifier"):
-        final_layer_name(nn.Sequential(nn.Linear(2, 2)))
+    assert final_layer_name(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))) == "2"
+    with pytest.raises(FitVisionError) as e:
+        final_layer_name(nn.Sequential(nn.Conv2d(2, 2, 1)))
+    assert str(e.value) == "Sequential has no classifier layer: cannot tell its head from its body"
 
 
 @pytest.mark.parametrize("kwargs, phases", [

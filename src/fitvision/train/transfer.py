@@ -47,12 +47,17 @@ def fine_tune_phases(cfg) -> list[Phase]:
 
 
 def final_layer_name(model: nn.Module) -> str:
-    """The module name of the layer that maps features to class scores."""
-    layer = model.get_classifier() if hasattr(model, "get_classifier") else None
+    """The module name of the layer that maps features to class scores: get_classifier(), else
+    the last nn.Linear (as fitvision.models.param_groups decides the head of a plain module)."""
+    if hasattr(model, "get_classifier"):
+        layer = model.get_classifier()
+    else:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        layer = linears[-1] if linears else None
     for name, module in model.named_modules():
-        if module is layer:
+        if module is layer and name:
             return name
-    raise FitVisionError(f"{type(model).__name__} has no get_classifier(): cannot tell its head from its body")
+    raise FitVisionError(f"{type(model).__name__} has no classifier layer: cannot tell its head from its body")
 
 
 def _describe(model_name: str, kwargs: dict[str, Any]) -> str:
@@ -97,6 +102,7 @@ def apply_init_from(model: nn.Module, cfg_or_run_dir, classes: list[str] | None 
         raise FitVisionError(f"{run_dir} has no {WEIGHTS}") from None
     except Exception as e:  # safetensors raises its own types for corrupt headers
         raise FitVisionError(f"{run_dir / WEIGHTS} is corrupt: {e}") from None
+    model = getattr(model, "_orig_mod", model)  # torch.compile keeps the weights in the inner module
     head = final_layer_name(model) + "."
     dest = model.state_dict()
     _check_compatible(run_dir, meta, cfg, source, dest, head)
