@@ -1,0 +1,272 @@
+"""Decode every image once with Pillow into uint8 arrays at a storage size, cache, memory-map.
+
+Storage: 32x32 data stays as is; larger images have their shorter side resized to S
+(antialiased) and are centre-cropped to SxS. A dataset is stored at one side: S, or the
+images' own shorter side when that is smaller (so CIFAR stays 32x32 at S=160). Images are
+read straight from the archive stream (no 60,000-file extraction) and decoded on all cores.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import multiprocessing
+import os
+import statistics
+import sys
+import warnings
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from fitvision.data import cache, readers
+from fitvision.data.items import random_splitter
+from fitvision.data.readers import DataWarning
+from fitvision.data.sources import dataset_name, resolve
+from fitvision.errors import FitVisionError
+
+CHUNK = 256  # images per task sent to a decode worker
+SNIFF = 64  # images whose header sizes choose the dataset's storage side
+MIN_PARALLEL = 2000  # below this, starting worker processes costs more than it saves
+
+
+@dataclass
+class Dataset:
+    name: str
+    classes: list[str]
+    train_x: np.ndarray  # uint8 (N, H, W, 3)
+    train_y: np.ndarray  # int64 (N,)
+    valid_x: np.ndarray
+    valid_y: np.ndarray
+    location: str
+    image_size: list[int]  # [H, W]
+
+
+# --------------------------------------------------------------------------- one image
+def _open(src):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
+
+
+def _to_rgb(img):
+    from PIL import Image
+
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        # 16-bit/float grey: scale to 8 bits instead of clipping at 255 as convert() does
+        a = np.asarray(img, dtype=np.float32)
+        if mode.startswith("I;16") or a.max(initial=0) > 255:
+            a = a / 257.0
+        img = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")  # transparent areas become white, not black
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _square(img, side: int) -> np.ndarray:
+    from PIL import Image
+
+    w, h = img.size
+    if (w, h) != (side, side):
+        s = min(w, h)
+        box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)  # centre crop, then resize: one call
+        img = img.resize((side, side), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _decode(src, side: int | None, storage_size: int) -> np.ndarray:
+    """One image to uint8 (side, side, 3); side=None picks min(storage_size, shorter side)."""
+    from PIL import Image, ImageOps
+
+    with warnings.catch_warnings():
+        # Above Pillow's pixel limit it only warns; a decompression bomb is refused like a corrupt file.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = _open(src)
+        if side is None:
+            side = min(storage_size, *img.size)
+        if img.format == "JPEG":
+            img.draft("RGB", (side, side))  # decode at a reduced DCT scale when much larger than side
+        img = ImageOps.exif_transpose(img)
+        return _square(_to_rgb(img), side)
+
+
+def decode_image(path, storage_size: int = 160) -> np.ndarray:
+    """uint8 (H, W, 3) exactly as training data is decoded; for prediction."""
+    try:
+        return _decode(str(path), None, storage_size)
+    except FileNotFoundError:
+        raise FitVisionError(f"image not found: {path}") from None
+    except Exception as e:  # every Pillow failure means the same thing to the user
+        raise FitVisionError(f"cannot read image {path}: {e}") from None
+
+
+def _decode_chunk(chunk: list, side: int, storage_size: int):
+    """Worker task: (indices decoded, stacked images, [(index, reason)] for bad ones)."""
+    ok, bad = [], []
+    out = np.empty((len(chunk), side, side, 3), dtype=np.uint8)
+    for idx, src in chunk:
+        try:
+            out[len(ok)] = _decode(src, side, storage_size)
+            ok.append(idx)
+        except Exception as e:  # noqa: BLE001 - a bad image is skipped, whatever Pillow raised
+            bad.append((idx, f"{type(e).__name__}: {e}"))
+    return np.asarray(ok, dtype=np.int64), out[: len(ok)], bad
+
+
+# --------------------------------------------------------------------------- many images
+def _workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(n, 16))
+
+
+def _storage_side(first: list, storage_size: int) -> int:
+    sides = []
+    for _, src in first:
+        try:
+            sides.append(min(_open(src).size))
+        except Exception:  # noqa: BLE001 - a bad image says nothing about the size
+            continue
+    return min(storage_size, int(statistics.median(sides))) if sides else storage_size
+
+
+def _chunks(stream, size: int):
+    while chunk := list(itertools.islice(stream, size)):
+        yield chunk
+
+
+def _decode_stream(stream, side: int, storage_size: int, n: int):
+    """Yield worker results for the (index, bytes|path) stream; parallel when large."""
+    workers = _workers()
+    if workers == 1 or n < MIN_PARALLEL:
+        for chunk in _chunks(stream, CHUNK):
+            yield _decode_chunk(chunk, side, storage_size)
+        return
+    # forkserver: a clean child, safe even if the parent already runs torch threads
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(workers) as pool:
+        pending: deque = deque()
+        for chunk in _chunks(stream, CHUNK):
+            pending.append(pool.apply_async(_decode_chunk, (chunk, side, storage_size)))
+            if len(pending) >= 3 * workers:  # bounded: never read the whole archive ahead
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def _decode_images(source: Path, splits: dict[str, list[str]], storage_size: int, writer, label: str):
+    """Decode each split's files into a cache array: ({split: array}, {split: keep mask}, {file: reason})."""
+    from tqdm import tqdm
+
+    names = [n for files in splits.values() for n in files]
+    stream = readers.read_blobs(source, {n: i for i, n in enumerate(names)})
+    first = list(itertools.islice(stream, SNIFF))
+    side = _storage_side(first, storage_size)
+    starts = np.cumsum([0] + [len(f) for f in splits.values()])
+    xs = {s: writer.array(f"{s}_x", (len(f), side, side, 3), np.uint8) for s, f in splits.items()}
+    keep = {s: np.zeros(len(f), dtype=bool) for s, f in splits.items()}
+    bad = {}
+    with tqdm(total=len(names), desc=f"decoding {label}", unit="img", file=sys.stderr, disable=None,
+              leave=False) as bar:
+        for idxs, images, errors in _decode_stream(itertools.chain(first, stream), side, storage_size,
+                                                   len(names)):
+            for k, split in enumerate(splits):
+                sel = (idxs >= starts[k]) & (idxs < starts[k + 1])
+                xs[split][idxs[sel] - starts[k]] = images[sel]
+                keep[split][idxs[sel] - starts[k]] = True
+            bad.update((names[i], why) for i, why in errors)
+            bar.update(len(idxs) + len(errors))
+    return xs, keep, bad
+
+
+def _build_folders(source: Path, files, dirs, storage_size: int, writer, label: str):
+    layout = readers.folder_layout(source, files, dirs)
+    readers.warn_empty(source, layout)
+    xs, keep, bad = _decode_images(source, {"train": layout.train, "valid": layout.valid}, storage_size,
+                                   writer, label)
+    if not keep["train"].any():
+        raise FitVisionError(f"none of the {len(layout.train)} training images in {source} could be decoded "
+                             f"(first: {next(iter(bad.items()))})")
+    arrays = {"train_y": layout.train_y[keep["train"]], "valid_y": layout.valid_y[keep["valid"]]}
+    for split, x in xs.items():
+        if keep[split].all():
+            arrays[f"{split}_x"] = x
+        else:  # compact: drop the slots of images that failed
+            kept = writer.array(f"{split}_x_kept", (int(keep[split].sum()),) + x.shape[1:], np.uint8)
+            kept[:] = x[keep[split]]
+            arrays[f"{split}_x"] = kept
+    return layout.classes, arrays, sorted(bad.items())
+
+
+def _build(source: Path, folder: Path, storage_size: int, label: str):
+    files, dirs = readers.list_names(source)
+    writer = cache.CacheWriter(folder)
+    try:
+        meta_name = readers.cifar_meta_name(files)
+        if meta_name is not None:
+            classes, tx, ty, vx, vy = readers.read_cifar(source, files, meta_name)
+            arrays, skipped = {"train_x": tx, "train_y": ty, "valid_x": vx, "valid_y": vy}, []
+        else:
+            classes, arrays, skipped = _build_folders(source, files, dirs, storage_size, writer, label)
+        meta = {"classes": classes, "source": cache.fingerprint(source), "storage_size": storage_size,
+                "counts": {"train": len(arrays["train_y"]), "valid": len(arrays["valid_y"])},
+                "skipped": [{"file": f, "reason": why} for f, why in skipped]}
+        writer.commit(arrays, meta)
+    except BaseException:
+        writer.discard()
+        raise
+    loaded = cache.load(folder)
+    if loaded is None:
+        raise FitVisionError(f"the decoded cache in {folder} could not be read back; check free disk space")
+    return loaded
+
+
+def _report_skipped(meta: dict, source, strict: bool) -> None:
+    skipped = meta.get("skipped") or []
+    if not skipped:
+        return
+    shown = "; ".join(f"{s['file']} ({s['reason']})" for s in skipped[:3])
+    msg = f"{len(skipped)} unreadable image(s) in {source} skipped: {shown}{' ...' if len(skipped) > 3 else ''}"
+    if strict:
+        raise FitVisionError(msg.replace("skipped", "found", 1) + " (strict mode; remove or fix them)")
+    warnings.warn(msg, DataWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------- public
+def load_dataset(name_or_path, storage_size: int = 160, valid_pct: float = 0.0, seed: int = 0,
+                 strict: bool = False) -> Dataset:
+    """Decoded train/valid arrays (memory-mapped from the cache after the first call).
+
+    valid_pct > 0 carves a seeded random validation split from the training images (the whole
+    data set when unsplit); an existing valid/test split is then not used.
+    """
+    if storage_size < 8:
+        raise FitVisionError(f"storage_size must be at least 8 pixels, got {storage_size}")
+    source = resolve(name_or_path)
+    name = dataset_name(name_or_path)
+    folder = cache.cache_folder(name, cache.fingerprint(source), storage_size)
+    loaded = cache.load(folder)
+    if loaded is None:
+        loaded = _build(source, folder, storage_size, name)
+    meta, arrays = loaded
+    _report_skipped(meta, source, strict)
+    ds = Dataset(name=name, classes=list(meta["classes"]), location=str(source),
+                 image_size=list(arrays["train_x"].shape[1:3]), **arrays)
+    if valid_pct > 0:
+        train_idx, valid_idx = random_splitter(valid_pct, seed)(range(len(ds.train_y)))
+        ds = replace(ds, train_x=ds.train_x[train_idx], train_y=ds.train_y[train_idx],
+                     valid_x=ds.train_x[valid_idx], valid_y=ds.train_y[valid_idx])
+    return ds
+
+
+def dataset_info(name_or_path, storage_size: int = 160) -> dict:
+    ds = load_dataset(name_or_path, storage_size=storage_size)
+    return {"name": ds.name, "train": int(len(ds.train_y)), "valid": int(len(ds.valid_y)),
+            "classes": ds.classes, "image_size": ds.image_size, "location": ds.location}
