@@ -128,3 +128,46 @@ def test_fine_tune_phases_errors(kwargs, message):
     with pytest.raises(FitVisionError) as e:
         fine_tune_phases(TrainConfig(epochs=10, **kwargs))
     assert str(e.value) == message
+
+
+class Batches:
+    """The loader interface the Learner needs: set_epoch, len, and (x, y) batches."""
+
+    def __init__(self, n=32, bs=16, classes=3):
+        gen = torch.Generator().manual_seed(0)
+        self.x, self.y, self.bs = torch.randn(n, 3, 8, 8, generator=gen), torch.arange(n) % classes, bs
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __len__(self):
+        return len(self.y) // self.bs
+
+    def __iter__(self):
+        return ((self.x[i:i + self.bs], self.y[i:i + self.bs]) for i in range(0, len(self.y), self.bs))
+
+
+def test_fit_phases_trains_head_then_all_with_a_slower_body():
+    from fitvision.train.learner import Learner
+    from fitvision.train.transfer import fit_phases
+
+    torch.manual_seed(0)
+    model = TinyNet(3)
+    learn = Learner(model, Batches(), Batches(), lr=0.01, progress=False, precision="fp32")
+    seen = []
+
+    def fit(epochs):
+        conv, head = model.body[0].weight.clone(), model.get_classifier().weight.clone()
+        rows = learn.fit(epochs)
+        lrs = {g["name"]: g["lr"] for g in learn.opt.param_groups}
+        seen.append((epochs, torch.equal(conv, model.body[0].weight),
+                     torch.equal(head, model.get_classifier().weight), lrs["body"], lrs["head"]))
+        return rows
+
+    cfg = TrainConfig(epochs=3, init_from="run", freeze=True, freeze_epochs=1)
+    history = fit_phases(learn, cfg, fit)
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    # (epochs, body conv unchanged, head unchanged, body lr, head lr)
+    assert seen[0] == (1, True, False, pytest.approx(0.01), pytest.approx(0.01))
+    assert seen[1] == (2, False, False, pytest.approx(0.01 * BODY_LR_MULT), pytest.approx(0.01))
+    assert all(p.requires_grad for p in model.parameters())
