@@ -163,6 +163,8 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from fitvision.train.inference import predict_files
 
+    if args.topk < 1:
+        raise FitVisionError(f"--topk must be at least 1, got {args.topk}")
     results = predict_files(args.run, args.images, topk=args.topk)
     failed = 0
     for r in results:

@@ -1,0 +1,173 @@
+"""Evaluate and predict from a run directory alone: the same decode and eval transform as training.
+
+evaluate_run reproduces summary.json's val_acc exactly (without TTA): the same validation subset,
+the same eval pipeline, batch size and precision as train_run's final evaluation.
+predict_files decodes files on threads (Pillow releases the GIL) and predicts them in batches, so
+thousands of files go fast; a file that cannot be read gets an error entry and the rest go on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fitvision.errors import FitVisionError
+
+PREDICT_BATCH = 256  # images per forward pass in predict_files; also the decode chunk
+EVAL_BATCH = 800  # train_run's validation batch (2 x the default bs): same batches, same numerics
+
+
+@dataclass
+class Run:
+    """A trained model with what it needs to see images as it saw them in training."""
+
+    path: Path
+    model: torch.nn.Module
+    meta: dict[str, Any]  # model.json
+    config: dict[str, Any] = field(default_factory=dict)  # config.json ({} when absent)
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+
+def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> Run:
+    """Load model.safetensors + model.json (and config.json when present) onto a device."""
+    from fitvision.train.modelfile import load_model
+
+    run_dir = Path(run_dir)
+    device = torch.device(device) if device is not None else _default_device()
+    model, meta = load_model(run_dir, device=device)
+    config_path = run_dir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return Run(path=run_dir, model=model, meta=meta, config=config, device=device)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _as_run(run) -> Run:
+    return run if isinstance(run, Run) else load_run(run)
+
+
+# --------------------------------------------------------------------------- forward
+def _eval_pipeline(run: Run):
+    from fitvision.data.augment import eval_pipeline
+
+    h, w = run.meta["input_size"]
+    return eval_pipeline(h if h == w else (h, w), run.meta["mean"], run.meta["std"])
+
+
+@torch.no_grad()
+def _log_probs(run: Run, pipe, x_uint8_nchw: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """fp32 log-probabilities for a uint8 batch, as Learner evaluates: always fp32 (so the result does
+    not depend on the training precision); TTA is the log of the mean of image and mirror probabilities."""
+    x = pipe(x_uint8_nchw.to(run.device))
+    out = F.log_softmax(run.model(x).float(), dim=1)
+    if tta:
+        flipped = F.log_softmax(run.model(x.flip(3)).float(), dim=1)
+        out = torch.logsumexp(torch.stack([out, flipped]), dim=0) - math.log(2.0)
+    return out
+
+
+# --------------------------------------------------------------------------- evaluate
+def evaluate_run(run, data: str | None = None, tta: bool = False) -> dict[str, Any]:
+    """{"val_acc","val_loss","num_valid","per_class_acc"} on the run's validation split (or `data`'s)."""
+    from fitvision.data.decode import load_dataset
+
+    run = _as_run(run)
+    cfg = run.config
+    if data is None and "data" not in cfg:
+        raise FitVisionError(f"{run.path} has no config.json saying which data it was trained on; pass --data")
+    ds = load_dataset(data or cfg["data"], storage_size=int(cfg.get("storage_size", run.meta["storage_size"])),
+                      valid_pct=float(cfg.get("valid_pct", 0.0)), seed=int(cfg.get("seed", 0)))
+    if list(ds.classes) != run.classes:
+        raise FitVisionError(f"{data or cfg['data']} has classes {ds.classes}, the model was trained on {run.classes}")
+    idx = _valid_subset(len(ds.valid_y), cfg)
+    images, targets = ds.valid_x[idx], ds.valid_y[idx]
+    if len(targets) == 0:
+        raise FitVisionError(f"{data or cfg['data']} has no validation images")
+    probs, loss = _predict_arrays(run, images, targets, tta)
+    preds = probs.argmax(1)
+    per_class = {}
+    for i, name in enumerate(run.classes):
+        mask = targets == i
+        if mask.any():
+            per_class[name] = float((preds[mask] == i).mean())
+    return {"val_acc": float((preds == targets).mean()), "val_loss": loss, "num_valid": int(len(targets)),
+            "per_class_acc": per_class}
+
+
+def _valid_subset(n: int, cfg: dict) -> np.ndarray:
+    limit = int(cfg.get("valid_limit", 0) or 0)
+    return np.arange(min(n, limit) if limit > 0 else n)
+
+
+def _predict_arrays(run: Run, images: np.ndarray, targets: np.ndarray, tta: bool) -> tuple[np.ndarray, float]:
+    """(probabilities (N, C), mean cross-entropy) computed as Learner._evaluate does."""
+    pipe = _eval_pipeline(run)
+    bs = EVAL_BATCH
+    chunks = []
+    for start in range(0, len(targets), bs):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + bs])).permute(0, 3, 1, 2)
+        chunks.append(_log_probs(run, pipe, x, tta).cpu())
+    log_probs = torch.cat(chunks)
+    loss = F.nll_loss(log_probs, torch.from_numpy(np.asarray(targets, dtype=np.int64))).item()
+    return log_probs.exp().numpy(), loss
+
+
+# --------------------------------------------------------------------------- predict
+def predict_files(run, files: Iterable[str | Path], topk: int = 3) -> list[dict[str, Any]]:
+    """[{"file", "top": [{"class", "prob"}]}] or [{"file", "error"}], in the order given.
+
+    Each file is decoded as the training data was (decode_image at the run's storage size), then
+    the eval pipeline brings it to the model's input size.
+    """
+    run = _as_run(run)
+    files = [str(f) for f in files]
+    if topk < 1:
+        raise FitVisionError(f"topk must be at least 1, got {topk}")
+    topk = min(topk, len(run.classes))
+    pipe = _eval_pipeline(run)
+    results: list[dict[str, Any]] = [{} for _ in files]
+    with ThreadPoolExecutor(max_workers=_threads()) as pool:
+        for start in range(0, len(files), PREDICT_BATCH):
+            chunk = files[start:start + PREDICT_BATCH]
+            decoded = list(pool.map(lambda f: _decode(f, int(run.meta["storage_size"])), chunk))
+            by_shape: dict[tuple, list[int]] = {}
+            for i, d in enumerate(decoded):
+                if isinstance(d, str):
+                    results[start + i] = {"file": chunk[i], "error": d}
+                else:
+                    by_shape.setdefault(d.shape, []).append(i)
+            for group in by_shape.values():  # images smaller than the storage size keep their own size
+                batch = torch.from_numpy(np.stack([decoded[i] for i in group])).permute(0, 3, 1, 2)
+                top_p, top_i = _log_probs(run, pipe, batch).exp().cpu().topk(topk, dim=1)
+                for row, i in enumerate(group):
+                    results[start + i] = {"file": chunk[i], "top": [
+                        {"class": run.classes[int(c)], "prob": float(p)} for p, c in zip(top_p[row], top_i[row])]}
+    return results
+
+
+def _decode(path: str, storage_size: int) -> np.ndarray | str:
+    """uint8 (H, W, 3) decoded as training decoded it, or the reason it could not be."""
+    from fitvision.data.decode import decode_image
+
+    try:
+        return decode_image(path, storage_size=storage_size)
+    except FitVisionError as e:
+        return str(e)
+
+
+def _threads() -> int:
+    return max(1, min(8, torch.get_num_threads()))

@@ -1,0 +1,149 @@
+"""Every error a user can cause: one `error: ...` line on stderr and exit 1; usage errors exit 2.
+
+Most run in-process through cli.main (fast); a few go through `python -m fitvision` to check the
+real entry point end to end.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from fakerun import make_fake_run
+from fitvision.cli import main
+
+
+def _fail(capsys, argv, code=1):
+    """Run the CLI, check the exit code and that stderr is exactly one line; return that line."""
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == code, err
+    lines = err.strip().splitlines()
+    if code == 1:
+        assert len(lines) == 1, err
+    return lines[-1]
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A real, loadable run: an untrained tiny resnet9 saved with modelfile.save_model."""
+    pytest.importorskip("fitvision.models")
+    from fitvision.models import create_model
+    from fitvision.train.modelfile import save_model
+
+    run = make_fake_run(tmp_path / "run", classes=["a", "b", "c"])
+    model = create_model("resnet9", num_classes=3, width=0.125)
+    meta = json.loads((run / "model.json").read_text())
+    meta["model_kwargs"] = {"num_classes": 3, "width": 0.125}
+    save_model(run, model, meta)
+    return run
+
+
+# --------------------------------------------------------------------------- run directories
+@pytest.mark.parametrize("command", [["eval"], ["predict"], ["report"]])
+def test_missing_run_dir(capsys, tmp_path, command):
+    missing = tmp_path / "no-such-run"
+    argv = command + [str(missing)] + (["x.jpg"] if command == ["predict"] else [])
+    assert _fail(capsys, argv) == f"error: run directory not found: {missing}"
+
+
+@pytest.mark.parametrize("command", [["eval"], ["predict"]])
+def test_run_dir_without_model_json(capsys, tmp_path, command):
+    argv = command + [str(tmp_path)] + (["x.jpg"] if command == ["predict"] else [])
+    assert _fail(capsys, argv) == f"error: {tmp_path} is not a finished run: model.json is missing"
+
+
+def test_report_on_a_folder_that_is_no_run(capsys, tmp_path):
+    assert _fail(capsys, ["report", str(tmp_path)]) == \
+        f"error: {tmp_path} is not a fitvision run: no model.json or history.csv"
+
+
+# --------------------------------------------------------------------------- predict
+def test_unreadable_image_is_one_error_line_and_the_others_are_predicted(capsys, tmp_path, tiny_run):
+    pytest.importorskip("fitvision.data.augment")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (50, 40), (10, 200, 30)).save(good)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    missing = tmp_path / "missing.png"
+    rc = main(["predict", str(tiny_run), str(good), str(bad), str(missing), "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"error: {bad}: cannot read image {bad}: ")
+    assert lines[1] == f"error: {missing}: image not found: {missing}"
+    results = json.loads(out)
+    assert [r["file"] for r in results] == [str(good)]
+    assert abs(sum(p["prob"] for p in results[0]["top"]) - 1.0) < 1e-5  # 3 classes, top 3
+
+
+def test_predict_bad_topk(capsys, tiny_run, tmp_path):
+    assert _fail(capsys, ["predict", str(tiny_run), "x.png", "--topk", "0"]) == "error: --topk must be at least 1, got 0"
+    assert "invalid int value: 'many'" in _fail(capsys, ["predict", str(tiny_run), "x.png", "--topk", "many"], code=2)
+
+
+def test_predict_needs_an_image_usage_error(capsys, tmp_path):
+    assert "the following arguments are required: IMAGE" in _fail(capsys, ["predict", str(tmp_path)], code=2)
+
+
+# --------------------------------------------------------------------------- names
+def test_unknown_dataset_lists_the_catalog(capsys):
+    pytest.importorskip("fitvision.data.sources")
+    from fitvision.data.sources import CATALOG
+
+    line = _fail(capsys, ["datasets", "info", "cifar11"])
+    assert line == (f"error: unknown dataset 'cifar11': not a catalog name ({', '.join(CATALOG)}) "
+                    "nor an existing folder or archive")
+
+
+def test_unknown_model_lists_the_registry(capsys, tmp_path):
+    pytest.importorskip("fitvision.train.run")
+    from fitvision.models import list_models
+
+    line = _fail(capsys, ["train", "--model", "resnet10", "--data", str(tmp_path / "nodata"), "--out",
+                          str(tmp_path / "r")])
+    assert line == f"error: unknown model 'resnet10' (valid: {', '.join(list_models())})"
+
+
+# --------------------------------------------------------------------------- option values
+@pytest.mark.parametrize("flags, message", [
+    (["--opt", "nonsense"], "unknown optimizer 'nonsense' (valid optimizers: "),
+    (["--precision", "fp8"], "precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
+    (["--epochs", "-1"], "epochs must be > 0, got -1.0"),
+])
+def test_bad_option_values(capsys, tmp_path, flags, message):
+    pytest.importorskip("fitvision.train.run")
+    line = _fail(capsys, ["train", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r")] + flags)
+    assert line.startswith(f"error: {message}")
+    assert not (tmp_path / "r").exists()  # rejected before any work
+
+
+def test_unknown_config_key(capsys, tmp_path):
+    pytest.importorskip("fitvision.train.run")
+    from fitvision.config import field_names
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"epochs": 1, "epochz": 3}))
+    line = _fail(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "r")])
+    assert line == f"error: unknown config key 'epochz' (valid keys: {', '.join(sorted(field_names()))})"
+
+
+def test_usage_errors_exit_2(capsys):
+    assert "invalid float value: 'many'" in _fail(capsys, ["train", "--epochs", "many"], code=2)
+    assert "the following arguments are required: run" in _fail(capsys, ["eval"], code=2)
+    assert "invalid choice: 'list'" in _fail(capsys, ["datasets", "list"], code=2)
+
+
+# --------------------------------------------------------------------------- the real entry point
+def test_entry_point_error_line_and_no_traceback(tmp_path):
+    missing = tmp_path / "gone"
+    proc = subprocess.run([sys.executable, "-m", "fitvision", "eval", str(missing)], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr == f"error: run directory not found: {missing}\n"
+    assert proc.stdout == ""

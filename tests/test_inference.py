@@ -1,0 +1,143 @@
+"""evaluate_run and predict_files against an independent reference: the model applied by hand."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fitvision.models")
+pytest.importorskip("fitvision.data.decode")
+pytest.importorskip("fitvision.data.augment")
+
+from fakerun import make_fake_run  # noqa: E402
+from fitvision.models import create_model  # noqa: E402
+from fitvision.train import inference  # noqa: E402
+from fitvision.train.modelfile import save_model  # noqa: E402
+
+CLASSES = ["blue", "green", "red"]
+MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
+
+
+def _images(n, colour_idx, seed, size=32):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 80, (n, size, size, 3)).astype(np.uint8)
+    x[..., colour_idx] += 150
+    return x
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A tiny class-folder dataset: train/ and valid/, 3 colour classes, 32x32 PNGs."""
+    root = tmp_path_factory.mktemp("colours")
+    for split, n in (("train", 4), ("valid", 7)):
+        for c, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i, img in enumerate(_images(n, 2 - c, seed=c + 10 * len(split))):
+                Image.fromarray(img).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, folder):
+    """A loadable run: an untrained tiny resnet9 (random init is enough for parity)."""
+    torch.manual_seed(0)
+    run = make_fake_run(tmp_path_factory.mktemp("run") / "r", classes=CLASSES, data=str(folder))
+    model = create_model("resnet9", num_classes=3, width=0.125).eval()
+    meta = {"model": "resnet9", "model_kwargs": {"num_classes": 3, "width": 0.125}, "classes": CLASSES,
+            "mean": MEAN, "std": STD, "input_size": [32, 32], "storage_size": 160, "fitvision_version": "0.1.0"}
+    save_model(run, model, meta)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["valid_limit"] = 0
+    (run / "config.json").write_text(json.dumps(cfg))
+    return inference.load_run(run, device="cpu")
+
+
+def _reference_probs(run, images_nhwc):
+    """The model applied by hand: (x / 255 - mean) / std, fp32 forward, softmax."""
+    x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return run.model(x).float().softmax(1).numpy()
+
+
+def test_predict_matches_the_model_applied_by_hand(tmp_path, run):
+    images = _images(5, 0, seed=3)
+    files = []
+    for i, img in enumerate(images):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(img).save(files[-1])
+    results = inference.predict_files(run, files, topk=3)
+    ref = _reference_probs(run, images)
+    for r, p in zip(results, ref):
+        assert [t["class"] for t in r["top"]] == [CLASSES[i] for i in np.argsort(-p)]
+        np.testing.assert_allclose([t["prob"] for t in r["top"]], np.sort(p)[::-1], rtol=1e-4, atol=1e-6)
+        assert abs(sum(t["prob"] for t in r["top"]) - 1) < 1e-5
+
+
+def test_predict_any_format_and_size_with_a_bad_file_among_them(tmp_path, run):
+    rgb = _images(1, 1, seed=4, size=96)[0]
+    paths = {
+        "big.jpg": lambda p: Image.fromarray(rgb).resize((400, 300)).save(p, quality=90),
+        "grey.png": lambda p: Image.fromarray(rgb).convert("L").save(p),
+        "alpha.png": lambda p: Image.fromarray(rgb).convert("RGBA").save(p),
+        "small.bmp": lambda p: Image.fromarray(rgb).resize((20, 24)).save(p),
+        "palette.gif": lambda p: Image.fromarray(rgb).convert("P").save(p),
+        "exact.webp": lambda p: Image.fromarray(rgb[:32, :32]).save(p, lossless=True),
+    }
+    files = []
+    for name, write in paths.items():
+        write(tmp_path / name)
+        files.append(tmp_path / name)
+    (tmp_path / "broken.jpg").write_bytes((tmp_path / "big.jpg").read_bytes()[:200])
+    files.insert(2, tmp_path / "broken.jpg")
+    results = inference.predict_files(run, files, topk=2)
+    assert [r["file"] for r in results] == [str(f) for f in files]
+    assert "error" in results[2] and "broken.jpg" in results[2]["error"]
+    for r in results[:2] + results[3:]:
+        assert len(r["top"]) == 2 and r["top"][0]["prob"] >= r["top"][1]["prob"]
+    # The webp is exactly a 32x32 training-size image: decoded and predicted like the training data.
+    np.testing.assert_allclose(results[-1]["top"][0]["prob"], _reference_probs(run, rgb[None, :32, :32]).max(),
+                               rtol=1e-4)
+
+
+def test_predict_batches_give_the_same_answers(tmp_path, run, monkeypatch):
+    images = np.concatenate([_images(6, c, seed=20 + c) for c in range(3)])
+    files = []
+    for i, img in enumerate(images):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(img).save(files[-1])
+    whole = inference.predict_files(run, files, topk=1)
+    monkeypatch.setattr(inference, "PREDICT_BATCH", 4)  # chunk boundaries inside the list
+    chunked = inference.predict_files(run, files, topk=1)
+    assert [r["top"][0]["class"] for r in whole] == [r["top"][0]["class"] for r in chunked]
+    np.testing.assert_allclose([r["top"][0]["prob"] for r in whole], [r["top"][0]["prob"] for r in chunked],
+                               rtol=1e-5)
+
+
+def test_evaluate_run_matches_a_hand_computation(run, folder):
+    from fitvision.data.decode import load_dataset
+
+    ds = load_dataset(str(folder))
+    probs = _reference_probs(run, np.array(ds.valid_x))
+    preds = probs.argmax(1)
+    out = inference.evaluate_run(run)
+    assert out["num_valid"] == 21
+    assert out["val_acc"] == float((preds == ds.valid_y).mean())
+    loss = -np.log(probs[np.arange(21), ds.valid_y]).mean()
+    assert abs(out["val_loss"] - loss) < 1e-4
+    assert out["per_class_acc"] == {c: float((preds[ds.valid_y == i] == i).mean()) for i, c in enumerate(CLASSES)}
+    tta = inference.evaluate_run(run, tta=True)
+    assert tta["num_valid"] == 21 and tta["val_loss"] != out["val_loss"]
+
+
+def test_evaluate_run_other_data_must_have_the_same_classes(run, tmp_path):
+    from fitvision.errors import FitVisionError
+
+    for split in ("train", "valid"):
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.fromarray(_images(1, 0, seed=1)[0]).save(tmp_path / split / name / "0.png")
+    with pytest.raises(FitVisionError, match=r"has classes \['cat', 'dog'\], the model was trained on"):
+        inference.evaluate_run(run, data=str(tmp_path))
