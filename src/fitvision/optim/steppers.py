@@ -1,0 +1,197 @@
+"""Stats and steppers: the pieces every optimizer recipe is composed of (seed 004).
+
+Each works on a whole bucket of parameters (lists of tensors) with torch._foreach_* ops.
+Steppers take what they need from the keywords and ignore the rest. Where torch.optim has
+the same update, the ops are the same ones in the same order, so results agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from fitvision.optim.optimizer import Stat, with_defaults
+
+Tensors = list[torch.Tensor]
+
+
+# --- weight decay: two different things that coincide only for plain SGD ---
+
+
+@with_defaults(wd=0.0)
+def l2_reg(ps: Tensors, grads: Tensors, wd: float, **kwargs: Any) -> dict[str, Any] | None:
+    """L2 regularisation: add wd * w (the gradient of wd/2 |w|^2) to the gradient, so every
+    later stat sees it (torch.optim.SGD/Adam's weight_decay). The new gradients are fresh
+    tensors; p.grad is left as it was."""
+    if wd == 0:
+        return None
+    return {"grads": torch._foreach_add(grads, ps, alpha=wd)}
+
+
+@with_defaults(wd=0.0)
+def weight_decay(ps: Tensors, lr: float, wd: float, **kwargs: Any) -> None:
+    """Decoupled weight decay (AdamW): shrink the weights by lr * wd, outside any statistic."""
+    if wd != 0:
+        torch._foreach_mul_(ps, 1 - lr * wd)
+
+
+# --- stats ---
+
+
+class AverageGrad(Stat):
+    """Momentum buffer. Without dampening: avg = mom * avg + g (torch.optim.SGD).
+    With dampening: the EWMA avg = mom * avg + (1 - mom) * g (Adam's first moment)."""
+
+    keys = ("grad_avg",)
+    defaults = {"mom": 0.9}
+
+    def __init__(self, dampening: bool = False):
+        self.dampening = dampening
+
+    def init_state(self, p: torch.Tensor) -> dict[str, Any]:
+        return {"grad_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+    def __call__(self, ps: Tensors, grads: Tensors, mom: float, grad_avg: Tensors, **kwargs: Any) -> dict[str, Any]:
+        if self.dampening:
+            torch._foreach_lerp_(grad_avg, grads, 1 - mom)
+        else:
+            torch._foreach_mul_(grad_avg, mom)
+            torch._foreach_add_(grad_avg, grads)
+        return {"mom_damp": 1 - mom if self.dampening else 1.0}
+
+    def __repr__(self) -> str:
+        return f"AverageGrad(dampening={self.dampening})"
+
+
+class AverageSqrGrad(Stat):
+    """Running average of squared gradients: sqr_avg = sqr_mom * sqr_avg + damp * g^2."""
+
+    keys = ("sqr_avg",)
+    defaults = {"sqr_mom": 0.99}
+
+    def __init__(self, dampening: bool = True):
+        self.dampening = dampening
+
+    def init_state(self, p: torch.Tensor) -> dict[str, Any]:
+        return {"sqr_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+    def __call__(
+        self, ps: Tensors, grads: Tensors, sqr_mom: float, sqr_avg: Tensors, **kwargs: Any
+    ) -> dict[str, Any]:
+        damp = 1 - sqr_mom if self.dampening else 1.0
+        torch._foreach_mul_(sqr_avg, sqr_mom)
+        torch._foreach_addcmul_(sqr_avg, grads, grads, damp)
+        return {"sqr_damp": damp}
+
+    def __repr__(self) -> str:
+        return f"AverageSqrGrad(dampening={self.dampening})"
+
+
+class StepCount(Stat):
+    """How many updates each parameter has had (a python int, so it needs no device sync)."""
+
+    keys = ("step",)
+
+    def init_state(self, p: torch.Tensor) -> dict[str, Any]:
+        return {"step": 0}
+
+    def __call__(self, ps: Tensors, step: list[int], **kwargs: Any) -> dict[str, Any]:
+        return {"step": [s + 1 for s in step]}
+
+
+def debias(mom: float, damp: float, step: int) -> float:
+    """Sum of the weights an average with factor mom and dampening damp has given its inputs
+    after `step` updates: dividing by it turns the average into a weighted mean.
+    With dampening (damp = 1 - mom) this is Adam's 1 - mom^step."""
+    if mom == 1:
+        return damp * step
+    # Written so that damp == 1 - mom gives exactly 1 - mom**step, as torch.optim computes it.
+    return (1 - mom**step) * (damp / (1 - mom))
+
+
+# --- steppers that move the weights ---
+
+
+@with_defaults(lr=1e-3)
+def sgd_step(ps: Tensors, grads: Tensors, lr: float, **kwargs: Any) -> None:
+    torch._foreach_add_(ps, grads, alpha=-lr)
+
+
+def momentum_step(ps: Tensors, lr: float, grad_avg: Tensors, **kwargs: Any) -> None:
+    torch._foreach_add_(ps, grad_avg, alpha=-lr)
+
+
+def nesterov_step(ps: Tensors, grads: Tensors, lr: float, mom: float, grad_avg: Tensors, **kwargs: Any) -> None:
+    """Look ahead: step along g + mom * avg (torch.optim.SGD(nesterov=True))."""
+    torch._foreach_add_(ps, torch._foreach_add(grads, grad_avg, alpha=mom), alpha=-lr)
+
+
+def debiased_momentum_step(
+    ps: Tensors, lr: float, mom: float, mom_damp: float, step: list[int], grad_avg: Tensors, **kwargs: Any
+) -> None:
+    """Step along the debiased EWMA of the gradients (seed 004's "EWMA with debiasing")."""
+    scales = [-lr / debias(mom, mom_damp, s) for s in step]
+    torch._foreach_add_(ps, torch._foreach_mul(grad_avg, scales))
+
+
+def _adam_denominator(
+    sqr_avg: Tensors, sqr_mom: float, sqr_damp: float, step: list[int], eps: float
+) -> Tensors:
+    """sqrt(debiased sqr_avg) + eps, as torch.optim.Adam computes it."""
+    denom = torch._foreach_sqrt(sqr_avg)
+    torch._foreach_div_(denom, [math.sqrt(debias(sqr_mom, sqr_damp, s)) for s in step])
+    torch._foreach_add_(denom, eps)
+    return denom
+
+
+@with_defaults(eps=1e-5)
+def adam_step(
+    ps: Tensors,
+    lr: float,
+    mom: float,
+    mom_damp: float,
+    sqr_mom: float,
+    sqr_damp: float,
+    step: list[int],
+    grad_avg: Tensors,
+    sqr_avg: Tensors,
+    eps: float,
+    **kwargs: Any,
+) -> None:
+    """Debiased momentum divided by the debiased root mean square of the gradients. eps is a
+    real hyperparameter: large eps makes Adam behave like SGD with debiased momentum."""
+    denom = _adam_denominator(sqr_avg, sqr_mom, sqr_damp, step, eps)
+    torch._foreach_addcdiv_(ps, grad_avg, denom, [-lr / debias(mom, mom_damp, s) for s in step])
+
+
+@with_defaults(eps=1e-6, wd=0.0, max_trust=10.0)
+def lamb_step(
+    ps: Tensors,
+    lr: float,
+    mom: float,
+    mom_damp: float,
+    sqr_mom: float,
+    sqr_damp: float,
+    step: list[int],
+    grad_avg: Tensors,
+    sqr_avg: Tensors,
+    eps: float,
+    wd: float,
+    max_trust: float,
+    **kwargs: Any,
+) -> None:
+    """LAMB (You et al. 2019): the Adam direction plus wd * w, rescaled per tensor by the trust
+    ratio |w| / |update|, clipped at max_trust (1 where either norm is 0)."""
+    update = torch._foreach_div(grad_avg, [debias(mom, mom_damp, s) for s in step])
+    torch._foreach_div_(update, _adam_denominator(sqr_avg, sqr_mom, sqr_damp, step, eps))
+    if wd != 0:
+        torch._foreach_add_(update, ps, alpha=wd)
+    # Norms stay on the device (no .item()), so the step never waits for the GPU.
+    w_norm = torch.stack(torch._foreach_norm(ps))
+    u_norm = torch.stack(torch._foreach_norm(update))
+    ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+    scale = ratio.clamp(max=max_trust) * -lr
+    torch._foreach_mul_(update, list(scale.unbind()))
+    torch._foreach_add_(ps, update)
