@@ -92,3 +92,14 @@ def test_bad_format_and_dtype(tmp_path):
         export_model(tiny_model(), META, "onnx", tmp_path / "m", input_dtype="int8")
     assert str(e.value) == "unknown input dtype 'int8' (valid: float, uint8)"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_op_onnx_cannot_express_is_a_clear_error(tmp_path):
+    pytest.importorskip("onnx", reason="onnx absent: pip install 'fitvision[onnx]'")
+    # Upsampling a 1x1 map with adaptive pooling (AlexNet's 6x6 pool on 32 px input) has no ONNX op.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=16), nn.AdaptiveAvgPool2d(6), nn.Flatten(), nn.Linear(144, 5))
+    with pytest.raises(FitVisionError) as e:
+        export_model(model, META, "onnx", tmp_path / "m.onnx")
+    assert str(e.value) == ("cannot export tiny to ONNX: Unsupported: ONNX export of operator adaptive_avg_pool2d, "
+                            "output size that are not factor of input size; use --format torchscript")
+    assert list(tmp_path.iterdir()) == []

@@ -118,18 +118,27 @@ def _export_onnx(model: nn.Module, meta: dict[str, Any], path: Path, input_dtype
     wrapper = Preprocessed(model, meta["mean"], meta["std"]).eval()
     example = (example_input(meta, input_dtype),)
     names = {"input_names": ["image"], "output_names": ["probs"]}
-    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:  # torch < 2.5: legacy only
-        torch.onnx.export(wrapper, example, str(path), opset_version=OPSET, **names,
-                          dynamic_axes={"image": {0: "batch"}, "probs": {0: "batch"}})
-    elif _legacy_onnx_available():
-        # The TorchScript-based exporter: no onnxscript dependency, and it keeps the batch dynamic.
-        torch.onnx.export(wrapper, example, str(path), opset_version=OPSET, dynamo=False, **names,
-                          dynamic_axes={"image": {0: "batch"}, "probs": {0: "batch"}})
-    else:
-        _export_onnx_dynamo(wrapper, example, path, names)
+    try:
+        _torch_onnx_export(wrapper, example, path, names)
+    except torch.onnx.errors.OnnxExporterError as e:  # an op ONNX cannot express, for this model and size
+        reason = str(e).split(" Please feel free")[0].splitlines()[0].rstrip(". ")
+        raise FitVisionError(f"cannot export {meta['model']} to ONNX: {reason}; "
+                             "use --format torchscript") from None
     proto = onnx.load(str(path))
     onnx.helper.set_model_props(proto, export_metadata(meta, input_dtype))
     onnx.save(proto, str(path))
+
+
+def _torch_onnx_export(wrapper: nn.Module, example: tuple, path: Path, names: dict) -> None:
+    dynamic_axes = {"image": {0: "batch"}, "probs": {0: "batch"}}
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:  # torch < 2.5: legacy only
+        torch.onnx.export(wrapper, example, str(path), opset_version=OPSET, dynamic_axes=dynamic_axes, **names)
+    elif _legacy_onnx_available():
+        # The TorchScript-based exporter: no onnxscript dependency, and it keeps the batch dynamic.
+        torch.onnx.export(wrapper, example, str(path), opset_version=OPSET, dynamo=False,
+                          dynamic_axes=dynamic_axes, **names)
+    else:
+        _export_onnx_dynamo(wrapper, example, path, names)
 
 
 def _legacy_onnx_available() -> bool:
