@@ -157,3 +157,8 @@ def test_show_dataset_augmented_round_trips_to_images(tmp_path):
     # A flat image stays flat under crop/flip with reflect padding; denormalizing must give it back.
     px = np.asarray(Image.open(out).convert("RGB")).reshape(-1, 3).astype(int)
     assert int((np.abs(px - [100, 150, 200]).max(1) <= 2).sum()) > 2 * 100 * 100
+
+
+def test_take_rows_keeps_the_requested_order():
+    a = np.arange(20).reshape(10, 2)
+    assert np.array_equal(plots.take_rows(a, np.array([7, 2, 9, 0])), a[[7, 2, 9, 0]])

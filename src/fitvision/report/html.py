@@ -133,8 +133,7 @@ def _render_mistakes(run_dir: Path, preds: dict, meta: dict, dataset) -> str | N
     indices = preds["indices"][pick]
     if len(indices) and int(indices.max()) >= len(dataset.valid_y):
         return "Mistakes grid not drawn: preds.npz does not match this dataset's validation split."
-    images = np.ascontiguousarray(dataset.valid_x[np.sort(indices)])
-    images = images[np.argsort(np.argsort(indices))]  # memory-maps want sorted reads; restore the order
+    images = plots.take_rows(dataset.valid_x, indices)
     plots.plot_mistakes(images, preds["targets"][pick], preds["probs"][pick], meta["classes"],
                         run_dir / "plots" / "mistakes.png")
     return None

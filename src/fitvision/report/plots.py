@@ -219,8 +219,8 @@ def show_dataset(
     ds = load_dataset(target, storage_size=storage_size)
     images, labels = (ds.train_x, ds.train_y) if len(ds.train_y) else (ds.valid_x, ds.valid_y)
     rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(labels), size=min(n, len(labels)), replace=False))
-    batch = np.ascontiguousarray(images[idx])
+    idx = rng.choice(len(labels), size=min(n, len(labels)), replace=False)
+    batch = take_rows(images, idx)
     title = f"{ds.name}: {len(idx)} training images"
     if augment:
         batch = _augmented(batch, seed)
@@ -228,14 +228,23 @@ def show_dataset(
     return show_batch(batch, labels[idx], ds.classes, out, title=title)
 
 
+def take_rows(array: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """array[idx] as a contiguous copy, reading a memory map in sorted order (one pass over the file)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    order = np.argsort(idx, kind="stable")
+    out = np.empty((len(idx), *array.shape[1:]), dtype=array.dtype)
+    out[order] = array[idx[order]]
+    return out
+
+
 def _augmented(batch_nhwc: np.ndarray, seed: int) -> np.ndarray:
     """The default training pipeline applied to a batch, then denormalized back to uint8 images."""
     import torch
 
     from fitvision.config import TrainConfig
-    from fitvision.data.augment import channel_stats, denormalize, train_pipeline
+    from fitvision.data.augment import CIFAR_STATS, denormalize, train_pipeline
 
-    mean, std = channel_stats(batch_nhwc)
+    mean, std = CIFAR_STATS  # any stats do: normalize then denormalize is the identity
     size = batch_nhwc.shape[1]
     pipe = train_pipeline(TrainConfig().aug, size, mean, std)
     x = torch.from_numpy(batch_nhwc).permute(0, 3, 1, 2)
