@@ -1,0 +1,130 @@
+"""Weight initialisation: Kaiming (the default every zoo model applies) and LSUV (seed 004)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from fitvision.errors import FitVisionError
+
+INIT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def kaiming_init(model: nn.Module, skip: Iterable[nn.Module] = ()) -> None:
+    """Kaiming-normal weights (fan_in, ReLU gain) and zero biases on every conv and linear layer.
+
+    Every layer the zoo initialises feeds a ReLU (directly or through BatchNorm), which is what
+    the sqrt(2) gain assumes. ``skip`` keeps PyTorch's default (uniform, 1/sqrt(fan_in) bound)
+    on the layers given: the zoo skips the final classifier so that the first logits are small.
+    """
+    skipped = set(skip)
+    for m in model.modules():
+        # Meta tensors (shape-only models, e.g. for counting parameters) hold no values to set.
+        if isinstance(m, INIT_LAYERS) and m not in skipped and not m.weight.is_meta:
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _forward_order(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
+    """Conv and linear layers in the order the forward pass calls them (each once)."""
+    order: list[tuple[str, nn.Module]] = []
+    seen: set[int] = set()
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, INIT_LAYERS):
+            def record(mod, _inp, _out, name=name):
+                if id(mod) not in seen:
+                    seen.add(id(mod))
+                    order.append((name, mod))
+            handles.append(m.register_forward_hook(record))
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def _layer_input(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What ``layer`` receives when ``model`` runs on ``x`` (at its first call)."""
+    captured: list[torch.Tensor] = []
+
+    def keep(_mod, args):
+        if not captured:  # a clone: later in-place ops must not change what we hold
+            captured.append(args[0].detach().clone())
+
+    handle = layer.register_forward_pre_hook(keep)
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def _output_stats(layer: nn.Module, inp: torch.Tensor) -> tuple[float, float]:
+    out = layer(inp).float()
+    return out.mean().item(), out.std().item()
+
+
+def _lsuv_layer(model: nn.Module, layer: nn.Module, x: torch.Tensor, name: str,
+                tol: float, max_iters: int) -> tuple[float, float]:
+    # A layer's input depends only on the layers before it, so one forward pass gives it, and
+    # the iterations below run the layer alone on that input: the same output a full pass gives.
+    inp = _layer_input(model, layer, x)
+    mean, std = _output_stats(layer, inp)
+    for _ in range(max_iters):
+        if abs(std - 1) <= tol:
+            break
+        if not std > 1e-8:  # also catches NaN
+            raise FitVisionError(f"LSUV: layer '{name}' gives a constant output (std {std:.3g}) on this "
+                                 "batch; pass a batch of varied, normalised images")
+        layer.weight.data /= std
+        mean, std = _output_stats(layer, inp)
+    # The mean step shifts every output by the same amount, so it leaves the std alone.
+    for _ in range(max_iters if layer.bias is not None else 0):
+        if abs(mean) <= tol:
+            break
+        layer.bias.data -= mean
+        mean, std = _output_stats(layer, inp)
+    return mean, std
+
+
+def lsuv_init(model: nn.Module, batch, tol: float = 1e-3, max_iters: int = 10) -> list[tuple[str, float, float]]:
+    """Layer-sequential unit variance (Mishkin & Matas 2015; seed 004), input to output.
+
+    For each conv and linear layer in forward order, the layer's own output (before any
+    BatchNorm or activation) is measured on ``batch``; its weight is divided by the output's
+    std until |std - 1| <= tol, then the output's mean is subtracted from its bias until
+    |mean| <= tol (at most ``max_iters`` forward passes each). A layer without a bias (a conv
+    that feeds BatchNorm) gets the std step only: its mean cannot move, and the BatchNorm
+    after it removes the mean anyway. Layers whose weight does not require grad (frozen, or
+    fixed by design like speednet's whitening conv) are left alone.
+
+    The passes run as training would see the network: BatchNorm normalises with the batch's
+    own statistics, while dropout is off (a random mask would make the target move). The
+    BatchNorm running statistics and the train/eval mode of every module are put back after.
+    Returns ``[(layer_name, mean, std)]``: each layer's output statistics when it was done,
+    which later layers do not change (they come after it). A layer called twice in one forward
+    pass (shared weights) is measured at its first call.
+    """
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    modes = {m: m.training for m in model.modules()}
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    try:
+        model.train()
+        for m in model.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd):
+                m.eval()
+        with torch.no_grad():
+            # Layers the model keeps fixed (frozen weights) are measured by nobody and left alone.
+            layers = [(n, m) for n, m in _forward_order(model, x) if m.weight.requires_grad]
+            return [(name, *_lsuv_layer(model, layer, x, name, tol, max_iters)) for name, layer in layers]
+    finally:
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+        for m, mode in modes.items():
+            m.training = mode

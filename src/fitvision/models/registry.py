@@ -1,0 +1,115 @@
+"""Model registry: ``@register_model`` builders, ``create_model`` by name, ``model_table``.
+
+A builder is a function ``(num_classes=10, in_channels=3, width=1.0, **options) -> nn.Module``
+whose docstring's first line is the model's one-line description. The built-in modules
+(``zoo``, and ``speednet`` when present) register their builders when first needed, so
+importing fitvision.models stays cheap and free of side effects.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fitvision.errors import FitVisionError
+
+_BUILTIN_MODULES = ("fitvision.models.zoo", "fitvision.models.speednet")
+_COMMON = ("num_classes", "in_channels", "width")
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str
+
+    def options(self) -> list[str]:
+        """The keyword arguments the builder takes beyond num_classes, in_channels and width."""
+        params = inspect.signature(self.builder).parameters.values()
+        return [p.name for p in params if p.name not in _COMMON and p.kind not in _VARIADIC]
+
+    def takes_any_option(self) -> bool:
+        params = inspect.signature(self.builder).parameters.values()
+        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(builder: Callable[..., nn.Module] | None = None, *, name: str | None = None):
+    """Decorator: ``@register_model`` or ``@register_model(name="other")`` on a builder function."""
+
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or fn.__name__
+        params = inspect.signature(fn).parameters
+        missing = [p for p in _COMMON if p not in params]
+        if missing:
+            raise TypeError(f"model builder {key!r} must accept {', '.join(missing)}")
+        if key in _REGISTRY and _REGISTRY[key].builder is not fn:
+            raise ValueError(f"model {key!r} is registered twice")
+        doc = (inspect.getdoc(fn) or "").strip().splitlines()
+        _REGISTRY[key] = ModelEntry(key, fn, doc[0] if doc else "")
+        return fn
+
+    return add(builder) if builder is not None else add
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        # speednet arrives in its own module; import whatever built-in modules exist.
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
+def list_models() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> ModelEntry:
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise FitVisionError(f"unknown model '{name}' (valid: {', '.join(sorted(_REGISTRY))})")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
+                 **kwargs) -> nn.Module:
+    """Build a registered model. Options a model does not take raise FitVisionError naming them."""
+    entry = get_entry(name)
+    unknown = sorted(k for k in kwargs if k not in entry.options())
+    if unknown and not entry.takes_any_option():
+        valid = ", ".join(entry.options()) or "none"
+        raise FitVisionError(f"model '{name}' has no option(s) {', '.join(unknown)} (valid: {valid})")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise FitVisionError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise FitVisionError(f"in_channels must be a positive integer, got {in_channels!r}")
+    if not isinstance(width, (int, float)) or not width > 0:
+        raise FitVisionError(f"width must be a positive number, got {width!r}")
+    try:
+        return entry.builder(num_classes=num_classes, in_channels=in_channels, width=float(width), **kwargs)
+    except (TypeError, ValueError) as e:  # an option of the wrong type or shape, e.g. widths="64"
+        raise FitVisionError(f"model '{name}' cannot be built with {kwargs}: {e}") from e
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_table() -> list[dict]:
+    """``[{"name", "params", "description"}]`` at 10 classes, width 1, built on the meta device
+    (shapes only, no memory, no init cost: AlexNet's 57M parameters count instantly)."""
+    rows = []
+    for name in list_models():
+        with torch.device("meta"):
+            model = create_model(name)
+        rows.append({"name": name, "params": count_params(model), "description": _REGISTRY[name].description})
+    return rows
