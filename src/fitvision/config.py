@@ -64,6 +64,7 @@ class TrainConfig:
     freeze: bool = False  # train only the head (for freeze_epochs, or the whole run if 0)
     freeze_epochs: int = 0
     resume: bool = False
+    checkpoint_every: int = 0  # also write the resume checkpoint every N batches; 0 = at epoch ends only
     out: str = ""  # run directory; "" = runs/<timestamp>-<name>
     recipe: str = "auto"
 

@@ -1,0 +1,318 @@
+"""`fitvision train` and `fitvision lr-find`: from a TrainConfig to a run directory.
+
+    cfg, why = resolve_recipe("auto")
+    run_dir = train_run(cfg)
+
+A run directory holds config.json, history.csv, batches.csv, model.safetensors + model.json,
+checkpoint.pt, preds.npz, summary.json, plots/ and report.html (see docs/internals.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fitvision import __version__
+from fitvision.config import RECIPES, TrainConfig, get_recipe, updated
+from fitvision.errors import FitVisionError
+from fitvision.train.checkpoint import CHECKPOINT, seed_everything
+from fitvision.train.hooks import Checkpointer, EarlyStopping, Hook, Phases, TrainState, format_seconds
+from fitvision.train.learner import Learner, loss_and_accuracy, resolve_device, resolve_precision
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds")
+BATCH_COLUMNS = ("step", "epoch", "lr", "mom", "loss")
+NORMALIZE = ("auto", "cifar")
+
+
+# --------------------------------------------------------------------------- recipes
+def resolve_recipe(name: str = "auto", data: str | None = None) -> tuple[TrainConfig, str]:
+    """(config, one line saying which recipe and why). "auto" picks the speed recipe for the
+    hardware found ("gpu" on CUDA, "cpu" otherwise) and falls back to "seed"."""
+    if name == "auto":
+        cuda = torch.cuda.is_available()
+        want = "gpu" if cuda else "cpu"
+        where = f"CUDA GPU {torch.cuda.get_device_name(0)}" if cuda else "no CUDA GPU, training on the CPU"
+        picked = want if want in RECIPES else "seed"
+        why = f"recipe auto -> {picked}: {where}" + ("" if picked == want else f" (no '{want}' recipe yet)")
+    else:
+        picked, why = name, f"recipe {name}"
+    cfg = dataclasses.replace(get_recipe(picked), recipe=picked)
+    if data:
+        cfg = updated(cfg, {"data": data})
+    if cfg.normalize == "cifar" and not Path(cfg.data).name.lower().startswith("cifar"):
+        cfg = updated(cfg, {"normalize": "auto"})
+        why += f"; normalising {cfg.data} with its own channel stats, not CIFAR's"
+    return cfg, why
+
+
+# --------------------------------------------------------------------------- setup
+@dataclass
+class Setup:
+    """Everything built from a config before training: data, model, learner and what to record."""
+
+    cfg: TrainConfig
+    learn: Learner
+    classes: list[str]
+    dataset: str
+    location: str
+    valid_indices: np.ndarray  # into the validation split as load_dataset returns it
+    num_train: int
+    meta: dict[str, Any]  # model.json
+    params: int
+    notes: list[str]
+
+
+def _subset(n: int, limit: int, seed: int) -> np.ndarray:
+    """All indices, or `limit` of them drawn by a seeded permutation (sorted: reads stay sequential)."""
+    if not limit or limit >= n:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit]).astype(np.int64)
+
+
+def _stats(cfg: TrainConfig, train_x: np.ndarray):
+    from fitvision.data.augment import CIFAR_STATS, channel_stats
+
+    if cfg.normalize == "cifar":
+        return CIFAR_STATS
+    if cfg.normalize == "auto":
+        return channel_stats(train_x)
+    raise FitVisionError(f"unknown normalize '{cfg.normalize}' (valid: {', '.join(NORMALIZE)})")
+
+
+def _loaders(cfg: TrainConfig, ds, device: torch.device, notes: list[str]):
+    from fitvision.data.augment import eval_pipeline, train_pipeline
+    from fitvision.data.loader import DeviceLoader
+
+    train_idx = _subset(len(ds.train_y), cfg.train_limit, cfg.seed)
+    valid_idx = _subset(len(ds.valid_y), cfg.valid_limit, cfg.seed + 1)
+    train_x = ds.train_x if len(train_idx) == len(ds.train_y) else ds.train_x[train_idx]
+    valid_x = ds.valid_x if len(valid_idx) == len(ds.valid_y) else ds.valid_x[valid_idx]
+    train_y, valid_y = ds.train_y[train_idx], ds.valid_y[valid_idx]
+    if len(train_y) == 0 or len(valid_y) == 0:
+        raise FitVisionError(f"{ds.name} has {len(train_y)} training and {len(valid_y)} validation images; "
+                             "both are needed (unsplit data: pass --valid-pct)")
+    mean, std = _stats(cfg, train_x)
+    size = cfg.size or int(ds.image_size[0])
+    # A last batch of one image breaks BatchNorm in training mode; drop it only then.
+    drop_last = len(train_y) % cfg.bs == 1
+    if drop_last:
+        notes.append(f"the last training batch would hold one image; dropped each epoch")
+    train_dl = DeviceLoader(train_x, train_y, cfg.bs, shuffle=True, drop_last=drop_last, seed=cfg.seed,
+                            device=str(device), transform=train_pipeline(cfg.aug, size, mean, std))
+    valid_dl = DeviceLoader(valid_x, valid_y, cfg.bs * 2, device=str(device),
+                            transform=eval_pipeline(size, mean, std))
+    return train_dl, valid_dl, valid_idx, (list(mean), list(std)), size
+
+
+def _model(cfg: TrainConfig, classes: list[str], device: torch.device, train_dl, notes: list[str]):
+    from fitvision.models import count_params, create_model, lsuv_init
+
+    kwargs = {"num_classes": len(classes), "in_channels": 3, "width": cfg.width}
+    model = create_model(cfg.model, **kwargs).to(device)
+    if cfg.init == "lsuv":
+        batch = train_dl.transform(train_dl.images[: cfg.bs])  # one augmented batch, as training sees it
+        lsuv_init(model, batch)
+        notes.append("LSUV init on one training batch")
+    elif cfg.init != "default":
+        raise FitVisionError(f"unknown init '{cfg.init}' (valid: default, lsuv)")
+    if cfg.init_from:
+        from fitvision.train.transfer import apply_init_from
+
+        done = apply_init_from(model, cfg, classes=classes)
+        head = "head reset for the new classes" if done["head_reset"] else "head kept (same classes)"
+        notes.append(f"initialised from {done['init_from']}: {done['loaded']} tensors, {head}")
+    return model, kwargs, count_params(model)
+
+
+def build(cfg: TrainConfig, hooks: list[Hook] | None = None, progress: bool = True) -> Setup:
+    """Data, loaders, model and Learner for cfg; every random draw follows cfg.seed."""
+    from fitvision.data.decode import load_dataset
+
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    cfg = dataclasses.replace(cfg, device=str(device), precision=resolve_precision(cfg.precision, device))
+    notes: list[str] = []
+    ds = load_dataset(cfg.data, storage_size=cfg.storage_size, valid_pct=cfg.valid_pct, seed=cfg.seed)
+    train_dl, valid_dl, valid_idx, (mean, std), size = _loaders(cfg, ds, device, notes)
+    seed_everything(cfg.seed)  # the model's init draws the same numbers whatever the data code drew
+    model, kwargs, params = _model(cfg, ds.classes, device, train_dl, notes)
+    learn = Learner.from_config(cfg, model, train_dl, valid_dl, hooks=hooks or [], progress=progress)
+    meta = {"model": cfg.model, "model_kwargs": kwargs, "classes": list(ds.classes), "mean": mean, "std": std,
+            "input_size": [size, size], "storage_size": cfg.storage_size, "fitvision_version": __version__}
+    return Setup(cfg=cfg, learn=learn, classes=list(ds.classes), dataset=ds.name, location=ds.location,
+                 valid_indices=valid_idx, num_train=len(train_dl.labels), meta=meta, params=params, notes=notes)
+
+
+def describe(s: Setup) -> list[str]:
+    """The resolved setup, as printed before training."""
+    cfg, learn = s.cfg, s.learn
+    h, w = s.meta["input_size"]
+    threads = f" ({torch.get_num_threads()} threads)" if learn.device.type == "cpu" else \
+        f" ({torch.cuda.get_device_name(learn.device)})"
+    clip = f"clip {cfg.clip:g} by {cfg.clip_mode}" if cfg.clip else "no clipping"
+    lines = [
+        f"data      {s.dataset}: {s.num_train:,} train / {len(s.valid_indices):,} valid images, "
+        f"{len(s.classes)} classes, {h}x{w} px, aug {cfg.aug} ({s.location})",
+        f"model     {cfg.model} width {cfg.width:g}: {s.params:,} parameters",
+        f"device    {learn.device}{threads}, precision {learn.precision}"
+        + (", channels_last" if cfg.channels_last else "") + (", compiled" if cfg.compile else ""),
+        f"optimiser {cfg.opt} lr {cfg.lr:g} ({cfg.sched}), wd {cfg.wd:g} ({cfg.wd_mode}), {clip}, "
+        f"batch {cfg.bs}, {cfg.epochs:g} epochs x {len(learn.train_dl)} batches, seed {cfg.seed}",
+    ]
+    return lines + [f"note      {n}" for n in s.notes]
+
+
+# --------------------------------------------------------------------------- run directory
+def default_out(cfg: TrainConfig, kind: str = "") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-{kind}{cfg.model}"
+    out, k = base, 1
+    while out.exists():
+        k += 1
+        out = base.with_name(f"{base.name}-{k}")
+    return out
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([row[c] for c in columns])
+    tmp.replace(path)
+
+
+class RunTables(Hook):
+    """history.csv and batches.csv after every epoch, so a running (or crashed) run can be inspected."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        write_tables(self.run_dir, state)
+
+
+def write_tables(run_dir: Path, state: TrainState) -> None:
+    _write_csv(run_dir / "history.csv", HISTORY_COLUMNS, state.history)
+    _write_csv(run_dir / "batches.csv", BATCH_COLUMNS, state.batches)
+
+
+def _prepare_run_dir(cfg: TrainConfig) -> tuple[TrainConfig, Path]:
+    """The run directory, created; on --resume the run's own config.json replaces cfg."""
+    if cfg.resume:
+        if not cfg.out:
+            raise FitVisionError("--resume needs --out RUN: the run directory to continue")
+        run_dir = Path(cfg.out)
+        if not (run_dir / CHECKPOINT).is_file():
+            raise FitVisionError(f"cannot resume: {run_dir / CHECKPOINT} does not exist")
+        saved = json.loads((run_dir / "config.json").read_text())
+        return updated(TrainConfig(), {**saved, "resume": True, "out": str(run_dir)}), run_dir
+    run_dir = Path(cfg.out) if cfg.out else default_out(cfg)
+    if (run_dir / CHECKPOINT).exists() or (run_dir / "model.json").exists():
+        raise FitVisionError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(cfg, out=str(run_dir))
+    cfg.save(run_dir / "config.json")
+    return cfg, run_dir
+
+
+def _epochs_done(state: TrainState) -> float | int:
+    epochs = round(state.step / state.steps_per_epoch, 4)
+    return int(epochs) if epochs == int(epochs) else epochs
+
+
+def _finish(s: Setup, run_dir: Path) -> dict[str, Any]:
+    """Weights, predictions and summary of a finished fit."""
+    from fitvision.train.modelfile import save_model
+
+    learn, state, cfg = s.learn, s.learn.state, s.cfg
+    module = learn.ema.module if learn.ema is not None else learn.model
+    save_model(run_dir, module, s.meta)
+    write_tables(run_dir, state)
+    log_probs, targets = learn.get_log_preds(tta=cfg.tta)
+    np.savez(run_dir / "preds.npz", probs=log_probs.exp().numpy().astype(np.float32),
+             targets=targets.numpy().astype(np.int64), indices=s.valid_indices.astype(np.int64))
+    train_time = sum(row["train_seconds"] for row in state.history)
+    summary = {
+        **loss_and_accuracy(log_probs, targets),
+        "epochs": _epochs_done(state),
+        "train_seconds": round(sum(row["seconds"] for row in state.history), 3),
+        "train_images_per_second": round(sum(row["images"] for row in state.history) / max(train_time, 1e-9), 1),
+        "device": str(learn.device),
+        "model": cfg.model,
+        "params": s.params,
+        "dataset": s.dataset,
+        "num_train": s.num_train,
+        "num_valid": int(len(targets)),
+        "seed": cfg.seed,
+        "precision": learn.precision,
+        "tta": cfg.tta,
+        "recipe": cfg.recipe,
+        "stopped_early": state.stop,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def train_run(cfg: TrainConfig) -> Path:
+    """Train as cfg says and write the run directory; returns its path.
+
+    summary.json: train_seconds is the wall time of the epochs (training and per-epoch
+    evaluation, not data loading or compile warm-up); train_images_per_second counts training
+    time only. With --resume the run continues from checkpoint.pt exactly as it would have.
+    """
+    from fitvision.train.transfer import fine_tune_phases
+
+    cfg, run_dir = _prepare_run_dir(cfg)
+    s = build(cfg)
+    learn = s.learn
+    phases = fine_tune_phases(s.cfg)
+    if len(phases) > 1 or phases[0].frozen or phases[0].body_lr_mult != 1.0:
+        learn.hooks.append(Phases(learn, phases))
+    if cfg.early_stop:
+        learn.hooks.append(EarlyStopping(cfg.early_stop))
+    learn.hooks += [RunTables(run_dir), Checkpointer(learn, run_dir / CHECKPOINT, cfg.checkpoint_every)]
+    for line in describe(s):
+        print(line)
+    print(f"run dir   {run_dir}" + (" (resuming)" if cfg.resume else ""), flush=True)
+    from fitvision.optim.schedules import create_schedule
+
+    total = max(1, round(cfg.epochs * len(learn.train_dl)))
+    learn.fit(cfg.epochs, create_schedule(s.cfg, total_steps=total),
+              resume_from=run_dir / CHECKPOINT if cfg.resume else None)
+    summary = _finish(s, run_dir)
+    from fitvision.report.html import write_report
+
+    report = write_report(run_dir)
+    print(f"done: val_acc {summary['val_acc']:.4f}, val_loss {summary['val_loss']:.4f} after "
+          f"{summary['epochs']} epochs in {format_seconds(summary['train_seconds'])} "
+          f"({summary['train_images_per_second']:,.0f} img/s); wrote {run_dir} ({Path(report).name})", flush=True)
+    return run_dir
+
+
+def lr_find_run(cfg: TrainConfig) -> Path:
+    """The lr range test on cfg's data and model: writes lr_find.png and lr_find.csv, prints the suggestion."""
+    from fitvision.train.lr_find import plot_lr_find
+
+    run_dir = Path(cfg.out) if cfg.out else default_out(cfg, kind="lr_find-")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    s = build(cfg, progress=False)
+    for line in describe(s):
+        print(line)
+    result = s.learn.lr_find()
+    rows = [{"lr": lr, "loss": loss, "smoothed": sm} for lr, loss, sm in zip(result.lrs, result.losses, result.smoothed)]
+    _write_csv(run_dir / "lr_find.csv", ("lr", "loss", "smoothed"), rows)
+    plot = plot_lr_find(result, run_dir / "lr_find.png")
+    stop = "stopped when the loss diverged" if result.diverged else "no divergence within the sweep"
+    print(f"lr_find: {len(result.lrs)} batches, {stop}; loss minimum at lr {result.lr_min:.2e}")
+    print(f"suggested lr: {result.suggestion:.2e} (a tenth of the minimum); plot: {plot}", flush=True)
+    return run_dir

@@ -1,0 +1,311 @@
+"""The Learner: the step, the loop, recording, evaluation, precision, and a real learning test."""
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fakeloader import TinyNet, make_learner, make_loaders, same, weights
+from fitvision.errors import FitVisionError
+from fitvision.train.checkpoint import load_checkpoint, seed_everything
+from fitvision.train.hooks import Checkpointer, EarlyStopping, Progress, TrainState, epoch_line
+from fitvision.train.learner import Learner, ModelEMA, cpu_has_bf16, resolve_precision
+
+
+def test_learns_the_synthetic_task():
+    learn = make_learner()
+    before = learn.validate()[1]
+    history = learn.fit_one_cycle(3, max_lr=0.02)
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    assert history[-1]["val_acc"] >= 0.9 > before
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_same_seed_twice_gives_identical_weights():
+    runs = []
+    for _ in range(2):
+        learn = make_learner(seed=3)
+        learn.fit_one_cycle(2, max_lr=0.02)
+        runs.append(weights(learn))
+    assert same(*runs)
+    other = make_learner(seed=4)
+    other.fit_one_cycle(2, max_lr=0.02)
+    assert not same(runs[0], weights(other))
+
+
+def test_recording_per_batch_and_per_epoch():
+    learn = make_learner()
+    learn.fit_one_cycle(2, max_lr=0.01)
+    s = learn.state
+    assert s.steps_per_epoch == 9 and s.total_steps == 18 and s.step == 18
+    assert [b["step"] for b in s.batches] == list(range(18))
+    assert [b["epoch"] for b in s.batches] == [0] * 9 + [1] * 9
+    # torch's OneCycleLR at max_lr 0.01: starts at 0.01/25, peaks, ends at 0.01/25/1e4; momentum inverse
+    assert s.batches[0]["lr"] == pytest.approx(0.0004) and s.batches[-1]["lr"] == pytest.approx(4e-8)
+    assert s.batches[0]["mom"] == pytest.approx(0.95) and min(b["mom"] for b in s.batches) < 0.87
+    assert learn.opt.param_groups[0]["lr"] == pytest.approx(4e-8)
+    row = s.history[1]
+    assert row["train_loss"] == pytest.approx(np.mean([b["loss"] for b in s.batches[9:]]))
+    assert row["lr"] == s.batches[-1]["lr"] and row["seconds"] >= row["train_seconds"] > 0
+    assert (row["val_loss"], row["val_acc"]) == learn.validate()
+
+
+def test_fractional_epochs():
+    learn = make_learner()
+    history = learn.fit(1.5)
+    assert learn.state.step == 14  # round(1.5 * 9)
+    assert len(history) == 2 and learn.state.batches[-1]["epoch"] == 1
+
+
+def test_epoch_line_is_the_seeds():
+    row = {"epoch": 3, "lr": 0.009351, "train_loss": 1.23451, "val_loss": 1.12339, "val_acc": 0.61234}
+    assert epoch_line(row) == "Epoch [3], last_lr: 0.00935, train_loss: 1.2345, val_loss: 1.1234, val_acc: 0.6123"
+
+
+def test_progress_without_a_tty_prints_plain_lines():
+    out = io.StringIO()
+    learn = make_learner(hooks=[Progress(stream=out, interval=0.0)])
+    learn.fit(1)
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert lines[0].startswith("epoch 0 batch 1/9 loss ") and " img/s eta " in lines[0]
+    assert lines[-1].startswith("Epoch [0], last_lr: 0.01000, train_loss: ")
+    assert len(lines) == 10
+    assert not any(c in text for c in "\r\x1b\b")
+
+
+def test_validate_is_plain_cross_entropy_and_accuracy():
+    learn = make_learner()
+    learn.fit(1)
+    learn.model.eval()
+    x, y = torch.cat([b[0] for b in learn.valid_dl]), torch.cat([b[1] for b in learn.valid_dl])
+    with torch.no_grad():
+        logits = learn.model(x)
+    learn.model.train()
+    loss, acc = learn.validate()
+    assert loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert acc == (logits.argmax(1) == y).float().mean().item()
+    assert learn.model.training  # evaluation put the mode back
+
+
+def test_flip_tta_averages_the_mirror_image():
+    learn = make_learner()
+    learn.fit(1)
+    probs, targets = learn.get_preds(tta=True)
+    learn.model.eval()
+    x = torch.cat([b[0] for b in learn.valid_dl])
+    with torch.no_grad():
+        want = (learn.model(x).softmax(1) + learn.model(x.flip(3)).softmax(1)) / 2
+    torch.testing.assert_close(probs, want, rtol=1e-5, atol=1e-6)
+    assert probs.dtype == torch.float32 and targets.dtype == torch.int64
+    assert not torch.allclose(probs, learn.get_preds(tta=False)[0])
+
+
+def test_predict_applies_the_eval_transform_only():
+    train_dl, valid_dl = make_loaders()
+    seen = []
+
+    def eval_tf(x, generator=None, epoch=0):
+        seen.append(x.dtype)
+        return x.float() / 255 - 0.5
+
+    valid_dl.transform = eval_tf
+    seed_everything(0)
+    learn = Learner(TinyNet(), train_dl, valid_dl, progress=False, precision="fp32")
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    probs = learn.predict(images)
+    learn.model.eval()
+    with torch.no_grad():
+        want = learn.model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - 0.5).softmax(1)
+    torch.testing.assert_close(probs, want)
+    assert seen == [torch.uint8]
+    torch.testing.assert_close(learn.predict(torch.from_numpy(images).permute(0, 3, 1, 2)), probs)
+    with pytest.raises(FitVisionError, match=r"predict expects a batch of uint8 images, got torch.float32"):
+        learn.predict(torch.zeros(1, 3, 8, 8))
+
+
+class RecordingSGD:
+    """Plain SGD that records the largest |grad| and the gradient norm it was given."""
+
+    def __init__(self, params, lr):
+        self.param_groups = [{"params": list(params), "lr": lr}]
+        self.max_abs, self.norms = [], []
+
+    def step(self):
+        grads = [p.grad for p in self.param_groups[0]["params"] if p.grad is not None]
+        self.max_abs.append(max(g.abs().max().item() for g in grads))
+        self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        for p in self.param_groups[0]["params"]:
+            if p.grad is not None:
+                p.data.add_(p.grad, alpha=-self.param_groups[0]["lr"])
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.param_groups[0]["params"]:
+            p.grad = None
+
+    def state_dict(self):
+        return {}
+
+
+@pytest.mark.parametrize("mode", ["value", "norm"])
+def test_gradient_clipping(mode):
+    learn = make_learner(opt_func=lambda m: RecordingSGD(m.parameters(), 0.1), clip=0.01, clip_mode=mode)
+    learn.fit(1)
+    opt = learn.opt
+    if mode == "value":
+        assert max(opt.max_abs) == pytest.approx(0.01)
+        assert max(opt.norms) > 0.01
+    else:
+        assert max(opt.norms) == pytest.approx(0.01, rel=1e-4)
+        assert max(opt.max_abs) < 0.01
+    unclipped = make_learner(opt_func=lambda m: RecordingSGD(m.parameters(), 0.1))
+    unclipped.fit(1)
+    assert max(unclipped.opt.max_abs) > 0.05
+
+
+def test_label_smoothing_reaches_the_loss():
+    learn = make_learner(label_smoothing=0.3)
+    x, y = next(iter(learn.train_dl))
+    torch.manual_seed(5)  # the same dropout mask for both forwards
+    loss = learn.train_step(x, y, {"lr": 0.0}).item()  # lr 0: the weights do not move
+    torch.manual_seed(5)
+    with torch.no_grad():
+        out = learn.model(x)
+    assert loss == pytest.approx(F.cross_entropy(out, y, label_smoothing=0.3).item(), rel=1e-6)
+    assert loss != pytest.approx(F.cross_entropy(out, y).item(), rel=1e-3)
+
+
+def test_ema_update_and_use():
+    model = torch.nn.Linear(3, 2)
+    ema = ModelEMA(model, decay=0.9)
+    before = ema.module.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # first update: decay warms up to min(0.9, 1/10) = 0.1
+    torch.testing.assert_close(ema.module.weight, 0.1 * before + 0.9 * model.weight)
+    learn = make_learner(ema=0.99)
+    learn.fit(1)
+    assert learn.ema.updates == 9
+    assert not same(weights(learn), {k: v for k, v in learn.ema.module.state_dict().items()})
+    learn.ema.module.eval()
+    x = torch.cat([b[0] for b in learn.valid_dl])
+    with torch.no_grad():
+        want = learn.ema.module(x).softmax(1)
+    torch.testing.assert_close(learn.get_preds()[0], want)
+
+
+def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_checkpoint(tmp_path):
+    ckpt = tmp_path / "checkpoint.pt"
+    calls = {"n": 0}
+
+    def loss_func(out, y):
+        calls["n"] += 1
+        loss = F.cross_entropy(out, y)
+        return loss * float("nan") if calls["n"] == 9 + 4 else loss  # epoch 1, batch 3
+
+    learn = make_learner(loss_func=loss_func)
+    learn.hooks.append(Checkpointer(learn, ckpt))
+    with pytest.raises(FitVisionError) as e:
+        learn.fit(3)
+    assert str(e.value) == ("the loss became nan at epoch 1, batch 3 (lr 0.01): training diverged; lower the "
+                            "learning rate (--lr) and train again (the last checkpoint is intact)")
+    state = load_checkpoint(ckpt)
+    assert state["state"]["step"] == 9 and len(state["state"]["history"]) == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_early_stopping_from_history():
+    hook = EarlyStopping(patience=2)
+    state = TrainState()
+    for epoch, loss in enumerate([1.0, 0.8, 0.85, 0.9]):
+        state.history.append({"epoch": epoch, "val_loss": loss, "val_acc": 0.5})
+        hook.on_epoch_end(state)
+        assert state.stop == (epoch == 3)
+    assert state.stop_reason == "early stop: val_loss has not improved for 2 epochs (best 0.8000 at epoch 1)"
+    learn = make_learner(hooks=[EarlyStopping(patience=0)])
+    learn.fit_one_cycle(5)
+    assert len(learn.state.history) == 1 and learn.state.step == 9 and learn.state.done
+
+
+def test_save_load_round_trip(tmp_path):
+    learn = make_learner()
+    learn.fit(1)
+    path = learn.save(tmp_path / "w.safetensors")
+    other = make_learner(seed=1)
+    assert not same(weights(learn), weights(other))
+    other.load(path)
+    assert same(weights(learn), weights(other))
+
+
+def test_freeze_trains_the_head_only():
+    learn = make_learner()
+    body = {k: v.clone() for k, v in learn.model.body.state_dict().items() if "weight" in k and "1." not in k}
+    head = learn.model.classifier.weight.clone()
+    learn.freeze(train_bn=False)
+    learn.fit(1)
+    assert all(torch.equal(v, learn.model.body.state_dict()[k]) for k, v in body.items())
+    assert not torch.equal(head, learn.model.classifier.weight)
+    learn.unfreeze()
+    assert all(p.requires_grad for p in learn.model.parameters())
+
+
+def test_precision_rules():
+    cpu = torch.device("cpu")
+    with pytest.raises(FitVisionError) as e:
+        resolve_precision("fp16", cpu)
+    assert str(e.value) == "precision fp16 needs a CUDA GPU (GradScaler); use bf16 or fp32 on the CPU"
+    with pytest.raises(FitVisionError, match=r"unknown precision 'half' \(valid: auto, fp32, bf16, fp16\)"):
+        resolve_precision("half", cpu)
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_bf16() else "fp32")
+
+
+def test_bf16_autocast_keeps_fp32_weights():
+    learn = make_learner(precision="bf16")
+    x, y = next(iter(learn.train_dl))
+    with learn._autocast():
+        out = learn.model(x)
+    assert out.dtype == torch.bfloat16
+    learn.fit(1)
+    assert all(p.dtype == torch.float32 for p in learn.model.parameters())
+    assert learn.state.history[0]["val_acc"] > 0.5
+
+
+def test_compile_warm_up_leaves_no_trace():
+    plain = make_learner()
+    plain.fit(1)
+    compiled = make_learner(compile="eager")  # the eager backend: compiles in a blink, same numbers
+    compiled.fit(1)
+    assert compiled._warmed_up
+    assert same(weights(plain), weights(compiled))
+
+
+def test_channels_last_model_and_input():
+    learn = make_learner(channels_last=True)
+    conv = learn.model.body[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    learn.fit(1)
+    assert math.isfinite(learn.state.history[0]["val_loss"])
+
+
+def test_real_cifar_learning(data_dir, monkeypatch):
+    """A few thousand real CIFAR-10 images, two epochs, far above chance (10%)."""
+    from fitvision.data.augment import CIFAR_STATS, eval_pipeline, train_pipeline
+    from fitvision.data.decode import load_dataset
+    from fitvision.data.loader import DeviceLoader
+    from fitvision.models import create_model
+
+    monkeypatch.setenv("FITVISION_DATA_DIR", str(data_dir))
+    ds = load_dataset("cifar10")
+    idx = np.random.default_rng(0).permutation(len(ds.train_y))[:4000]
+    seed_everything(0)
+    mean, std = CIFAR_STATS
+    train_dl = DeviceLoader(ds.train_x[np.sort(idx)], ds.train_y[np.sort(idx)], 200, shuffle=True, seed=0,
+                            transform=train_pipeline("crop_flip", 32, mean, std))
+    valid_dl = DeviceLoader(ds.valid_x[:2000], ds.valid_y[:2000], 500, transform=eval_pipeline(32, mean, std))
+    learn = Learner(create_model("resnet9", num_classes=10, width=0.125), train_dl, valid_dl,
+                    progress=False, precision="auto", channels_last=True, clip=0.1)
+    history = learn.fit_one_cycle(2, max_lr=0.01, wd=1e-4)
+    assert history[-1]["val_acc"] >= 0.35, history
