@@ -60,7 +60,7 @@ def _to_rgb(img):
         a = np.asarray(img, dtype=np.float32)
         if mode.startswith("I;16") or a.max(initial=0) > 255:
             a = a / 257.0
-        img = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")  # transparent areas become white, not black
         img = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -74,8 +74,11 @@ def _square(img, side: int) -> np.ndarray:
     w, h = img.size
     if (w, h) != (side, side):
         s = min(w, h)
-        box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)  # centre crop, then resize: one call
-        img = img.resize((side, side), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+        left, top = (w - s) // 2, (h - s) // 2
+        # crop first: resizing with a box would let the filter reach into the cropped-off border
+        img = img.crop((left, top, left + s, top + s))
+        if s != side:
+            img = img.resize((side, side), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -86,13 +89,12 @@ def _decode(src, side: int | None, storage_size: int) -> np.ndarray:
     with warnings.catch_warnings():
         # Above Pillow's pixel limit it only warns; a decompression bomb is refused like a corrupt file.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = _open(src)
-        if side is None:
-            side = min(storage_size, *img.size)
-        if img.format == "JPEG":
-            img.draft("RGB", (side, side))  # decode at a reduced DCT scale when much larger than side
-        img = ImageOps.exif_transpose(img)
-        return _square(_to_rgb(img), side)
+        with _open(src) as img:
+            if side is None:
+                side = min(storage_size, *img.size)
+            if img.format == "JPEG":
+                img.draft("RGB", (side, side))  # decode at a reduced DCT scale when much larger than side
+            return _square(_to_rgb(ImageOps.exif_transpose(img)), side)
 
 
 def decode_image(path, storage_size: int = 160) -> np.ndarray:
@@ -131,7 +133,10 @@ def _storage_side(first: list, storage_size: int) -> int:
     sides = []
     for _, src in first:
         try:
-            sides.append(min(_open(src).size))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # bombs are reported once, by the decode
+                with _open(src) as img:  # header only: cheap
+                    sides.append(min(img.size))
         except Exception:  # noqa: BLE001 - a bad image says nothing about the size
             continue
     return min(storage_size, int(statistics.median(sides))) if sides else storage_size
@@ -161,12 +166,12 @@ def _decode_stream(stream, side: int, storage_size: int, n: int):
             yield pending.popleft().get()
 
 
-def _decode_images(source: Path, splits: dict[str, list[str]], storage_size: int, writer, label: str):
+def _decode_images(source: readers.Source, splits: dict[str, list[str]], storage_size: int, writer, label: str):
     """Decode each split's files into a cache array: ({split: array}, {split: keep mask}, {file: reason})."""
     from tqdm import tqdm
 
     names = [n for files in splits.values() for n in files]
-    stream = readers.read_blobs(source, {n: i for i, n in enumerate(names)})
+    stream = source.blobs({n: i for i, n in enumerate(names)})
     first = list(itertools.islice(stream, SNIFF))
     side = _storage_side(first, storage_size)
     starts = np.cumsum([0] + [len(f) for f in splits.values()])
@@ -186,8 +191,8 @@ def _decode_images(source: Path, splits: dict[str, list[str]], storage_size: int
     return xs, keep, bad
 
 
-def _build_folders(source: Path, files, dirs, storage_size: int, writer, label: str):
-    layout = readers.folder_layout(source, files, dirs)
+def _build_folders(source: readers.Source, storage_size: int, writer, label: str):
+    layout = readers.folder_layout(source)
     readers.warn_empty(source, layout)
     xs, keep, bad = _decode_images(source, {"train": layout.train, "valid": layout.valid}, storage_size,
                                    writer, label)
@@ -205,17 +210,17 @@ def _build_folders(source: Path, files, dirs, storage_size: int, writer, label: 
     return layout.classes, arrays, sorted(bad.items())
 
 
-def _build(source: Path, folder: Path, storage_size: int, label: str):
-    files, dirs = readers.list_names(source)
+def _build(path: Path, folder: Path, storage_size: int, label: str, source_fp: dict):
+    source = readers.Source(path)
     writer = cache.CacheWriter(folder)
     try:
-        meta_name = readers.cifar_meta_name(files)
+        meta_name = readers.cifar_meta_name(source.files)
         if meta_name is not None:
-            classes, tx, ty, vx, vy = readers.read_cifar(source, files, meta_name)
+            classes, tx, ty, vx, vy = readers.read_cifar(source, meta_name)
             arrays, skipped = {"train_x": tx, "train_y": ty, "valid_x": vx, "valid_y": vy}, []
         else:
-            classes, arrays, skipped = _build_folders(source, files, dirs, storage_size, writer, label)
-        meta = {"classes": classes, "source": cache.fingerprint(source), "storage_size": storage_size,
+            classes, arrays, skipped = _build_folders(source, storage_size, writer, label)
+        meta = {"classes": classes, "source": source_fp, "storage_size": storage_size,
                 "counts": {"train": len(arrays["train_y"]), "valid": len(arrays["valid_y"])},
                 "skipped": [{"file": f, "reason": why} for f, why in skipped]}
         writer.commit(arrays, meta)
@@ -251,10 +256,11 @@ def load_dataset(name_or_path, storage_size: int = 160, valid_pct: float = 0.0, 
         raise FitVisionError(f"storage_size must be at least 8 pixels, got {storage_size}")
     source = resolve(name_or_path)
     name = dataset_name(name_or_path)
-    folder = cache.cache_folder(name, cache.fingerprint(source), storage_size)
+    source_fp = cache.fingerprint(source)
+    folder = cache.cache_folder(name, source_fp, storage_size)
     loaded = cache.load(folder)
     if loaded is None:
-        loaded = _build(source, folder, storage_size, name)
+        loaded = _build(source, folder, storage_size, name, source_fp)
     meta, arrays = loaded
     _report_skipped(meta, source, strict)
     ds = Dataset(name=name, classes=list(meta["classes"]), location=str(source),

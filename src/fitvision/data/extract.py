@@ -151,6 +151,27 @@ def iter_files(path, wanted: set[str] | None = None) -> Iterator[tuple[str, byte
         raise FitVisionError(f"cannot read archive {path} (truncated or corrupt?): {e}") from None
 
 
+def read_all(path) -> tuple[list[Member], dict[str, bytes]]:
+    """Every member (checked) and every regular file's content, in one pass over the archive."""
+    members, contents = [], {}
+    try:
+        if archive_kind(path) == "zip":
+            with _open_zip(path) as zf:
+                for info in zf.infolist():
+                    members.append(_zip_member(path, zf, info))
+                    if members[-1].kind == "file":
+                        contents[members[-1].name] = zf.read(info)
+            return members, contents
+        with _open_tar(path) as tf:
+            for info in tf:
+                members.append(_tar_member(path, info))
+                if members[-1].kind == "file":
+                    contents[members[-1].name] = tf.extractfile(info).read()
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+        raise FitVisionError(f"cannot read archive {path} (truncated or corrupt?): {e}") from None
+    return members, contents
+
+
 # --------------------------------------------------------------------------- extraction
 def _inside(root: str, target: str) -> bool:
     real = os.path.realpath(target)

@@ -47,32 +47,55 @@ class FolderLayout:
 
 
 # --------------------------------------------------------------------------- listing sources
-def list_names(source: Path) -> tuple[list[str], set[str]]:
-    """(file names, folder names), relative posix paths, of a folder or archive."""
-    if source.is_dir():
-        files, dirs = [], set()
-        for folder, subdirs, names in os.walk(source):
-            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-            rel = Path(folder).relative_to(source).as_posix()
-            rel = "" if rel == "." else rel + "/"
-            dirs.update(rel + d for d in subdirs)
-            files.extend(rel + n for n in names if not n.startswith("."))
-        return sorted(files), dirs
-    members = extract.list_members(source)
-    files = [m.name for m in members if m.kind == "file"]
-    dirs = {m.name for m in members if m.kind == "dir"} | {posixpath.dirname(f) for f in files}
-    return files, dirs
+PRELOAD_LIMIT = 2 << 30  # archives up to this size are read in one pass and held in memory
 
 
-def read_blobs(source: Path, wanted: dict[str, int]) -> Iterator[tuple[int, bytes | str]]:
-    """(index, content) for each wanted name; for a folder the content is the file path
-    (the decode workers read it themselves, so the main process stays free)."""
-    if source.is_dir():
-        for name, idx in wanted.items():
-            yield idx, str(source / name)
-        return
-    for name, data in extract.iter_files(source, set(wanted)):
-        yield wanted[name], data
+class Source:
+    """The files of a folder or archive: names (relative posix paths) and contents on demand.
+
+    A tar has no index, so listing it costs a full pass; a small one is read once, contents
+    included, instead of a listing pass plus a reading pass.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._contents: dict[str, bytes] | None = None
+        if path.is_dir():
+            self.files, self.dirs = _walk(path)
+            return
+        if path.stat().st_size <= PRELOAD_LIMIT:
+            members, self._contents = extract.read_all(path)
+        else:
+            members = extract.list_members(path)
+        self.files = [m.name for m in members if m.kind == "file"]
+        self.dirs = {m.name for m in members if m.kind == "dir"} | {posixpath.dirname(f) for f in self.files}
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def blobs(self, wanted: dict[str, int]) -> Iterator[tuple[int, bytes | str]]:
+        """(index, content) for each wanted name; for a folder the content is the file path
+        (the decode workers read it themselves, so the main process stays free)."""
+        if self.path.is_dir():
+            for name, idx in wanted.items():
+                yield idx, str(self.path / name)
+        elif self._contents is not None:
+            for name, idx in wanted.items():
+                yield idx, self._contents[name]
+        else:
+            for name, data in extract.iter_files(self.path, set(wanted)):
+                yield wanted[name], data
+
+
+def _walk(root: Path) -> tuple[list[str], set[str]]:
+    files, dirs = [], set()
+    for folder, subdirs, names in os.walk(root):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        rel = Path(folder).relative_to(root).as_posix()
+        rel = "" if rel == "." else rel + "/"
+        dirs.update(rel + d for d in subdirs)
+        files.extend(rel + n for n in names if not n.startswith("."))
+    return sorted(files), dirs
 
 
 # --------------------------------------------------------------------------- class folders
@@ -95,7 +118,8 @@ def _is_image(name: str) -> bool:
     return not base.startswith(".") and posixpath.splitext(base)[1].lower() in IMAGE_EXTENSIONS
 
 
-def folder_layout(source: Path, files: list[str], dirs: set[str]) -> FolderLayout:
+def folder_layout(source: Source) -> FolderLayout:
+    files, dirs = source.files, source.dirs
     images = [f for f in files if _is_image(f) and not f.startswith("__MACOSX/")]
     prefix = _strip_wrappers(images)
     rel = [PurePosixPath(f[len(prefix):]) for f in images]
@@ -204,13 +228,13 @@ def _key(d: dict, key: bytes):
     return d[key] if key in d else d[key.decode()]
 
 
-def read_cifar(source: Path, files: list[str], meta_name: str):
+def read_cifar(source: Source, meta_name: str):
     """(classes, train_x, train_y, valid_x, valid_y) from the official pickles; classes sorted."""
     train_b, test_b, labels_key, names_key = CIFAR_FILES[posixpath.basename(meta_name)]
     folder = posixpath.dirname(meta_name)
     names = {n: posixpath.join(folder, n) if folder else n for n in [posixpath.basename(meta_name)] + train_b + test_b}
     blobs = {}
-    for idx, data in read_blobs(source, {v: i for i, v in enumerate(names.values())}):
+    for idx, data in source.blobs({v: i for i, v in enumerate(names.values())}):
         blobs[idx] = Path(data).read_bytes() if isinstance(data, str) else data
     loaded = [safe_unpickle(blobs[i], f"{source}:{n}") for i, n in enumerate(names.values())]
     try:

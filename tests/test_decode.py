@@ -1,0 +1,243 @@
+"""Decode and cache: the bad-image matrix, colour modes, EXIF, storage size, cache integrity."""
+
+import io
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fitvision.data import decode
+from fitvision.data.decode import decode_image, load_dataset
+from fitvision.data.readers import DataWarning
+from fitvision.errors import FitVisionError
+
+RNG = np.random.default_rng(1)
+
+
+def _save(path: Path, img: Image.Image, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **kw)
+    return path
+
+
+def _rgb(h=48, w=48) -> Image.Image:
+    return Image.fromarray(RNG.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+def _exif_rotated_jpeg(path: Path) -> Path:
+    """40x20 stored, left half red, right half blue, EXIF orientation 6 (display rotated 90 cw)."""
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = (255, 0, 0)
+    arr[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _save(path, Image.fromarray(arr), format="JPEG", quality=95, exif=exif.tobytes())
+
+
+@pytest.fixture
+def matrix(tmp_path):
+    """An unsplit class-folder data set holding every kind of awkward file."""
+    root = tmp_path / "matrix"
+    good = root / "good"
+    for i in range(3):
+        _save(good / f"rgb{i}.png", _rgb())
+    odd = root / "odd"
+    gray = _save(odd / "gray.png", Image.fromarray(RNG.integers(0, 256, (48, 48), dtype=np.uint8)))
+    _save(odd / "palette.png", _rgb().convert("P", palette=Image.Palette.ADAPTIVE, colors=16))
+    rgba = np.zeros((48, 48, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:24, :, 3] = 255  # top half opaque red, bottom half transparent
+    _save(odd / "rgba.png", Image.fromarray(rgba))
+    la = np.full((48, 48, 2), 90, np.uint8)
+    la[..., 1] = 255  # opaque grey
+    _save(odd / "la.png", Image.fromarray(la))
+    _save(odd / "cmyk.jpg", _rgb().convert("CMYK"), format="JPEG", quality=95)
+    sixteen = np.full((48, 48), 65535, np.uint16)
+    sixteen[24:] = 32896  # 128 * 257
+    _save(odd / "gray16.png", Image.fromarray(sixteen))
+    _exif_rotated_jpeg(odd / "rotated.jpg")
+    bad = root / "bad"
+    bad.mkdir()
+    full = io.BytesIO()
+    _rgb(64, 64).save(full, format="JPEG")
+    (bad / "truncated.jpg").write_bytes(full.getvalue()[: len(full.getvalue()) // 2])
+    (bad / "zero.jpg").write_bytes(b"")
+    (bad / "text.jpg").write_text("this is not an image\n")
+    (bad / "huge.png").write_bytes(_png_header_only(100_000, 100_000))  # above 2x the limit: an error
+    (bad / "big.png").write_bytes(_png_header_only(10_000, 10_000))  # above 1x: only a warning in Pillow
+    return root, gray
+
+
+def test_bad_image_matrix(matrix):
+    root, _ = matrix
+    with pytest.warns(DataWarning) as record:
+        ds = load_dataset(root, storage_size=48)
+    bad_msgs = [str(w.message) for w in record if "unreadable" in str(w.message)]
+    assert len(bad_msgs) == 1  # one warning at the end, not one per file
+    assert bad_msgs[0].startswith(f"5 unreadable image(s) in {root} skipped: bad/big.png (")
+    assert bad_msgs[0].endswith(" ...")
+    assert ds.classes == ["bad", "good", "odd"]  # classes come from the folders, readable or not
+    assert len(ds.train_y) == 3 + 7 and len(ds.valid_y) == 0
+    assert ds.train_x.dtype == np.uint8 and ds.train_x.shape == (10, 48, 48, 3)
+    with pytest.raises(FitVisionError, match=r"^5 unreadable image\(s\) in .* found: bad/big.png .*\(strict mode; "
+                                             r"remove or fix them\)$"):
+        load_dataset(root, storage_size=48, strict=True)
+
+
+def test_bad_images_refused_one_by_one(matrix):
+    root, _ = matrix
+    for name, why in [("truncated.jpg", "truncated"), ("zero.jpg", "cannot identify"),
+                      ("text.jpg", "cannot identify"), ("huge.png", "decompression bomb"),
+                      ("big.png", "decompression bomb")]:
+        with pytest.raises(FitVisionError, match=f"^cannot read image .*{name}: .*{why}"):
+            decode_image(root / "bad" / name)
+
+
+def test_colour_modes_become_rgb(matrix):
+    root, gray_path = matrix
+    odd = root / "odd"
+    gray = decode_image(gray_path)
+    assert gray.shape == (48, 48, 3) and gray.dtype == np.uint8
+    np.testing.assert_array_equal(gray, np.repeat(np.asarray(Image.open(gray_path))[..., None], 3, axis=2))
+    np.testing.assert_array_equal(decode_image(odd / "palette.png"),
+                                  np.asarray(Image.open(odd / "palette.png").convert("RGB")))
+    rgba = decode_image(odd / "rgba.png")
+    assert rgba[0, 0].tolist() == [200, 0, 0] and rgba[-1, -1].tolist() == [255, 255, 255]  # alpha over white
+    assert decode_image(odd / "la.png")[0, 0].tolist() == [90, 90, 90]
+    cmyk = decode_image(odd / "cmyk.jpg")
+    assert cmyk.shape == (48, 48, 3)
+    assert np.abs(cmyk.astype(int) - np.asarray(Image.open(odd / "cmyk.jpg").convert("RGB"), int)).max() == 0
+    g16 = decode_image(odd / "gray16.png")
+    assert g16[0, 0].tolist() == [255, 255, 255] and g16[-1, -1].tolist() == [128, 128, 128]  # scaled, not clipped
+
+
+def test_exif_orientation_applied(tmp_path):
+    img = decode_image(_exif_rotated_jpeg(tmp_path / "r.jpg"), storage_size=160)
+    assert img.shape == (20, 20, 3)  # shorter side 20, never upscaled
+    top, bottom = img[:8].reshape(-1, 3).mean(0), img[-8:].reshape(-1, 3).mean(0)
+    # displayed upright the image is 20 wide and 40 tall: red on top, blue below
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60
+
+
+def test_storage_size_resize_and_crop(tmp_path):
+    arr = np.zeros((200, 300, 3), np.uint8)
+    arr[:, 50:250] = 255  # a white centre square, black bars left and right
+    path = _save(tmp_path / "wide.png", Image.fromarray(arr))
+    out = decode_image(path, storage_size=100)
+    assert out.shape == (100, 100, 3)
+    assert out.min() == 255  # the centre crop removed the bars exactly
+    small = _save(tmp_path / "small.png", _rgb(32, 32))
+    np.testing.assert_array_equal(decode_image(small), np.asarray(Image.open(small)))  # 32x32 stays
+    with pytest.raises(FitVisionError, match="^image not found: "):
+        decode_image(tmp_path / "missing.png")
+
+
+def _split_folder(root: Path, n_train=4, n_valid=2, classes=("a", "b"), size=40) -> Path:
+    for split, n in (("train", n_train), ("test", n_valid)):
+        for c in classes:
+            for i in range(n):
+                _save(root / split / c / f"{i}.png", _rgb(size, size))
+    return root
+
+
+def test_cache_is_memory_mapped_and_keyed(tmp_path, monkeypatch):
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
+    root = _split_folder(tmp_path / "ds")
+    first = load_dataset(root, storage_size=32)
+    assert first.image_size == [32, 32] and len(first.valid_y) == 4
+    again = load_dataset(root, storage_size=32)
+    assert isinstance(again.train_x, np.memmap)
+    np.testing.assert_array_equal(again.train_x, first.train_x)
+    np.testing.assert_array_equal(again.valid_y, [0, 0, 1, 1])
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    load_dataset(root, storage_size=16)  # another size: another cache entry
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    _save(root / "train" / "a" / "new.png", _rgb(40, 40))  # the source changed: another key
+    assert len(load_dataset(root, storage_size=32).train_y) == 9
+    assert len(list((tmp_path / "cache").iterdir())) == 3
+    # a dataset decoded at its own side matches decode_image exactly
+    np.testing.assert_array_equal(load_dataset(root, storage_size=40).train_x[0],
+                                  decode_image(root / "train" / "a" / "0.png", storage_size=40))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage_meta", "missing"])
+def test_damaged_cache_is_rebuilt(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
+    root = _split_folder(tmp_path / "ds")
+    first = np.array(load_dataset(root).train_x)
+    (entry,) = (tmp_path / "cache").iterdir()
+    target = entry / "train_x.npy"
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[:-100])
+    elif damage == "garbage_meta":
+        (entry / "meta.json").write_text("{not json")
+    else:
+        target.unlink()
+    again = load_dataset(root)
+    np.testing.assert_array_equal(again.train_x, first)
+    assert target.stat().st_size == 128 + first.nbytes  # rebuilt in full (npy header + data)
+
+
+def test_valid_pct_on_unsplit_folders(tmp_path):
+    root = tmp_path / "flat"
+    for c in ("x", "y"):
+        for i in range(10):
+            _save(root / c / f"{i}.png", _rgb(16, 16))
+    ds = load_dataset(root, valid_pct=0.25, seed=7)
+    assert len(ds.train_y) == 15 and len(ds.valid_y) == 5
+    again = load_dataset(root, valid_pct=0.25, seed=7)
+    np.testing.assert_array_equal(ds.valid_x, again.valid_x)
+    other = load_dataset(root, valid_pct=0.25, seed=8)
+    assert not np.array_equal(ds.valid_x, other.valid_x)
+    whole = load_dataset(root)
+    assert len(whole.train_y) == 20 and len(whole.valid_y) == 0
+    combined = np.concatenate([ds.train_x, ds.valid_x]).reshape(20, -1)
+    assert sorted(map(bytes, combined)) == sorted(map(bytes, whole.train_x.reshape(20, -1)))
+
+
+def test_empty_class_warns_and_no_images_errors(tmp_path):
+    root = _split_folder(tmp_path / "ds", n_train=2, n_valid=1)
+    (root / "train" / "empty").mkdir()
+    with pytest.warns(DataWarning, match=r"^1 class folder\(s\) in .* hold no images and are left out: train/empty$"):
+        ds = load_dataset(root)
+    assert ds.classes == ["a", "b"]
+    nothing = tmp_path / "nothing"
+    (nothing / "train" / "cat").mkdir(parents=True)
+    (nothing / "train" / "cat" / "readme.txt").write_text("no images here")
+    with pytest.raises(FitVisionError, match=r"^no images found in .*nothing; expected class folders: "
+                                             r"train/<class>/<image> plus valid\|val\|test/<class>/<image>, "
+                                             r"or <class>/<image> \(unsplit\)$"):
+        load_dataset(nothing)
+
+
+def test_unseen_valid_label_is_an_error(tmp_path):
+    root = _split_folder(tmp_path / "ds", n_train=1, n_valid=1)
+    _save(root / "test" / "zebra" / "0.png", _rgb(40, 40))
+    with pytest.raises(FitVisionError, match=r"^label 'zebra' is not among the training classes"):
+        load_dataset(root)
+
+
+def test_parallel_decode_matches_sequential(tmp_path, monkeypatch):
+    root = _split_folder(tmp_path / "ds", n_train=6, n_valid=3, size=50)
+    sequential = load_dataset(root, storage_size=24)
+    monkeypatch.setattr(decode, "MIN_PARALLEL", 0)
+    monkeypatch.setattr(decode, "CHUNK", 4)
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "other-cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parallel = load_dataset(root, storage_size=24)
+    np.testing.assert_array_equal(parallel.train_x, sequential.train_x)
+    np.testing.assert_array_equal(parallel.valid_x, sequential.valid_x)
+    np.testing.assert_array_equal(parallel.train_y, sequential.train_y)
