@@ -1,0 +1,113 @@
+"""SpeedNet: a small CIFAR network built for the fastest route to ~91-94% (airbench's ideas).
+
+The techniques are public (Keller Jordan, "94% on CIFAR-10 in 3.29 seconds", arXiv 2404.00498);
+this is fitvision's own implementation:
+
+- a first 2x2 conv whose weights are set from the data so its outputs are whitened image
+  patches (``init_from_data``), frozen afterwards: the net starts from decorrelated inputs;
+- three conv groups (conv, max-pool, BN, GELU, conv, BN, GELU); the convs start as partial
+  identities (dirac init) so the untrained net passes its input through;
+- BatchNorm scales fixed at 1 (only the shifts train) and fast-moving running statistics;
+- a bias-free linear head on max-pooled features, with logits scaled down (1/9) so that
+  high learning rates stay stable.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fitvision.models.base import ImageClassifier
+from fitvision.models.layers import scaled
+from fitvision.models.registry import register_model
+
+
+class Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+
+def _batchnorm(channels: int) -> nn.BatchNorm2d:
+    # Running stats follow the weights quickly (momentum 0.4): the net changes fast at high lr.
+    bn = nn.BatchNorm2d(channels, momentum=0.4, eps=1e-12)
+    bn.weight.requires_grad_(False)  # scale fixed at 1; the following conv's weights carry scale
+    return bn
+
+
+class ConvGroup(nn.Module):
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = _batchnorm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.norm2 = _batchnorm(c_out)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.norm1(self.pool(self.conv1(x))))
+        return self.act(self.norm2(self.conv2(x)))
+
+
+class SpeedNet(ImageClassifier):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, ...] = (64, 256, 256),
+                 whiten_kernel: int = 2, logit_scale: float = 1 / 9) -> None:
+        super().__init__()
+        self.whiten_kernel = whiten_kernel
+        whiten_width = 2 * in_channels * whiten_kernel**2
+        self.whiten = nn.Conv2d(in_channels, whiten_width, whiten_kernel, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        self.act = nn.GELU()
+        groups, c_in = [], whiten_width
+        for width in widths:
+            groups.append(ConvGroup(c_in, width))
+            c_in = width
+        self.groups = nn.Sequential(*groups)
+        self.classifier = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), Scale(logit_scale),
+                                        nn.Linear(c_in, num_classes, bias=False))
+        self.num_classes = num_classes
+        self._identity_init()
+
+    def _identity_init(self) -> None:
+        for m in self.groups.modules():
+            if isinstance(m, nn.Conv2d):
+                w = m.weight.data
+                nn.init.kaiming_normal_(w, nonlinearity="relu")
+                n = min(w.shape[0], w.shape[1])
+                nn.init.dirac_(w[:n])
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.groups(self.act(self.whiten(x)))
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the whitening conv from normalised training images (B, C, H, W), a few thousand suffice.
+
+        Each k x k patch is projected onto the eigenvectors of the patch covariance and divided by
+        the square root of its eigenvalue; both signs are kept so GELU loses no information.
+        """
+        k = self.whiten_kernel
+        x = images.float()
+        patches = x.unfold(2, k, 1).unfold(3, k, 1)  # B, C, H', W', k, k
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * k * k)
+        patches = patches - patches.mean(0, keepdim=True)
+        cov = patches.T @ patches / len(patches)
+        eigvals, eigvecs = torch.linalg.eigh(cov.double())
+        filters = (eigvecs.T / torch.sqrt(eigvals[:, None] + eps)).float()
+        filters = filters.reshape(-1, x.shape[1], k, k)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
+        self.whiten.bias.zero_()
+
+
+@register_model
+def speednet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> SpeedNet:
+    """Airbench-style CIFAR net: whitened 2x2 stem, 3 conv groups (64-256-256), fast to train."""
+    widths = tuple(scaled(c, width) for c in (64, 256, 256))
+    return SpeedNet(num_classes=num_classes, in_channels=in_channels, widths=widths)

@@ -1,0 +1,27 @@
+import torch
+
+from fitvision.models import create_model
+
+
+def test_whitening_init_decorrelates_patches():
+    torch.manual_seed(0)
+    # Correlated "images": smooth noise, so neighbouring pixels and channels covary strongly.
+    base = torch.randn(64, 1, 18, 18)
+    imgs = torch.nn.functional.avg_pool2d(base, 3, 1) + 0.1 * torch.randn(64, 3, 16, 16)
+    model = create_model("speednet", width=0.25)
+    model.init_from_data(imgs, eps=1e-9)  # eps shrinks tiny-eigenvalue directions; off here
+    with torch.no_grad():
+        out = model.whiten(imgs) - model.whiten.bias.view(1, -1, 1, 1)
+    half = out[:, : out.shape[1] // 2].permute(0, 2, 3, 1).reshape(-1, out.shape[1] // 2)
+    cov = (half - half.mean(0)).T @ (half - half.mean(0)) / len(half)
+    assert torch.allclose(cov, torch.eye(len(cov)), atol=0.02)
+    # The second half is the negation of the first: GELU sees both signs.
+    assert torch.equal(model.whiten.weight[:12], -model.whiten.weight[12:])
+
+
+def test_speednet_shapes_and_frozen_parts():
+    model = create_model("speednet", num_classes=7, width=0.5)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    assert not model.whiten.weight.requires_grad
+    bn_weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn_weights and not any(w.requires_grad for w in bn_weights)
