@@ -6,6 +6,8 @@ from torch import nn
 
 from fitvision.config import TrainConfig
 from fitvision.errors import FitVisionError
+from fitvision.train.hooks import Hook, Phases
+from fitvision.train.learner import Learner
 from fitvision.train.modelfile import save_model
 from fitvision.train.transfer import BODY_LR_MULT, Phase, apply_init_from, final_layer_name, fine_tune_phases
 
@@ -147,27 +149,66 @@ class Batches:
         return ((self.x[i:i + self.bs], self.y[i:i + self.bs]) for i in range(0, len(self.y), self.bs))
 
 
-def test_fit_phases_trains_head_then_all_with_a_slower_body():
-    from fitvision.train.learner import Learner
-    from fitvision.train.transfer import fit_phases
+class Recorder(Hook):
+    """Per epoch: did the body conv / the final layer change, and the body and head lrs used."""
 
+    def __init__(self, model, learn):
+        self.model, self.learn, self.epochs = model, learn, []
+
+    def _weights(self):
+        return self.model.body[0].weight.clone(), self.model.get_classifier().weight.clone()
+
+    def on_fit_start(self, state):
+        self.start = self._weights()
+
+    def on_batch_end(self, state):
+        self.lrs = {g["name"]: g["lr"] for g in self.learn.opt.param_groups}
+
+    def on_epoch_end(self, state):  # runs before Phases switches to the next epoch's phase
+        now = self._weights()
+        self.epochs.append((not torch.equal(now[0], self.start[0]), not torch.equal(now[1], self.start[1]),
+                            self.lrs["body"] / self.lrs["head"]))
+        self.start = now
+
+
+def test_phases_train_head_then_all_with_a_slower_body():
+    """The plan as train_run applies it (hooks.Phases on a Learner): head only, then all, body slower."""
     torch.manual_seed(0)
     model = TinyNet(3)
     learn = Learner(model, Batches(), Batches(), lr=0.01, progress=False, precision="fp32")
-    seen = []
-
-    def fit(epochs):
-        conv, head = model.body[0].weight.clone(), model.get_classifier().weight.clone()
-        rows = learn.fit(epochs)
-        lrs = {g["name"]: g["lr"] for g in learn.opt.param_groups}
-        seen.append((epochs, torch.equal(conv, model.body[0].weight),
-                     torch.equal(head, model.get_classifier().weight), lrs["body"], lrs["head"]))
-        return rows
-
+    recorder = Recorder(model, learn)
     cfg = TrainConfig(epochs=3, init_from="run", freeze=True, freeze_epochs=1)
-    history = fit_phases(learn, cfg, fit)
-    assert [row["epoch"] for row in history] == [0, 1, 2]
-    # (epochs, body conv unchanged, head unchanged, body lr, head lr)
-    assert seen[0] == (1, True, False, pytest.approx(0.01), pytest.approx(0.01))
-    assert seen[1] == (2, False, False, pytest.approx(0.01 * BODY_LR_MULT), pytest.approx(0.01))
+    learn.hooks += [recorder, Phases(learn, fine_tune_phases(cfg))]
+    learn.fit(3)
+    # (body conv changed, final layer changed, body lr / head lr) for each epoch
+    assert recorder.epochs == [(False, True, pytest.approx(1.0)),
+                               (True, True, pytest.approx(BODY_LR_MULT)),
+                               (True, True, pytest.approx(BODY_LR_MULT))]
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_cli_init_from_loads_and_freezes_the_body(tmp_path, capsys):
+    """End to end: pretrain, then fine-tune on other classes with the body frozen, via the CLI."""
+    from safetensors.torch import load_file
+
+    from fitvision.cli import main
+    from synthetic_images import make_image_folder
+
+    src = make_image_folder(tmp_path / "src", ["r", "g", "b"], 16, 4)
+    dst = make_image_folder(tmp_path / "dst", ["x", "y"], 16, 4, seed=1)
+    common = ["--model", "cnn", "--bs", "8", "--precision", "fp32", "--device", "cpu", "--epochs", "1"]
+    assert main(["train", "--data", str(src), "--out", str(tmp_path / "a"), *common]) == 0
+    assert main(["train", "--data", str(dst), "--init-from", str(tmp_path / "a"), "--freeze",
+                 "--out", str(tmp_path / "b"), *common]) == 0
+    assert f"note      initialised from {tmp_path / 'a'}: 6 tensors, head reset for the new classes" \
+        in capsys.readouterr().out
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    body = [k for k in a if k.startswith("features.")]
+    assert len(body) == 6 and all(torch.equal(a[k], b[k]) for k in body)  # loaded, then frozen for the run
+    assert a["classifier.2.weight"].shape == (3, 2048) and b["classifier.2.weight"].shape == (2, 2048)
+
+    assert main(["train", "--data", str(dst), "--init-from", str(tmp_path / "a"), "--model", "convnet",
+                 "--out", str(tmp_path / "c")]) == 1
+    assert capsys.readouterr().err == (f"error: --init-from {tmp_path / 'a'} holds a cnn(in_channels=3, width=1.0), "
+                                       "which cannot initialise a convnet(width=1.0); train with --model cnn "
+                                       "or start from a convnet run\n")

@@ -4,14 +4,15 @@
 linear layer, which keeps its fresh initialisation for the new classes (or is copied too when
 the classes are the same, to continue a run). ``fine_tune_phases`` says how to train it: with
 ``freeze``, the head alone for ``freeze_epochs``; then everything, the body at a lower
-learning rate (discriminative learning rates).
+learning rate (discriminative learning rates). train_run applies the phases with the
+``hooks.Phases`` hook, at epoch ends, under one schedule for the whole run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -115,18 +116,3 @@ def apply_init_from(model: nn.Module, cfg_or_run_dir, classes: list[str] | None 
     return {"init_from": str(run_dir), "loaded": len(state), "head_reset": not keep_head,
             "source_classes": meta["classes"]}
 
-
-def fit_phases(learn, cfg, fit: Callable[[float], list[dict]]) -> list[dict]:
-    """Run ``fine_tune_phases(cfg)`` on a Learner; ``fit(epochs)`` trains one phase (its schedule
-    is the caller's choice) and returns its history rows. One history comes back, epochs numbered
-    on across the phases."""
-    history: list[dict] = []
-    for phase in fine_tune_phases(cfg):
-        if phase.frozen:
-            learn.freeze()
-        else:
-            learn.unfreeze()
-        learn.set_body_lr_mult(phase.body_lr_mult)
-        rows = fit(phase.epochs)
-        history += [{**row, "epoch": len(history) + i} for i, row in enumerate(rows)]
-    return history
