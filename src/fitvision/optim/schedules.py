@@ -122,7 +122,7 @@ def one_cycle(
     initial = max_lr / div_factor
     pct = pct_start
     if total_steps is not None and total_steps > 1:
-        pct = (pct_start * total_steps - 1) / (total_steps - 1)
+        pct = max(0.0, (pct_start * total_steps - 1) / (total_steps - 1))  # < 0 when pct_start * n < 1
     phases = [pct, 1 - pct]
     lr = combine_scheds(phases, [sched_cos(initial, max_lr), sched_cos(max_lr, initial / final_div_factor)])
     mom = combine_scheds(phases, [sched_cos(moms[0], moms[1]), sched_cos(moms[1], moms[2])])
