@@ -66,6 +66,14 @@ def class_folder_tgz(images) -> bytes:
     return buf.getvalue()
 
 
+def class_folder_tar(images) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:  # uncompressed .tar
+        for name, arr in images.items():
+            _add(tf, name, _png(arr))
+    return buf.getvalue()
+
+
 def class_folder_zip(images) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -141,11 +149,11 @@ def test_download_cifar_python_tarball(server, data):
     assert ds.image_size == [32, 32]
 
 
-@pytest.mark.parametrize("fmt", ["tgz", "zip"])
+@pytest.mark.parametrize("fmt", ["tgz", "tar", "zip"])
 def test_download_class_folder_archives(server, data, fmt):
     files, base = server
     images = class_folder_images()
-    payload = class_folder_tgz(images) if fmt == "tgz" else class_folder_zip(images)
+    payload = {"tgz": class_folder_tgz, "tar": class_folder_tar, "zip": class_folder_zip}[fmt](images)
     files[f"tiny.{fmt}"] = payload
     ds = load_dataset(_spec(f"{base}/tiny.{fmt}", f"tiny.{fmt}", payload), storage_size=160)
     assert ds.classes == ["cat", "dog"]
@@ -154,6 +162,36 @@ def test_download_class_folder_archives(server, data, fmt):
     # PNG is lossless and 40x30 -> 30x30 is a pure centre crop (no resampling)
     np.testing.assert_array_equal(ds.train_x[4], images["tiny/train/dog/1.png"][:, 5:35])
     np.testing.assert_array_equal(ds.valid_x[0], images["tiny/valid/cat/0.png"][:, 5:35])
+
+
+def test_extracted_cifar_folder_and_streamed_archive_agree(tmp_path, monkeypatch):
+    from fitvision.data import readers
+    from fitvision.data.extract import safe_extract
+
+    payload, _ = cifar_tarball()
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(payload)
+    from_archive = load_dataset(archive)
+    folder = safe_extract(archive, tmp_path / "x") / "cifar-10-batches-py"
+    from_folder = load_dataset(folder)
+    monkeypatch.setattr(readers, "PRELOAD_LIMIT", 0)  # the two-pass path used for archives > 2 GiB
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache2"))
+    streamed = load_dataset(archive)
+    for ds in (from_folder, streamed):
+        assert ds.classes == from_archive.classes
+        np.testing.assert_array_equal(ds.train_x, from_archive.train_x)
+        np.testing.assert_array_equal(ds.valid_y, from_archive.valid_y)
+
+
+def test_two_pass_reading_of_a_class_folder_archive(tmp_path, monkeypatch):
+    from fitvision.data import readers
+
+    images = class_folder_images()
+    archive = tmp_path / "tiny.tgz"
+    archive.write_bytes(class_folder_tgz(images))
+    monkeypatch.setattr(readers, "PRELOAD_LIMIT", 0)
+    ds = load_dataset(archive)
+    np.testing.assert_array_equal(ds.valid_x[3], images["tiny/valid/dog/1.png"][:, 5:35])
 
 
 def test_checksum_mismatch_leaves_nothing(server, data):
