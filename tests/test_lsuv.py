@@ -1,0 +1,120 @@
+"""LSUV initialisation (seed 004): every initialised layer's own output at unit variance, zero mean.
+
+"A layer's output" is the output of the conv or linear module itself (before BatchNorm or the
+activation), in the forward pass as training sees it: BatchNorm on batch statistics, dropout
+off. The tests measure it independently with their own hooks after lsuv_init is done.
+"""
+
+import io
+import re
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from fitvision.errors import FitVisionError
+from fitvision.models import create_model, lsuv_init
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+PER_CLASS = 10  # 100 test images, 10 of each class
+LAYERS = (nn.Conv2d, nn.Linear)
+
+
+@pytest.fixture(scope="module")
+def cifar_batch(data_dir):
+    """Real CIFAR-10 test images, straight from the archive (the test split comes first in it)."""
+    pattern = re.compile(r"cifar10/test/[a-z]+/(\d+)\.jpg$")
+    images = []
+    with tarfile.open(data_dir / "cifar10-jpeg.tgz", "r:gz") as tar:
+        for member in tar:
+            if "/train/" in member.name:
+                break
+            match = pattern.search(member.name)
+            if match and int(match.group(1)) < PER_CLASS:
+                data = tar.extractfile(member).read()
+                images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    assert len(images) == 10 * PER_CLASS
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    return (x - torch.tensor(CIFAR_MEAN)[:, None, None]) / torch.tensor(CIFAR_STD)[:, None, None]
+
+
+def measure(model, x):
+    """Mean and std of every conv/linear layer's output, with BatchNorm as in training, no dropout."""
+    stats, handles = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, LAYERS):
+            def hook(_m, _inp, out, name=name):  # computed at once: a later in-place ReLU changes out
+                stats[name] = (out.float().mean().item(), out.float().std().item())
+            handles.append(m.register_forward_hook(hook))
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return stats
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("resnet9", {"width": 0.125}),
+    ("cnn", {}),
+    ("convnet", {"dropout": True}),
+    ("mlp", {"hidden": 128}),
+    ("alexnet", {"width": 0.125}),
+])
+def test_lsuv_unit_variance_on_real_cifar(cifar_batch, name, kwargs):
+    torch.manual_seed(0)
+    model = create_model(name, **kwargs)
+    result = lsuv_init(model, cifar_batch)
+    stats = measure(model, cifar_batch)
+    assert [r[0] for r in result] == list(stats)  # every conv/linear layer, input to output
+    for layer, mean, std in result:
+        assert abs(stats[layer][0]) <= 0.01 and abs(stats[layer][1] - 1) <= 0.01, (layer, stats[layer])
+        assert stats[layer] == pytest.approx((mean, std), abs=1e-5)  # what lsuv_init reports is true
+
+
+def test_lsuv_without_biases_scales_only(cifar_batch):
+    """xresnet's convs feed BatchNorm and have no bias: their mean cannot move, their std can."""
+    torch.manual_seed(0)
+    model = create_model("xresnet", width=0.125)
+    result = lsuv_init(model, cifar_batch)
+    stats = measure(model, cifar_batch)
+    assert len(result) == len(stats) == 16
+    for layer, _, _ in result:
+        assert abs(stats[layer][1] - 1) <= 0.01, (layer, stats[layer])
+    assert abs(stats["classifier.3"][0]) <= 0.01  # the linear head has a bias
+
+
+def test_lsuv_restores_modes_and_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = create_model("resnet9", width=0.125).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    result = lsuv_init(model, torch.randn(16, 3, 32, 32))
+    assert not any(m.training for m in model.modules())
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert all(abs(mean) <= 1e-3 and abs(std - 1) <= 1e-3 for _, mean, std in result)
+
+
+def test_lsuv_skips_fixed_layers_and_accepts_a_batch_tuple():
+    torch.manual_seed(0)
+    model = create_model("cnn", width=0.25)
+    model.features[0].weight.requires_grad_(False)
+    w = model.features[0].weight.clone()
+    x = torch.randn(8, 3, 32, 32)
+    result = lsuv_init(model, (x, torch.zeros(8, dtype=torch.long)))
+    assert [r[0] for r in result] == ["features.3", "features.6", "classifier.2"]
+    assert torch.equal(model.features[0].weight, w)
+
+
+def test_lsuv_constant_batch_is_an_error():
+    model = create_model("mlp", hidden=16)
+    with pytest.raises(FitVisionError, match=r"^LSUV: layer 'hidden.linear' gives a constant output \(std 0\) "
+                                             r"on this batch; pass a batch of varied, normalised images$"):
+        lsuv_init(model, torch.zeros(4, 3, 32, 32))
