@@ -41,7 +41,9 @@ def test_info_on_a_folder(tmp_path, capsys):
     assert info == {"name": "pets", "train": 6, "valid": 4, "classes": ["cat", "dog"], "image_size": [24, 24],
                     "location": str(root)}
     assert main(["datasets", "info", str(root)]) == 0
-    assert "train       6" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines() == [
+        "name        pets", "train       6", "valid       4", "classes     cat, dog", "image_size  24x24",
+        f"location    {root}"]
 
 
 def test_info_errors_are_one_line(tmp_path, monkeypatch, capsys):

@@ -203,6 +203,8 @@ def test_valid_pct_on_unsplit_folders(tmp_path):
     assert not np.array_equal(ds.valid_x, other.valid_x)
     whole = load_dataset(root)
     assert len(whole.train_y) == 20 and len(whole.valid_y) == 0
+    with pytest.raises(FitVisionError, match=r"^valid_pct must be in \[0, 1\), got -0.1$"):
+        load_dataset(root, valid_pct=-0.1)
     combined = np.concatenate([ds.train_x, ds.valid_x]).reshape(20, -1)
     assert sorted(map(bytes, combined)) == sorted(map(bytes, whole.train_x.reshape(20, -1)))
 

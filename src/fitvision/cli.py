@@ -44,7 +44,8 @@ def cmd_datasets(args) -> int:
             _print_json(info)
         else:
             for k, v in info.items():
-                print(f"{k:<11} {v}")
+                shown = ", ".join(map(str, v)) if k == "classes" else "x".join(map(str, v)) if k == "image_size" else v
+                print(f"{k:<11} {shown}")
         return 0
     if args.action == "show":
         from fitvision.report.plots import show_dataset

@@ -254,6 +254,8 @@ def load_dataset(name_or_path, storage_size: int = 160, valid_pct: float = 0.0, 
     """
     if storage_size < 8:
         raise FitVisionError(f"storage_size must be at least 8 pixels, got {storage_size}")
+    if not 0.0 <= valid_pct < 1.0:
+        raise FitVisionError(f"valid_pct must be in [0, 1), got {valid_pct}")
     source = resolve(name_or_path)
     name = dataset_name(name_or_path)
     source_fp = cache.fingerprint(source)
