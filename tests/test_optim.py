@@ -283,3 +283,21 @@ def test_state_lives_with_each_parameter_dtype():
     opt.step()
     assert opt.state[p16]["grad_avg"].dtype == torch.bfloat16
     assert math.isclose(p32[0].item(), 0.9, rel_tol=1e-5)  # first Adam step moves by lr
+
+
+@pytest.mark.parametrize("name", ["adam", "lamb", "torch_adamw"])
+def test_works_on_models_param_groups(name):
+    """The groups fitvision.models.param_groups makes: per-group decay and discriminative lrs."""
+    from fitvision.models import create_model, param_groups
+
+    torch.manual_seed(0)
+    model = create_model("cnn")
+    groups = param_groups(model, wd=1e-2, body_lr_mult=0.1)
+    opt = create_optimizer(name, groups, lr=0.01, wd=1e-2, wd_mode="decoupled")
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"body": 1e-3, "body_no_decay": 1e-3, "head": 1e-2, "head_no_decay": 1e-2}
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    before = [p.detach().clone() for p in model.parameters()]
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
