@@ -216,6 +216,13 @@ def test_dropped_connection_leaves_no_partial_file(server, data):
     assert len(ds.train_y) == 6
 
 
+def test_http_error_is_reported(server, data):
+    _, base = server
+    with pytest.raises(FitVisionError, match=rf"and the download failed \(HTTP 404 from {base}/gone.tgz\); "):
+        resolve(_spec(f"{base}/gone.tgz", "gone.tgz", b""))
+    assert _listing(data) == []
+
+
 def test_offline_message_says_where_and_how(data):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

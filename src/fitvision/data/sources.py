@@ -9,6 +9,7 @@ read-only: nothing is written to it except by a download.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import urllib.error
@@ -169,8 +170,8 @@ def _fetch(url: str, out, hasher, timeout: float) -> None:
                 raise _Offline(f"connection closed after {got} of {total} bytes from {url}")
     except urllib.error.HTTPError as e:
         raise _Offline(f"HTTP {e.code} from {url}") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        # ValueError: http.client.IncompleteRead is one; a dropped connection mid-body
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        # HTTPException covers IncompleteRead: the connection dropped mid-body
         reason = getattr(e, "reason", e)
         raise _Offline(f"cannot fetch {url}: {reason}") from None
 
