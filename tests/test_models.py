@@ -169,7 +169,8 @@ def test_param_groups_partition_the_parameters(name):
 
 
 def test_resnet9_matches_the_seed():
-    assert count_params(create_model("resnet9")) == 6_575_370
+    assert count_params(create_model("resnet9")) == 6_575_370  # the seed's conv biases kept
+    assert count_params(create_model("resnet9", conv_bias=False)) == 6_573_130
 
 
 class SeedResNet9(nn.Module):
@@ -251,7 +252,7 @@ def test_unknown_model_names_the_valid_ones():
 
 
 def test_bad_options_are_named():
-    with pytest.raises(FitVisionError, match=r"^model 'resnet9' has no option\(s\) depth, hidden \(valid: dropout\)$"):
+    with pytest.raises(FitVisionError, match=r"^model 'resnet9' has no option\(s\) depth, hidden \(valid: dropout, conv_bias\)$"):
         create_model("resnet9", hidden=3, depth=2)
     with pytest.raises(FitVisionError, match=r"^width must be a positive number, got 0$"):
         create_model("cnn", width=0)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fitvision.errors import FitVisionError
+from fitvision.models.groups import unwrap
 
 INIT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -98,7 +99,7 @@ def lsuv_init(model: nn.Module, batch, tol: float = 1e-3, max_iters: int = 10) -
     For each conv and linear layer in forward order, the layer's own output (before any
     BatchNorm or activation) is measured on ``batch``; its weight is divided by the output's
     std until |std - 1| <= tol, then the output's mean is subtracted from its bias until
-    |mean| <= tol (at most ``max_iters`` forward passes each). A layer without a bias (a conv
+    |mean| <= tol (at most ``max_iters`` rescalings and shifts). A layer without a bias (a conv
     that feeds BatchNorm) gets the std step only: its mean cannot move, and the BatchNorm
     after it removes the mean anyway. Layers whose weight does not require grad (frozen, or
     fixed by design like speednet's whitening conv) are left alone.
@@ -111,6 +112,7 @@ def lsuv_init(model: nn.Module, batch, tol: float = 1e-3, max_iters: int = 10) -
     pass (shared weights) is measured at its first call.
     """
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    model = unwrap(model)  # hooks need the eager module, not a torch.compile wrapper
     modes = {m: m.training for m in model.modules()}
     buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
     try:
@@ -119,7 +121,7 @@ def lsuv_init(model: nn.Module, batch, tol: float = 1e-3, max_iters: int = 10) -
             if isinstance(m, nn.modules.dropout._DropoutNd):
                 m.eval()
         with torch.no_grad():
-            # Layers the model keeps fixed (frozen weights) are measured by nobody and left alone.
+            # Layers whose weights the model keeps fixed (requires_grad False) are not touched.
             layers = [(n, m) for n, m in _forward_order(model, x) if m.weight.requires_grad]
             return [(name, *_lsuv_layer(model, layer, x, name, tol, max_iters)) for name, layer in layers]
     finally:
