@@ -114,7 +114,7 @@ def test_unknown_model_lists_the_registry(capsys, tmp_path):
 # --------------------------------------------------------------------------- option values
 @pytest.mark.parametrize("flags, message", [
     (["--opt", "nonsense"], "unknown optimizer 'nonsense' (valid optimizers: "),
-    (["--precision", "fp8"], "precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
+    (["--precision", "fp8"], "unknown precision 'fp8' (valid: auto, fp32, bf16, fp16)"),
     (["--epochs", "-1"], "epochs must be > 0, got -1.0"),
 ])
 def test_bad_option_values(capsys, tmp_path, flags, message):

@@ -116,7 +116,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def _train_config(args):
     """Recipe, then config file, then flags: later ones win."""
-    from fitvision.config import load_config_file, updated
+    from fitvision.config import load_config_file, updated, validate
     from fitvision.train.run import resolve_recipe
 
     overrides = load_config_file(args.config) if args.config else {}
@@ -126,7 +126,7 @@ def _train_config(args):
     flags = {dest: getattr(args, dest) for _, dest, _, _ in _TRAIN_FLAGS}
     flags.update({dest: getattr(args, dest) for _, dest, _ in _TRAIN_SWITCHES})
     cfg = updated(cfg, {k: v for k, v in flags.items() if v is not None})
-    return cfg, why
+    return validate(cfg), why
 
 
 def cmd_train(args) -> int:

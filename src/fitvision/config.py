@@ -164,3 +164,47 @@ def get_recipe(name: str) -> TrainConfig:
 def field_names() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
+
+
+# Checked before any work starts, so a typo fails in a second, not after the data is decoded.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_CHOICES = {"precision": PRECISIONS, "wd_mode": ("l2", "decoupled"), "clip_mode": ("value", "norm"),
+            "normalize": ("auto", "cifar"), "init": ("default", "lsuv")}
+_POSITIVE = ("epochs", "bs", "lr", "width", "eps")
+_NON_NEGATIVE = ("size", "train_limit", "valid_limit", "wd", "clip", "label_smoothing", "ema", "early_stop",
+                 "freeze_epochs", "checkpoint_every", "seed")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Raise FitVisionError naming the first bad value; names are checked against the registries."""
+    for name in _POSITIVE:
+        if not getattr(cfg, name) > 0:
+            raise FitVisionError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
+    for name in _NON_NEGATIVE:
+        if getattr(cfg, name) < 0:
+            raise FitVisionError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
+    if not 0 <= cfg.valid_pct < 1:
+        raise FitVisionError(f"valid_pct must be in [0, 1), got {cfg.valid_pct!r}")
+    if cfg.ema >= 1:
+        raise FitVisionError(f"ema must be < 1 (a decay per step), got {cfg.ema!r}")
+    for name, valid in _CHOICES.items():
+        if getattr(cfg, name) not in valid:
+            raise FitVisionError(f"unknown {name} '{getattr(cfg, name)}' (valid: {', '.join(valid)})")
+    _validate_names(cfg)
+    return cfg
+
+
+def _validate_names(cfg: TrainConfig) -> None:
+    from fitvision.data.augment import PRESETS
+    from fitvision.models import list_models
+    from fitvision.optim.factory import optimizer_names
+    from fitvision.optim.schedules import SCHEDULES
+
+    if cfg.model not in list_models():
+        raise FitVisionError(f"unknown model '{cfg.model}' (valid: {', '.join(list_models())})")
+    if cfg.opt not in optimizer_names():
+        raise FitVisionError(f"unknown optimizer '{cfg.opt}' (valid optimizers: {', '.join(optimizer_names())})")
+    if cfg.sched not in SCHEDULES:
+        raise FitVisionError(f"unknown schedule '{cfg.sched}' (valid schedules: {', '.join(SCHEDULES)})")
+    if cfg.aug not in PRESETS:
+        raise FitVisionError(f"unknown augmentation '{cfg.aug}' (valid: {', '.join(PRESETS)})")

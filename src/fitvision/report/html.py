@@ -22,6 +22,7 @@ REPORT = "report.html"
 # (file in plots/, caption) in page order; each shown when present.
 CURVES = [("accuracy.png", "Validation accuracy per epoch"), ("loss.png", "Training and validation loss"),
           ("lr.png", "Learning rate per batch"), ("top_confused.png", "Most confused class pairs")]
+RUN_PLOTS = ("accuracy.png", "loss.png", "lr.png", "confusion.png")  # DESIGN.md's run directory
 SUMMARY_FIELDS = [  # (summary.json key, label, formatter)
     ("val_acc", "validation accuracy", lambda v: f"{100 * v:.2f}%"),
     ("val_loss", "validation loss", lambda v: f"{v:.4f}"),
@@ -32,6 +33,7 @@ SUMMARY_FIELDS = [  # (summary.json key, label, formatter)
     ("num_train", "training images", lambda v: f"{v:,}"),
     ("num_valid", "validation images", lambda v: f"{v:,}"),
     ("device", "device", str),
+    ("precision", "precision", str),
     ("seed", "seed", str),
 ]
 
@@ -147,8 +149,13 @@ def render_run_report(run_dir: str | Path, dataset=None) -> Path:
 
 # --------------------------------------------------------------------------- the page
 def write_report(run_dir: str | Path, notes: list[str] | None = None) -> Path:
-    """Write run_dir/report.html from the run's files and whatever plots/ holds."""
+    """Write run_dir/report.html from the run's files and plots/.
+
+    When plots/ lacks the run-directory plots (train_run calls only this), they are drawn first.
+    """
     run_dir = _check_run_dir(run_dir)
+    if notes is None and not all((run_dir / "plots" / name).is_file() for name in RUN_PLOTS):
+        notes = render_plots(run_dir)
     summary = read_json(run_dir / "summary.json")
     config = read_json(run_dir / "config.json")
     meta = read_json(run_dir / "model.json")

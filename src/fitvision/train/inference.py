@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from fitvision.errors import FitVisionError
 
 PREDICT_BATCH = 256  # images per forward pass in predict_files; also the decode chunk
-EVAL_BATCH = 800  # train_run's validation batch (2 x the default bs): same batches, same numerics
 
 
 @dataclass
@@ -49,6 +48,8 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> R
     model, meta = load_model(run_dir, device=device)
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    if config.get("channels_last", True):  # as the Learner held it: the conv kernels, hence the numerics, match
+        model = model.to(memory_format=torch.channels_last)
     return Run(path=run_dir, model=model, meta=meta, config=config, device=device)
 
 
@@ -84,6 +85,8 @@ def _log_probs(run: Run, pipe, x_uint8_nchw: torch.Tensor, tta: bool = False) ->
 def evaluate_run(run, data: str | None = None, tta: bool = False) -> dict[str, Any]:
     """{"val_acc","val_loss","num_valid","per_class_acc"} on the run's validation split (or `data`'s)."""
     from fitvision.data.decode import load_dataset
+    from fitvision.train.learner import loss_and_accuracy
+    from fitvision.train.run import _subset
 
     run = _as_run(run)
     cfg = run.config
@@ -93,37 +96,28 @@ def evaluate_run(run, data: str | None = None, tta: bool = False) -> dict[str, A
                       valid_pct=float(cfg.get("valid_pct", 0.0)), seed=int(cfg.get("seed", 0)))
     if list(ds.classes) != run.classes:
         raise FitVisionError(f"{data or cfg['data']} has classes {ds.classes}, the model was trained on {run.classes}")
-    idx = _valid_subset(len(ds.valid_y), cfg)
-    images, targets = ds.valid_x[idx], ds.valid_y[idx]
-    if len(targets) == 0:
+    # The validation subset train_run drew (valid_limit), with its seed.
+    idx = _subset(len(ds.valid_y), int(cfg.get("valid_limit", 0)), int(cfg.get("seed", 0)) + 1)
+    if len(idx) == 0:
         raise FitVisionError(f"{data or cfg['data']} has no validation images")
-    probs, loss = _predict_arrays(run, images, targets, tta)
-    preds = probs.argmax(1)
-    per_class = {}
-    for i, name in enumerate(run.classes):
-        mask = targets == i
-        if mask.any():
-            per_class[name] = float((preds[mask] == i).mean())
-    return {"val_acc": float((preds == targets).mean()), "val_loss": loss, "num_valid": int(len(targets)),
-            "per_class_acc": per_class}
+    images = ds.valid_x if len(idx) == len(ds.valid_y) else ds.valid_x[idx]
+    targets = torch.from_numpy(np.asarray(ds.valid_y[idx], dtype=np.int64))
+    log_probs = _log_probs_all(run, images, batch_size=2 * int(cfg.get("bs", 400)), tta=tta)
+    preds = log_probs.argmax(1)
+    per_class = {name: int((preds[targets == i] == i).sum()) / int((targets == i).sum())
+                 for i, name in enumerate(run.classes) if bool((targets == i).any())}
+    # loss_and_accuracy is what train_run wrote summary.json with: the same float, not just close.
+    return {**loss_and_accuracy(log_probs, targets), "num_valid": int(len(targets)), "per_class_acc": per_class}
 
 
-def _valid_subset(n: int, cfg: dict) -> np.ndarray:
-    limit = int(cfg.get("valid_limit", 0) or 0)
-    return np.arange(min(n, limit) if limit > 0 else n)
-
-
-def _predict_arrays(run: Run, images: np.ndarray, targets: np.ndarray, tta: bool) -> tuple[np.ndarray, float]:
-    """(probabilities (N, C), mean cross-entropy) computed as Learner._evaluate does."""
+def _log_probs_all(run: Run, images: np.ndarray, batch_size: int, tta: bool) -> torch.Tensor:
+    """Log-probabilities (N, C) on the CPU, in the batches train_run's validation loader used."""
     pipe = _eval_pipeline(run)
-    bs = EVAL_BATCH
     chunks = []
-    for start in range(0, len(targets), bs):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + bs])).permute(0, 3, 1, 2)
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.array(images[start:start + batch_size])).permute(0, 3, 1, 2)  # copy: memmaps are read-only
         chunks.append(_log_probs(run, pipe, x, tta).cpu())
-    log_probs = torch.cat(chunks)
-    loss = F.nll_loss(log_probs, torch.from_numpy(np.asarray(targets, dtype=np.int64))).item()
-    return log_probs.exp().numpy(), loss
+    return torch.cat(chunks)
 
 
 # --------------------------------------------------------------------------- predict
