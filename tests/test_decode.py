@@ -224,6 +224,14 @@ def test_empty_class_warns_and_no_images_errors(tmp_path):
         load_dataset(nothing)
 
 
+def test_split_root_found_below_wrappers_and_loose_files(tmp_path):
+    root = _split_folder(tmp_path / "ds" / "outer" / "inner", n_train=2, n_valid=1)
+    _save(tmp_path / "ds" / "outer" / "preview.png", _rgb(40, 40))  # a loose image beside the data
+    ds = load_dataset(tmp_path / "ds")
+    assert ds.classes == ["a", "b"] and len(ds.train_y) == 4 and len(ds.valid_y) == 2
+    assert root.exists()
+
+
 def test_unseen_valid_label_is_an_error(tmp_path):
     root = _split_folder(tmp_path / "ds", n_train=1, n_valid=1)
     _save(root / "test" / "zebra" / "0.png", _rgb(40, 40))

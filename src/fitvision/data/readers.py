@@ -14,6 +14,7 @@ import os
 import pickle
 import posixpath
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -99,8 +100,19 @@ def _walk(root: Path) -> tuple[list[str], set[str]]:
 
 
 # --------------------------------------------------------------------------- class folders
+def _data_root(images: list[str]) -> str:
+    """The prefix ("cifar10/") of the folder holding the class folders or train/ + valid/.
+
+    Split: the folder most training images sit under as `<root>/train/<class>/<image>`.
+    Unsplit: single wrapping folders are looked through.
+    """
+    roots = Counter("".join(p + "/" for p in parts[:-3]) for parts in (f.split("/") for f in images)
+                    if len(parts) >= 3 and parts[-3] == "train")
+    return roots.most_common(1)[0][0] if roots else _strip_wrappers(images)
+
+
 def _strip_wrappers(files: list[str]) -> str:
-    """The prefix of single wrapping folders ("cifar10/"), stopping at a split folder name."""
+    """The prefix of single wrapping folders, stopping at a split folder name."""
     prefix = ""
     paths = [f.split("/") for f in files]
     depth = 0
@@ -121,7 +133,8 @@ def _is_image(name: str) -> bool:
 def folder_layout(source: Source) -> FolderLayout:
     files, dirs = source.files, source.dirs
     images = [f for f in files if _is_image(f) and not f.startswith("__MACOSX/")]
-    prefix = _strip_wrappers(images)
+    prefix = _data_root(images)
+    images = [f for f in images if f.startswith(prefix)]
     rel = [PurePosixPath(f[len(prefix):]) for f in images]
     top = {p.parts[0] for p in rel if len(p.parts) == 3}
     valid_name = next((v for v in VALID_NAMES if v in top), None)
