@@ -305,3 +305,17 @@ def test_seed_blocks():
     torch.testing.assert_close(lin.eval()(v), torch.tanh(lin.linear(v)))
     res = Residual(nn.Conv2d(3, 3, 1))
     torch.testing.assert_close(res(x), x + res[0](x))
+
+
+def test_kaiming_init_by_default_and_seeded():
+    torch.manual_seed(3)
+    model = create_model("resnet9", width=0.5)
+    conv = model.res2[1][0]  # 256 -> 256, 3x3: fan_in 2304, 590k weights
+    assert conv.weight.std().item() == pytest.approx((2 / 2304) ** 0.5, rel=0.01)
+    assert torch.count_nonzero(conv.bias) == 0
+    head = model.get_classifier()  # PyTorch's default: uniform within 1/sqrt(fan_in)
+    assert head.weight.abs().max().item() <= 256 ** -0.5
+    assert head.weight.std().item() == pytest.approx((1 / (3 * 256)) ** 0.5, rel=0.1)
+    torch.manual_seed(3)
+    again = create_model("resnet9", width=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
