@@ -8,6 +8,7 @@ read straight from the archive stream (no 60,000-file extraction) and decoded on
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import multiprocessing
@@ -82,25 +83,34 @@ def _square(img, side: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _decode(src, side: int | None, storage_size: int) -> np.ndarray:
-    """One image to uint8 (side, side, 3); side=None picks min(storage_size, shorter side)."""
-    from PIL import Image, ImageOps
+@contextlib.contextmanager
+def _refuse_bombs():
+    # Above Pillow's pixel limit it only warns; a decompression bomb is refused like a corrupt file.
+    from PIL import Image
 
     with warnings.catch_warnings():
-        # Above Pillow's pixel limit it only warns; a decompression bomb is refused like a corrupt file.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with _open(src) as img:
-            if side is None:
-                side = min(storage_size, *img.size)
-            if img.format == "JPEG":
-                img.draft("RGB", (side, side))  # decode at a reduced DCT scale when much larger than side
-            return _square(_to_rgb(ImageOps.exif_transpose(img)), side)
+        yield
+
+
+def _decode(src, side: int | None, storage_size: int) -> np.ndarray:
+    """One image to uint8 (side, side, 3); side=None picks min(storage_size, shorter side)."""
+    from PIL import ImageOps
+
+    with _open(src) as img:
+        if side is None:
+            side = min(storage_size, *img.size)
+        if img.format == "JPEG":
+            img.draft("RGB", (side, side))  # decode at a reduced DCT scale when much larger than side
+        ImageOps.exif_transpose(img, in_place=True)
+        return _square(_to_rgb(img), side)
 
 
 def decode_image(path, storage_size: int = 160) -> np.ndarray:
     """uint8 (H, W, 3) exactly as training data is decoded; for prediction."""
     try:
-        return _decode(str(path), None, storage_size)
+        with _refuse_bombs():
+            return _decode(str(path), None, storage_size)
     except FileNotFoundError:
         raise FitVisionError(f"image not found: {path}") from None
     except Exception as e:  # every Pillow failure means the same thing to the user
@@ -111,12 +121,13 @@ def _decode_chunk(chunk: list, side: int, storage_size: int):
     """Worker task: (indices decoded, stacked images, [(index, reason)] for bad ones)."""
     ok, bad = [], []
     out = np.empty((len(chunk), side, side, 3), dtype=np.uint8)
-    for idx, src in chunk:
-        try:
-            out[len(ok)] = _decode(src, side, storage_size)
-            ok.append(idx)
-        except Exception as e:  # noqa: BLE001 - a bad image is skipped, whatever Pillow raised
-            bad.append((idx, f"{type(e).__name__}: {e}"))
+    with _refuse_bombs():
+        for idx, src in chunk:
+            try:
+                out[len(ok)] = _decode(src, side, storage_size)
+                ok.append(idx)
+            except Exception as e:  # noqa: BLE001 - a bad image is skipped, whatever Pillow raised
+                bad.append((idx, f"{type(e).__name__}: {e}"))
     return np.asarray(ok, dtype=np.int64), out[: len(ok)], bad
 
 
