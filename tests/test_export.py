@@ -103,3 +103,91 @@ def test_op_onnx_cannot_express_is_a_clear_error(tmp_path):
     assert str(e.value) == ("cannot export tiny to ONNX: Unsupported: ONNX export of operator adaptive_avg_pool2d, "
                             "output size that are not factor of input size; use --format torchscript")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A run directory as train_run leaves it, for a cnn fitted in a few steps: 10 classes, 100
+    validation image files. (Fitted here, not with train_run, and an MLP, to keep the test fast
+    on a busy CPU; test_onnx_export_for_every_model covers the conv nets.)"""
+    from fitvision.data.augment import channel_stats, normalize
+    from fitvision.data.decode import load_dataset
+    from fitvision.models import create_model
+    from fitvision.train.modelfile import save_model
+    from synthetic_images import make_image_folder
+
+    root = tmp_path_factory.mktemp("export")
+    data = make_image_folder(root / "data", [f"c{i}" for i in range(10)], 10, 10, size=32)
+    ds = load_dataset(str(data))
+    mean, std = (list(map(float, s)) for s in channel_stats(ds.train_x))
+    torch.manual_seed(0)
+    model = create_model("mlp", num_classes=10)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x = normalize(torch.from_numpy(np.array(ds.train_x)).permute(0, 3, 1, 2), mean, std)
+    y = torch.from_numpy(ds.train_y)
+    for _ in range(15):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    meta = {"model": "mlp", "model_kwargs": {"num_classes": 10, "in_channels": 3, "width": 1.0},
+            "classes": ds.classes, "mean": mean, "std": std, "input_size": [32, 32], "storage_size": 160}
+    save_model(root / "run", model.eval(), meta)
+    return root / "run", sorted((data / "valid").glob("*/*.png"))
+
+
+def test_cli_onnx_export_agrees_with_predict_files_on_100_validation_images(trained_run, capsys):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime absent: pip install 'fitvision[onnx]'")
+    pytest.importorskip("onnx", reason="onnx absent: pip install 'fitvision[onnx]'")
+    from fitvision.cli import main
+    from fitvision.data.decode import decode_image
+    from fitvision.train.inference import predict_files
+
+    run, files = trained_run
+    assert len(files) == 100
+    assert main(["export", str(run), "--format", "onnx", "--input-dtype", "uint8"]) == 0
+    assert capsys.readouterr().out == f"wrote {run / 'model.onnx'}\n"
+    meta = json.loads((run / "model.json").read_text())
+    session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.stack([decode_image(f, meta["storage_size"]) for f in files]).transpose(0, 3, 1, 2)
+    probs = session.run(None, {"image": np.ascontiguousarray(x)})[0]
+
+    ours = predict_files(run, files, topk=10)
+    expected = np.zeros_like(probs)
+    for row, result in enumerate(ours):
+        for entry in result["top"]:
+            expected[row, meta["classes"].index(entry["class"])] = entry["prob"]
+    assert np.abs(probs - expected).max() < 1e-4
+    assert probs.max(axis=1).mean() > 0.3  # fitted: far from uniform (0.1); c and c+3 share a colour
+    assert json.loads(read_onnx_metadata(run / "model.onnx")["classes"]) == meta["classes"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_cli_torchscript_export(trained_run, tmp_path, capsys):
+    from fitvision.cli import main
+
+    run, _ = trained_run
+    out = tmp_path / "m.pt"
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"wrote {out}\n"
+    assert json.loads(read_torchscript_metadata(out)["classes"]) == [f"c{i}" for i in range(10)]
+    probs = torch.jit.load(str(out))(torch.rand(3, 3, 32, 32))
+    assert probs.shape == (3, 10) and torch.allclose(probs.sum(1), torch.ones(3))
+
+
+@pytest.mark.parametrize("name", ["cnn", "convnet", "resnet9", "speednet", "xresnet"])
+def test_onnx_export_for_every_model(tmp_path, name):
+    """The registry's conv nets at 32 px, randomly initialised (alexnet's 6x6 adaptive pool cannot be
+    expressed in ONNX at 32 px: test_op_onnx_cannot_express_is_a_clear_error)."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime absent: pip install 'fitvision[onnx]'")
+    pytest.importorskip("onnx", reason="onnx absent: pip install 'fitvision[onnx]'")
+    from fitvision.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5, width=0.25).eval()
+    meta = {**META, "model": name, "input_size": [32, 32]}
+    path = export_model(model, meta, "onnx", tmp_path / "m.onnx")
+    x = torch.rand(4, 3, 32, 32)
+    probs = ort.InferenceSession(str(path)).run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        ref = torch.softmax(model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)), 1)
+    assert np.abs(probs - ref.numpy()).max() < 1e-5
