@@ -311,3 +311,25 @@ def test_works_on_models_param_groups(name):
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_grad_scaler_unscales_and_skips_inf_steps():
+    """torch.amp.GradScaler drives the composable optimizer as it does torch.optim's."""
+    model = nn.Linear(4, 2)
+    opt = create_optimizer("adam", model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x = torch.randn(3, 4)
+    scaler.scale(model(x).sum()).backward()
+    scaler.unscale_(opt)
+    torch.testing.assert_close(model.bias.grad, torch.full((2,), 3.0))  # unscaled: d(sum)/d(bias) = 3
+    scaler.step(opt)
+    scaler.update()
+    assert opt.state[model.bias]["step"] == 1
+    opt.zero_grad()
+    scaler.scale(model(x).sum()).backward()
+    model.weight.grad[0, 0] = float("inf")
+    before = model.weight.detach().clone()
+    scaler.step(opt)  # skipped: the weights and the step count stay
+    scaler.update()
+    assert torch.equal(before, model.weight) and opt.state[model.bias]["step"] == 1
+    assert scaler.get_scale() == 512.0
