@@ -90,8 +90,11 @@ def create_optimizer(
 def _prepare_group(group: dict[str, Any], lr: float, wd: float) -> dict[str, Any]:
     g = dict(group)
     g.setdefault("lr_mult", 1.0)
+    # A group that states weight_decay 0 is a no-decay group (biases, norms): a later
+    # set_hyper("wd", ...) must leave it at 0. Any other group follows set_hyper.
+    no_decay = group.get("weight_decay") == 0
+    g.setdefault("wd_mult", 0.0 if no_decay else 1.0)
     g.setdefault("weight_decay", wd)
-    g.setdefault("wd_mult", 0.0 if g["weight_decay"] == 0 and "weight_decay" in group else 1.0)
     g["lr"] = lr * g["lr_mult"]
     return g
 
@@ -125,16 +128,25 @@ def set_hyper(optimizer: Any, key: str, value: float) -> None:
 
 
 def get_hyper(optimizer: Any, key: str) -> float:
-    """The value set_hyper would have been given: the first group's, divided by its multiplier
-    (groups with multiplier 0 say nothing about the base value)."""
+    """The value set_hyper would have been given: from the first group whose multiplier is not 0
+    (a frozen or no-decay group says nothing about the base value)."""
     if key not in HYPERS:
         raise FitVisionError(f"unknown hyperparameter '{key}' (valid: {', '.join(HYPERS)})")
     groups = optimizer.param_groups
     if key == "mom":
-        g = groups[0]
-        return g["mom"] if "mom" in g else g["betas"][0] if "betas" in g else g.get("momentum", 0.0)
-    mult_key, value_key = ("lr_mult", "lr") if key == "lr" else ("wd_mult", "wd" if "wd" in groups[0] else "weight_decay")
+        return _momentum_of(groups[0])
+    mult_key = "lr_mult" if key == "lr" else "wd_mult"
     for g in groups:
-        if g.get(mult_key, 1.0) != 0:
-            return g[value_key] / g.get(mult_key, 1.0)
+        mult = g.get(mult_key, 1.0)
+        if mult != 0:
+            value = g["lr"] if key == "lr" else g.get("wd", g.get("weight_decay", 0.0))
+            return value / mult
     return 0.0
+
+
+def _momentum_of(group: dict[str, Any]) -> float:
+    if "mom" in group:
+        return group["mom"]
+    if "betas" in group:
+        return group["betas"][0]
+    return group.get("momentum", 0.0)
