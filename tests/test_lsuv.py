@@ -24,6 +24,16 @@ PER_CLASS = 10  # 100 test images, 10 of each class
 LAYERS = (nn.Conv2d, nn.Linear)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small convs gain nothing from a second intra-op thread, and on a shared, loaded machine
+    the threads' spinning costs a lot. Restored after each test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def cifar_batch(data_dir):
     """Real CIFAR-10 test images, straight from the archive (the test split comes first in it)."""
