@@ -124,7 +124,7 @@ def trained_run(tmp_path_factory):
     model = create_model("mlp", num_classes=10)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     x = normalize(torch.from_numpy(np.array(ds.train_x)).permute(0, 3, 1, 2), mean, std)
-    y = torch.from_numpy(ds.train_y)
+    y = torch.from_numpy(np.array(ds.train_y))
     for _ in range(15):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()

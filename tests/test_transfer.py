@@ -209,6 +209,6 @@ def test_cli_init_from_loads_and_freezes_the_body(tmp_path, capsys):
 
     assert main(["train", "--data", str(dst), "--init-from", str(tmp_path / "a"), "--model", "convnet",
                  "--out", str(tmp_path / "c")]) == 1
-    assert capsys.readouterr().err == (f"error: --init-from {tmp_path / 'a'} holds a cnn(in_channels=3, width=1.0), "
+    assert capsys.readouterr().err == (f"error: --init-from {tmp_path / 'a'} holds a cnn(width=1.0), "
                                        "which cannot initialise a convnet(width=1.0); train with --model cnn "
                                        "or start from a convnet run\n")

@@ -62,7 +62,8 @@ def final_layer_name(model: nn.Module) -> str:
 
 
 def _describe(model_name: str, kwargs: dict[str, Any]) -> str:
-    args = ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items()) if k != "num_classes")
+    shown = {k: v for k, v in kwargs.items() if k != "num_classes" and (k, v) != ("in_channels", 3)}
+    args = ", ".join(f"{k}={v}" for k, v in sorted(shown.items()))
     return f"{model_name}({args})" if args else model_name
 
 
