@@ -86,6 +86,13 @@ class DeviceLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def state_dict(self) -> dict:
+        """All the state there is: the order and the draws follow from (seed, epoch)."""
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+
     def __len__(self) -> int:
         n = self.num_samples
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
