@@ -212,3 +212,28 @@ def test_cli_init_from_loads_and_freezes_the_body(tmp_path, capsys):
     assert capsys.readouterr().err == (f"error: --init-from {tmp_path / 'a'} holds a cnn(width=1.0), "
                                        "which cannot initialise a convnet(width=1.0); train with --model cnn "
                                        "or start from a convnet run\n")
+
+
+def test_external_model_needs_its_library():
+    import importlib.util
+
+    from fitvision.train.transfer import external_model
+
+    with pytest.raises(FitVisionError) as e:
+        external_model("keras:resnet", 3)
+    assert str(e.value) == "external model 'keras:resnet' must be timm:NAME or torchvision:NAME"
+    for lib in ("timm", "torchvision"):
+        if importlib.util.find_spec(lib) is None:
+            with pytest.raises(FitVisionError) as e:
+                external_model(f"{lib}:resnet18", 3)
+            assert str(e.value) == f"model '{lib}:resnet18' needs {lib}, which is not installed: pip install {lib}"
+
+
+@pytest.mark.parametrize("lib", ["timm", "torchvision"])
+def test_external_model_head_sized_for_new_classes(lib):
+    pytest.importorskip(lib, reason=f"{lib} not installed (optional)")
+    from fitvision.train.transfer import external_model
+
+    model = external_model(f"{lib}:resnet18", 3, pretrained=False).eval()
+    assert model(torch.rand(2, 3, 64, 64)).shape == (2, 3)
+    assert model.get_submodule(final_layer_name(model)).out_features == 3

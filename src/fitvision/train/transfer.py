@@ -117,3 +117,33 @@ def apply_init_from(model: nn.Module, cfg_or_run_dir, classes: list[str] | None 
     return {"init_from": str(run_dir), "loaded": len(state), "head_reset": not keep_head,
             "source_classes": meta["classes"]}
 
+
+
+EXTERNAL_LIBRARIES = ("timm", "torchvision")
+
+
+def external_model(spec: str, num_classes: int, pretrained: bool = True) -> nn.Module:
+    """A pretrained timm or torchvision network as a body, its final layer sized for num_classes.
+
+    ``spec`` is "timm:NAME" or "torchvision:NAME". Optional: neither library is a dependency.
+    The result works with param_groups/freeze (head = its final nn.Linear) and a Learner.
+    """
+    import importlib.util
+
+    lib, _, name = spec.partition(":")
+    if lib not in EXTERNAL_LIBRARIES or not name:
+        raise FitVisionError(f"external model '{spec}' must be timm:NAME or torchvision:NAME")
+    if importlib.util.find_spec(lib) is None:
+        raise FitVisionError(f"model '{spec}' needs {lib}, which is not installed: pip install {lib}")
+    if lib == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+    import torchvision
+
+    model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
+    path = final_layer_name(model)
+    parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
+    old = model.get_submodule(path)
+    setattr(parent, path.rpartition(".")[2], nn.Linear(old.in_features, num_classes))
+    return model
