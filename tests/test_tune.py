@@ -31,6 +31,8 @@ def test_parse_space_ranges_and_choices():
     ("lr=0.1|0.2,lr=0.3|0.4", "search space names 'lr' twice"),
     ("model=1..2", "search space entry 'model=1..2': 'model' is not numeric; list choices A|B"),
     ("bs=64|big", "config key 'bs' must be an integer, got 'big'"),
+    ("valid_pct=0|0.2", "search space cannot set 'valid_pct': the split must stay fixed across trials; "
+                        "pass --valid-pct"),
     ("", "empty search space: expected NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A|B|C"),
 ])
 def test_parse_space_errors(text, message):

@@ -23,6 +23,8 @@ from fitvision.errors import FitVisionError
 
 TUNE_VALID_PCT = 0.1  # used when the base config carves no validation split of its own
 _RANGE = re.compile(r"^(?P<low>[^.][^:]*?)\.\.(?P<high>[^.:][^:]*)(?::(?P<scale>.*))?$")
+_NOT_SEARCHABLE = {"out": "each trial gets OUT/trial-NNN", "resume": "trials always start afresh",
+                   "valid_pct": "the split must stay fixed across trials; pass --valid-pct"}
 _SYNTAX = "expected NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A|B|C"
 
 
@@ -64,6 +66,8 @@ def _parse_dim(entry: str) -> Dim:
     if not sep or not name or not value:
         raise FitVisionError(f"search space entry '{entry}': {_SYNTAX}")
     kind = _field_kind(name)
+    if name in _NOT_SEARCHABLE:
+        raise FitVisionError(f"search space cannot set '{name}': {_NOT_SEARCHABLE[name]}")
     match = _RANGE.match(value)
     if match:
         if kind not in (int, float):
