@@ -76,8 +76,8 @@ def test_unreadable_image_is_one_error_line_and_the_others_are_predicted(capsys,
     assert rc == 1
     lines = err.strip().splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith(f"error: {bad}: cannot read image {bad}: ")
-    assert lines[1] == f"error: {missing}: image not found: {missing}"
+    assert lines[0].startswith(f"error: cannot read image {bad}: ")
+    assert lines[1] == f"error: image not found: {missing}"
     results = json.loads(out)
     assert [r["file"] for r in results] == [str(good)]
     assert abs(sum(p["prob"] for p in results[0]["top"]) - 1.0) < 1e-5  # 3 classes, top 3

@@ -142,3 +142,26 @@ def test_evaluate_run_other_data_must_have_the_same_classes(run, tmp_path):
             Image.fromarray(_images(1, 0, seed=1)[0]).save(tmp_path / split / name / "0.png")
     with pytest.raises(FitVisionError, match=r"has classes \['cat', 'dog'\], the model was trained on"):
         inference.evaluate_run(run, data=str(tmp_path))
+
+
+def test_eval_reproduces_train_runs_val_acc_exactly(folder, tmp_path, capsys):
+    """The acceptance check in small: `fitvision eval RUN` == summary.json, to the last bit."""
+    pytest.importorskip("fitvision.train.run")
+    from fitvision.cli import main
+
+    out = tmp_path / "r"
+    # valid_limit exercises train_run's seeded subset; bs 8 makes the eval batches (16) split the 18.
+    assert main(["train", "--data", str(folder), "--model", "resnet9", "--width", "0.125", "--epochs", "1",
+                 "--bs", "8", "--valid-limit", "18", "--seed", "3", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_valid"] == summary["num_valid"] == 18
+    assert result["val_acc"] == summary["val_acc"]
+    assert result["val_loss"] == summary["val_loss"]
+    # preds.npz agrees image by image with a fresh evaluation.
+    z = np.load(out / "preds.npz")
+    counts = np.bincount(z["targets"][z["probs"].argmax(1) == z["targets"]], minlength=3)
+    totals = np.bincount(z["targets"], minlength=3)
+    assert result["per_class_acc"] == {c: counts[i] / totals[i] for i, c in enumerate(CLASSES) if totals[i]}

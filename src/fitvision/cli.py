@@ -171,7 +171,9 @@ def cmd_predict(args) -> int:
     for r in results:
         if "error" in r:
             failed += 1
-            print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
+            # decode errors name the file already; name it only where one does not
+            where = "" if r["file"] in r["error"] else f"{r['file']}: "
+            print(f"error: {where}{r['error']}", file=sys.stderr)
     ok = [r for r in results if "error" not in r]
     if args.json:
         _print_json(ok)

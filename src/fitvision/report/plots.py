@@ -42,6 +42,8 @@ def plot_history(history: Sequence[dict], plots_dir: str | Path) -> list[Path]:
 
     history: one dict per epoch with epoch, train_loss, val_loss, val_acc (history.csv rows).
     """
+    from matplotlib.ticker import MaxNLocator
+
     plots_dir = Path(plots_dir)
     epochs = _column(history, "epoch")
 
@@ -49,6 +51,7 @@ def plot_history(history: Sequence[dict], plots_dir: str | Path) -> list[Path]:
     ax = fig.add_subplot()
     ax.plot(epochs, _column(history, "val_acc"), "-x", color=BLUE)
     ax.set(xlabel="epoch", ylabel="validation accuracy", title="Accuracy vs. epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     acc = _save(fig, plots_dir / "accuracy.png")
 
@@ -57,6 +60,7 @@ def plot_history(history: Sequence[dict], plots_dir: str | Path) -> list[Path]:
     ax.plot(epochs, _column(history, "train_loss"), "-x", color=BLUE, label="training")
     ax.plot(epochs, _column(history, "val_loss"), "-x", color=RED, label="validation")
     ax.set(xlabel="epoch", ylabel="loss", title="Loss vs. epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     ax.grid(alpha=0.3)
     loss = _save(fig, plots_dir / "loss.png")
