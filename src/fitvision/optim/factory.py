@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from fitvision.errors import FitVisionError
-from fitvision.optim.optimizer import Optimizer, Step, _as_groups
+from fitvision.optim.optimizer import Optimizer, Step, as_groups
 from fitvision.optim.steppers import (
     AverageGrad,
     AverageSqrGrad,
@@ -79,7 +79,7 @@ def create_optimizer(
         raise FitVisionError(f"unknown optimizer '{name}' (valid optimizers: {', '.join(optimizer_names())})")
     if wd_mode not in WD_MODES:
         raise FitVisionError(f"unknown wd_mode '{wd_mode}' (valid: {', '.join(WD_MODES)})")
-    groups = [_prepare_group(g, lr, wd) for g in _as_groups(param_groups)]
+    groups = [_prepare_group(g, lr, wd) for g in as_groups(param_groups)]
     if name in TORCH_OPTIMIZERS:
         return _torch_optimizer(name, groups, lr, momentum, beta2, eps, wd_mode)
     for g in groups:

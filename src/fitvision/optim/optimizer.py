@@ -58,7 +58,7 @@ class Stat:
         return f"{type(self).__name__}()"
 
 
-def _as_groups(params: Iterable[Any]) -> list[dict[str, Any]]:
+def as_groups(params: Iterable[Any]) -> list[dict[str, Any]]:
     items = list(params)
     if not items:
         raise FitVisionError("the optimizer got no parameters; check that the model has trainable weights")
@@ -91,7 +91,7 @@ class Optimizer:
             hyper.update(getattr(fn, "defaults", {}))
         hyper.update(defaults)
         self.defaults = hyper
-        self.param_groups = [{**hyper, **g, "params": list(g["params"])} for g in _as_groups(params)]
+        self.param_groups = [{**hyper, **g, "params": list(g["params"])} for g in as_groups(params)]
         self.state: dict[torch.Tensor, dict[str, Any]] = {}
         self._stats = [fn for fn in self.steps if isinstance(fn, Stat)]
         self._state_keys = [k for stat in self._stats for k in stat.keys]
