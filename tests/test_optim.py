@@ -228,6 +228,19 @@ def test_load_state_dict_rejects_another_model():
         opt.load_state_dict(other.state_dict())
 
 
+def test_load_state_dict_rejects_another_optimizer():
+    model = small_model()
+    momentum = create_optimizer("momentum", model.parameters(), lr=0.01)
+    train(model, momentum, batches(1))
+    adam = create_optimizer("adam", model.parameters(), lr=0.01)
+    with pytest.raises(FitVisionError) as e:
+        adam.load_state_dict(momentum.state_dict())
+    assert str(e.value) == (
+        "optimizer state holds ['grad_avg'] but this optimizer keeps ['grad_avg', 'sqr_avg', 'step']; "
+        "resume with the same optimizer (--opt) as the run that saved it"
+    )
+
+
 def test_zero_grad_sets_to_none_or_zero():
     model = small_model()
     opt = create_optimizer("adam", model.parameters(), lr=0.01)

@@ -177,6 +177,12 @@ class Optimizer:
                 "optimizer state does not fit this model (different parameter groups); "
                 "resume with the same model and optimizer settings"
             )
+        for s in state_dict["state"].values():
+            if set(s) != set(self._state_keys):
+                raise FitVisionError(
+                    f"optimizer state holds {sorted(s)} but this optimizer keeps {sorted(self._state_keys)}; "
+                    "resume with the same optimizer (--opt) as the run that saved it"
+                )
         by_index = {i: p for sg, g in zip(saved, self.param_groups) for i, p in zip(sg["params"], g["params"])}
         self.state = {by_index[int(i)]: _restore(s, by_index[int(i)]) for i, s in state_dict["state"].items()}
         for sg, g in zip(saved, self.param_groups):
