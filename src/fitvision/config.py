@@ -143,11 +143,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 # Named recipes. Each is a complete TrainConfig; "auto" picks one by hardware.
 RECIPES: dict[str, TrainConfig] = {
     # Exactly the hyperparameters of seed 001: ResNet9, torch's Adam defaults (betas 0.9/0.999,
-    # eps 1e-8) with L2 weight decay 1e-4, one-cycle to 0.01 (pct_start 0.25, div 25, final div 1e4),
+    # eps 1e-8) with L2 weight decay 1e-4, one-cycle to 0.01 (torch OneCycleLR defaults: pct_start 0.3, div 25, final div 1e4),
     # clip by value 0.1, batch 400, 16 epochs, reflect-pad crop + flip, the seeds' stats.
     "seed": TrainConfig(
         model="resnet9", epochs=16, bs=400, opt="adam", lr=0.01, momentum=0.9, beta2=0.999, eps=1e-8,
-        wd=1e-4, wd_mode="l2",
+        wd=1e-4, wd_mode="l2", pct_start=0.3,
         clip=0.1, clip_mode="value", sched="one_cycle", aug="crop_flip", normalize="cifar",
         precision="fp32", recipe="seed",
     ),
