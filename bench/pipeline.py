@@ -178,10 +178,13 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=0, help="timed passes per figure (default 3, quick 2)")
     p.add_argument("--imagenette-bs", type=int, default=128)
     p.add_argument("--train-bs", type=int, default=128)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's own)")
     p.add_argument("--train-steps", type=int, default=0, help="timed steps of each kind (default 5, quick 2)")
     args = p.parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 3)
     steps = args.train_steps or (2 if args.quick else 5)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_before = os.getloadavg()[0]
 

@@ -16,6 +16,7 @@ and ``eval_pipeline`` build the named presets.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -29,9 +30,17 @@ from fitvision.errors import FitVisionError
 CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # the seeds' CIFAR-10 mean, std
 _CL = torch.channels_last
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as Pillow's convert("L")
+_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
 
 
 # --------------------------------------------------------------------------- helpers
+@functools.lru_cache(maxsize=64)
+def _const(values: tuple, device: str) -> torch.Tensor:
+    """A constant tensor, made once per device: on CUDA each torch.tensor(list) is a blocking
+    host-to-device copy, which would stall the queue of batch kernels."""
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=_CL)
 
@@ -254,9 +263,9 @@ def affine_matrices(generator, n: int, device, *, degrees: float = 0.0, zoom=(1.
 
 def _theta(m: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """Pixel-unit map -> affine_grid's normalised coords: conjugate by diag(W/2, H/2)."""
-    s = torch.tensor([W / 2, H / 2], device=m.device)
     theta = m[:, :2, :].clone()
-    theta[:, :, :2] *= s.view(1, 1, 2) / s.view(1, 2, 1)  # N^-1 A N
+    theta[:, 0, 1] *= H / W  # N^-1 A N with N = diag(W/2, H/2): entry (i, j) scales by N_j / N_i
+    theta[:, 1, 0] *= W / H
     return theta
 
 
@@ -276,7 +285,7 @@ def perspective(x, generator=None, *, distortion: float = 0.25, size=None, mode:
     ``distortion`` of the half-size in x and y (seed 004's warp), via a batched homography."""
     B, _, H, W = x.shape
     oh, ow = _pair(size) if size else (H, W)
-    dst = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=x.device)
+    dst = _const(((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)), str(x.device))
     src = dst + _rand(generator, B * 8, x.device, -distortion, distortion).view(B, 4, 2)
     hom = _homography(dst.expand(B, 4, 2), src)
     ys = (torch.arange(oh, device=x.device) * 2 + 1) / oh - 1
@@ -297,7 +306,7 @@ def _homography(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     rows_v = torch.stack([zero, zero, zero, x, y, one, -v * x, -v * y], -1)
     a = torch.cat([rows_u, rows_v], 1).double()  # float64: the solve is tiny, keep it exact
     b = torch.cat([u, v], 1).double().unsqueeze(-1)
-    h = torch.linalg.solve(a.cpu(), b.cpu()).to(dst.device).float().squeeze(-1)
+    h = torch.linalg.solve(a, b).float().squeeze(-1)
     return torch.cat([h, torch.ones(B, 1, device=dst.device)], 1).view(B, 3, 3)
 
 
@@ -337,18 +346,24 @@ def random_resized_crop(x, generator=None, *, size=None, scale=(0.08, 1.0), rati
 
 # --------------------------------------------------------------------------- colour
 def _luma(device) -> torch.Tensor:
-    return torch.tensor(_GRAY, device=device)
+    return _const(_GRAY, str(device))
+
+
+@functools.lru_cache(maxsize=1)
+def _yiq_inverse() -> tuple:
+    """The exact inverse (not the rounded textbook one), so that gray stays gray."""
+    return tuple(map(tuple, np.linalg.inv(np.array(_YIQ)).tolist()))
 
 
 def _hue_matrices(angle: torch.Tensor) -> torch.Tensor:
     """RGB -> RGB rotation of the hue by ``angle`` (radians) in YIQ space, (B, 3, 3)."""
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                          device=angle.device)
+    to_yiq = _const(_YIQ, str(angle.device))
+    from_yiq = _const(_yiq_inverse(), str(angle.device))
     rot = torch.zeros(angle.shape[0], 3, 3, device=angle.device)
     rot[:, 0, 0] = 1.0
     rot[:, 1, 1], rot[:, 1, 2] = torch.cos(angle), -torch.sin(angle)
     rot[:, 2, 1], rot[:, 2, 2] = torch.sin(angle), torch.cos(angle)
-    return torch.linalg.inv(to_yiq) @ rot @ to_yiq
+    return from_yiq @ rot @ to_yiq
 
 
 def color_jitter(x, generator=None, *, brightness: float = 0.0, contrast: float = 0.0,
@@ -380,8 +395,8 @@ def color_jitter(x, generator=None, *, brightness: float = 0.0, contrast: float 
 
 # --------------------------------------------------------------------------- normalisation
 def _stats_tensors(mean, std, max_value: float, device):
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    mean_t = _const(tuple(float(v) for v in mean), str(device)).view(1, -1, 1, 1)
+    std_t = _const(tuple(float(v) for v in std), str(device)).view(1, -1, 1, 1)
     return 1.0 / (max_value * std_t), -mean_t / std_t
 
 
