@@ -1,13 +1,14 @@
 """Prediction throughput: `predict_files` on 1,000 CIFAR-size image files, batched, on the CPU.
 
-    .venv/bin/python bench/predict.py [--run RUN] [--n 1000] [--repeats 3] [--device cpu]
+    .venv/bin/python bench/predict.py [--run RUN] [--n 1000] [--repeats 3] [--single 100] [--device cpu]
 
 Files: JPEGs written to a temporary folder from CIFAR-10's test images when FITVISION_DATA_DIR
 holds them, else random 32x32 images. Model: the run given with --run, else an untrained
 ResNet9 at full width (the seed model; weights do not change the cost) saved as a run.
 The figure is end to end, as `fitvision predict` pays it: open and decode each file (threads),
 eval transform, forward in batches, top-3. One warm-up call, then --repeats timed calls;
-prints one JSON line with each time, the median and files per second.
+prints one JSON line with each time, the median and files per second, and for comparison the
+rate of one call per file (the seeds' predict_image) on the first --single files.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--single", type=int, default=100, help="files also timed one call each (0 = skip)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -80,12 +82,19 @@ def main() -> None:
             results = predict_files(run, files, topk=3)
             times.append(time.perf_counter() - start)
         assert all("top" in r for r in results)
+        # The seeds' way for comparison: one predict call (one forward pass) per file.
+        single = files[: args.single]
+        start = time.perf_counter()
+        for f in single:
+            predict_files(run, [f], topk=3)
+        single_rate = len(single) / (time.perf_counter() - start) if single else None
     median = statistics.median(times)
     print(json.dumps({
         "bench": "predict", "files": args.n, "source": source, "model": run.meta["model"],
         "model_kwargs": run.meta["model_kwargs"], "device": str(run.device), "threads": torch.get_num_threads(),
         "seconds": [round(t, 3) for t in times], "median_seconds": round(median, 3),
-        "files_per_second": round(args.n / median, 1), "torch": torch.__version__,
+        "files_per_second": round(args.n / median, 1),
+        "one_at_a_time_files_per_second": single_rate and round(single_rate, 1), "torch": torch.__version__,
         "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
         "load_average": [round(x, 1) for x in os.getloadavg()],
     }))
