@@ -82,6 +82,13 @@ def test_torchscript_takes_uint8_and_float(tmp_path):
         assert loaded(x[:1]).shape == (1, len(CLASSES))
     meta = read_torchscript_metadata(path)
     assert json.loads(meta["classes"]) == CLASSES and meta["model"] == "tiny"
+    assert meta["input"] == "RGB NCHW batch of shape (N, 3, 16, 16), uint8 0..255 or float32 0..1"
+
+
+def test_export_leaves_the_callers_model_alone(tmp_path):
+    model = tiny_model().train().to(memory_format=torch.channels_last)
+    export_model(model, META, "onnx", tmp_path / "m.onnx")
+    assert model.training and model[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_bad_format_and_dtype(tmp_path):

@@ -9,6 +9,7 @@ needs nothing from fitvision.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import json
@@ -48,7 +49,7 @@ class Preprocessed(nn.Module):
 def export_metadata(meta: dict[str, Any], input_dtype: str) -> dict[str, str]:
     """String key/values for the exported file: what a consumer needs to feed it and read it."""
     h, w = meta["input_size"]
-    scale = "uint8 0..255" if input_dtype == "uint8" else "float32 0..1"
+    scale = {"uint8": "uint8 0..255", "float": "float32 0..1"}.get(input_dtype, "uint8 0..255 or float32 0..1")
     return {
         "classes": json.dumps(meta["classes"]),
         "input": f"RGB NCHW batch of shape (N, {len(meta['mean'])}, {h}, {w}), {scale}",
@@ -76,7 +77,9 @@ def export_model(model: nn.Module, meta: dict[str, Any], fmt: str, out: str | Pa
         raise FitVisionError(f"unknown export format '{fmt}' (valid: {', '.join(FORMATS)})")
     if input_dtype not in INPUT_DTYPES:
         raise FitVisionError(f"unknown input dtype '{input_dtype}' (valid: {', '.join(INPUT_DTYPES)})")
-    model = getattr(model, "_orig_mod", model).to("cpu", memory_format=torch.contiguous_format).float().eval()
+    # A copy: the caller's model stays on its device, in its mode and memory format.
+    model = copy.deepcopy(getattr(model, "_orig_mod", model))
+    model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -101,7 +104,7 @@ def _export_torchscript(model: nn.Module, meta: dict[str, Any], path: Path, inpu
     x = Preprocessed(model, meta["mean"], meta["std"])
     traced = torch.jit.trace(model, ((example_input(meta, "float") - x.mean) / x.std,))
     scripted = torch.jit.script(Preprocessed(traced, meta["mean"], meta["std"]))
-    extra = {EXTRA_FILE: json.dumps(export_metadata(meta, input_dtype), indent=2)}
+    extra = {EXTRA_FILE: json.dumps(export_metadata(meta, "either"), indent=2)}  # scripted: both dtypes
     torch.jit.save(scripted, str(path), _extra_files=extra)
 
 
