@@ -290,8 +290,16 @@ def test_eval_pipeline_is_deterministic_resize_and_normalize_and_chunking_is_inv
     pipe = A.eval_pipeline(16, mean, std)
     want = A.normalize(A.center_crop(A.resize(x, (16, 19)), 16), mean, std)
     assert torch.allclose(pipe(x), want, atol=1e-5)
+    wide = A.eval_pipeline((8, 16), mean, std)(x)  # (h, w) sizes, as model.json's input_size
+    assert torch.allclose(wide, A.normalize(A.center_crop(A.resize(x, (13, 16)), (8, 16)), mean, std), atol=1e-5)
     tiny_chunks = A.Pipeline(pipe.ops, mean, std, chunk_bytes=1)
     assert torch.equal(tiny_chunks(x), pipe(x))
+
+
+@pytest.mark.parametrize("aug", ["crop_flip", "rrc_flip", "heavy"])
+def test_empty_batch_gives_empty_output(aug):
+    out = A.train_pipeline(aug, 16, *A.CIFAR_STATS)(_batch(n=0, h=16, w=16), _gen(), 0)
+    assert out.shape == (0, 3, 16, 16) and out.dtype == torch.float32
 
 
 def test_unknown_preset_message():

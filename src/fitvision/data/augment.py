@@ -211,11 +211,16 @@ def resize(x: torch.Tensor, size, mode: str = "bilinear", antialias: bool = True
     return _channels_last(y.round_().clamp_(0, 255).to(torch.uint8))
 
 
-def resize_short(x: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
-    """Resize so the shorter side is ``size``, keeping the aspect ratio."""
+def resize_cover(x: torch.Tensor, size, mode: str = "bilinear") -> torch.Tensor:
+    """Resize keeping the aspect ratio so the image just covers ``size`` (int: square), then
+    centre crop to it: the eval transform, and a no-op when the batch already has that size."""
+    oh, ow = _pair(size)
     H, W = x.shape[-2:]
-    scale = size / min(H, W)
-    return resize(x, (max(size, round(H * scale)), max(size, round(W * scale))), mode)
+    if (H, W) == (oh, ow):
+        return x
+    scale = max(oh / H, ow / W)
+    x = resize(x, (max(oh, round(H * scale)), max(ow, round(W * scale))), mode)
+    return center_crop(x, (oh, ow))
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -227,6 +232,8 @@ def _sample(x, theta_or_grid, size, mode: str, padding_mode: str, is_grid: bool 
     if padding_mode not in ("zeros", "border", "reflection"):
         raise FitVisionError(f"unknown padding mode '{padding_mode}' (valid: zeros, border, reflection)")
     x = _as_float(x)
+    if x.shape[0] == 0:  # affine_grid refuses an empty batch
+        return x.new_empty((0, x.shape[1], *size))
     if is_grid:
         grid = theta_or_grid
     else:
@@ -388,7 +395,7 @@ def color_jitter(x, generator=None, *, brightness: float = 0.0, contrast: float 
     gray = ((m @ mean_rgb.unsqueeze(-1)).squeeze(-1) * luma).sum(1)
     m = m * c.view(B, 1, 1)
     offset = ((1 - c) * gray).view(B, 1, 1).expand(B, 1, 3)
-    h = x.permute(0, 2, 3, 1).reshape(B, -1, 3)  # (B, HW, 3): channels_last memory, no copy
+    h = x.permute(0, 2, 3, 1).reshape(B, x.shape[2] * x.shape[3], 3)  # channels_last memory: no copy
     y = torch.baddbmm(offset, h, m.transpose(1, 2)).clamp_(0, 255)
     return y.view(B, x.shape[2], x.shape[3], 3).permute(0, 3, 1, 2)
 
@@ -509,10 +516,10 @@ class Pipeline:
 
     def _chunks(self, x: torch.Tensor):
         n = x.shape[0]
-        step = n
-        if x.device.type == "cpu":
+        step = max(n, 1)
+        if x.device.type == "cpu" and n:
             step = max(1, self.chunk_bytes // (4 * x[0].numel()))
-        return [(i, min(i + step, n)) for i in range(0, n, step)]
+        return [(i, min(i + step, n)) for i in range(0, max(n, 1), step)]  # an empty batch: one empty chunk
 
     def _finish(self, y: torch.Tensor, out: torch.Tensor) -> None:
         if self.mean is not None:
@@ -526,7 +533,7 @@ class Pipeline:
 
 def _fit(size) -> list[Aug]:
     """Resize to the training size when the stored images differ (no-op otherwise)."""
-    return [Aug(resize_short, size=size), Aug(center_crop, size=size)] if size else []
+    return [Aug(resize_cover, size=size)] if size else []
 
 
 def _scaled(px: int, size) -> int:
