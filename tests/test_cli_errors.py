@@ -134,6 +134,15 @@ def test_unknown_config_key(capsys, tmp_path):
     assert line == f"error: unknown config key 'epochz' (valid keys: {', '.join(sorted(field_names()))})"
 
 
+def test_datasets_show_errors(capsys, tmp_path):
+    pytest.importorskip("fitvision.data.decode")
+    assert _fail(capsys, ["datasets", "show"]) == "error: 'fitvision datasets show' needs a dataset name or path"
+    assert _fail(capsys, ["datasets", "show", "cifar10", "--n", "0"]) == "error: --n must be at least 1, got 0"
+    assert _fail(capsys, ["datasets", "show", str(tmp_path / "nope"), "--out", str(tmp_path / "g.png")]) == (
+        f"error: unknown dataset '{tmp_path / 'nope'}': not a catalog name (cifar10, cifar100, imagenette, "
+        "imagewoof) nor an existing folder or archive")
+
+
 def test_usage_errors_exit_2(capsys):
     assert "invalid float value: 'many'" in _fail(capsys, ["train", "--epochs", "many"], code=2)
     assert "the following arguments are required: run" in _fail(capsys, ["eval"], code=2)
