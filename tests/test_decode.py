@@ -246,7 +246,8 @@ def test_parallel_decode_matches_sequential(tmp_path, monkeypatch):
     monkeypatch.setattr(decode, "CHUNK", 4)
     monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "other-cache"))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", DataWarning)
+        warnings.simplefilter("error", ResourceWarning)
         parallel = load_dataset(root, storage_size=24)
     np.testing.assert_array_equal(parallel.train_x, sequential.train_x)
     np.testing.assert_array_equal(parallel.valid_x, sequential.valid_x)

@@ -140,6 +140,14 @@ def _workers() -> int:
     return max(1, min(n, 16))
 
 
+def _start_method() -> str:
+    # fork on Linux: spawn/forkserver re-run the caller's __main__ in each worker, which loops
+    # forever in a script that calls load_dataset without an `if __name__ == "__main__":` guard.
+    # The workers only run Pillow and numpy, never torch, so forking a process that already
+    # runs torch threads is safe here (it is what torch's own DataLoader does on Linux).
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
 def _storage_side(first: list, storage_size: int) -> int:
     sides = []
     for _, src in first:
@@ -161,13 +169,12 @@ def _chunks(stream, size: int):
 def _decode_stream(stream, side: int, storage_size: int, n: int):
     """Yield worker results for the (index, bytes|path) stream; parallel when large."""
     workers = _workers()
-    if workers == 1 or n < MIN_PARALLEL:
+    if workers == 1 or n < MIN_PARALLEL or multiprocessing.current_process().daemon:
+        # (a daemon process, e.g. a DataLoader worker, may not start children)
         for chunk in _chunks(stream, CHUNK):
             yield _decode_chunk(chunk, side, storage_size)
         return
-    # forkserver: a clean child, safe even if the parent already runs torch threads
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers) as pool:
+    with multiprocessing.get_context(_start_method()).Pool(workers) as pool:
         pending: deque = deque()
         for chunk in _chunks(stream, CHUNK):
             pending.append(pool.apply_async(_decode_chunk, (chunk, side, storage_size)))
