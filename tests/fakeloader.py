@@ -63,11 +63,12 @@ def make_loaders(n=384, bs=32, seed=0):
             FakeLoader(x[k:], y[k:], bs * 2))
 
 
-def make_learner(seed=0, hooks=(), **kwargs):
+def make_learner(seed=0, hooks=(), init_seed=None, **kwargs):
+    """A Learner on the synthetic task; init_seed (default: seed) drives the model's init only."""
     from fitvision.train.checkpoint import seed_everything
     from fitvision.train.learner import Learner
 
-    seed_everything(seed)
+    seed_everything(seed if init_seed is None else init_seed)
     train_dl, valid_dl = make_loaders(seed=seed)
     kwargs = {"lr": 1e-2, "precision": "fp32", "progress": False, **kwargs}
     return Learner(TinyNet(), train_dl, valid_dl, hooks=list(hooks), **kwargs)

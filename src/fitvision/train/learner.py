@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fitvision.errors import FitVisionError
-from fitvision.optim import create_optimizer, set_hyper
+from fitvision.optim import create_optimizer, get_hyper, set_hyper
 from fitvision.optim.schedules import create_schedule, sched_const, step_pos
 from fitvision.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fitvision.train.hooks import Hook, Progress, TrainState
@@ -255,8 +255,10 @@ class Learner:
             hypers = {k: fn(step_pos(s.step, s.total_steps)) for k, fn in sched.items() if fn is not None}
             loss = self.train_step(x, y, hypers)
             s.step, s.batch, s.epoch_images = s.step + 1, s.batch + 1, s.epoch_images + len(y)
-            self._pending.append(({"step": s.step - 1, "epoch": s.epoch, "lr": hypers.get("lr", math.nan),
-                                   "mom": hypers.get("mom", math.nan)}, s.batch - 1, loss))
+            # What the optimizer used (a schedule's value, or the optimizer's own when unscheduled).
+            row = {"step": s.step - 1, "epoch": s.epoch, "lr": hypers["lr"] if "lr" in hypers else
+                   get_hyper(self.opt, "lr"), "mom": hypers["mom"] if "mom" in hypers else get_hyper(self.opt, "mom")}
+            self._pending.append((row, s.batch - 1, loss))
             if len(self._pending) >= self.sync_every:
                 self._flush_losses()
             s.epoch_train_seconds = time.perf_counter() - start
