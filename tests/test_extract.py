@@ -112,3 +112,15 @@ def test_hostile_archive_refused_by_the_loader(tmp_path):
     archive = _tar(tmp_path / "pets.tgz", [("pets/cat/1.jpg", "file", b"x"), ("pets/../../evil.jpg", "file", b"x")])
     with pytest.raises(FitVisionError, match="contains '..'"):
         load_dataset(archive)
+
+
+def test_truncated_or_corrupt_archives_are_clear_errors(tmp_path):
+    good = _tar(tmp_path / "good.tgz", [(f"pets/cat/{i}.jpg", "file", bytes(2000)) for i in range(20)])
+    cut = tmp_path / "cut.tgz"
+    cut.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(FitVisionError, match=r"^cannot read archive .*cut.tgz \(truncated or corrupt\?\)"):
+        load_dataset(cut)
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"PK not really a zip")
+    with pytest.raises(FitVisionError, match=r"^cannot read archive .*junk.zip: File is not a zip file"):
+        load_dataset(junk)

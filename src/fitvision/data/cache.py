@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -66,6 +67,19 @@ def load(folder: Path) -> tuple[dict, dict[str, np.ndarray]] | None:
         return None
 
 
+STALE_SECONDS = 6 * 3600  # a temporary build folder this old was left by a killed process
+
+
+def _remove_stale(root: Path) -> None:
+    now = time.time()
+    for entry in root.glob(".*.tmp-*"):
+        try:
+            if now - entry.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue
+
+
 class CacheWriter:
     """Builds a cache folder under a temporary name; commit() renames it into place."""
 
@@ -73,6 +87,7 @@ class CacheWriter:
         self.folder = folder
         self.tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir(parents=True)
+        _remove_stale(folder.parent)
 
     def array(self, name: str, shape: tuple, dtype) -> np.ndarray:
         """A writable array backed by a file in the temporary folder (memory if empty)."""

@@ -8,6 +8,8 @@ or FIFOs. One unsafe member refuses the whole archive.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import os
 import posixpath
 import shutil
@@ -101,11 +103,25 @@ def _zip_member(archive, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Member:
     return Member(name, "file", "", info.file_size)
 
 
-def _open_tar(path) -> tarfile.TarFile:
-    try:
-        return tarfile.open(path, "r|*")  # stream mode: one sequential pass, no seeking
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise FitVisionError(f"cannot read archive {path}: {e}") from None
+@contextlib.contextmanager
+def _open_tar(path) -> Iterator[tarfile.TarFile]:
+    """A tar in stream mode (one sequential pass, no seeking).
+
+    gzip goes through GzipFile, which checks the end-of-stream marker and CRC: tarfile's own
+    gzip reader would silently stop at a truncated archive and lose its last members.
+    """
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        try:
+            stream = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+            tf = tarfile.open(fileobj=stream, mode="r|" if gz else "r|*")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise FitVisionError(f"cannot read archive {path}: {e}") from None
+        with tf:
+            yield tf
+            if gz:
+                stream.read()  # to the end: a truncated stream raises EOFError here
 
 
 def _open_zip(path) -> zipfile.ZipFile:
