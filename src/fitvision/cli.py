@@ -30,9 +30,10 @@ def cmd_datasets(args) -> int:
         if args.json:
             _print_json(rows)
             return 0
+        width = max(len(r["description"]) for r in rows)
         for r in rows:
             where = r["location"] or "not found locally (downloaded on first use)"
-            print(f"{r['name']:<12} {r['description']:<52} {where}")
+            print(f"{r['name']:<12} {r['description']:<{width}}  {where}")
         return 0
     if args.target is None:
         raise FitVisionError(f"'fitvision datasets {args.action}' needs a dataset name or path")
