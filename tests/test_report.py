@@ -159,3 +159,14 @@ def test_show_dataset_augmented_round_trips_to_images(tmp_path):
 def test_take_rows_keeps_the_requested_order():
     a = np.arange(20).reshape(10, 2)
     assert np.array_equal(plots.take_rows(a, np.array([7, 2, 9, 0])), a[[7, 2, 9, 0]])
+
+
+def test_report_of_an_unfinished_run(tmp_path):
+    """A crashed run has history, batches and config only: curves, a note, no failure."""
+    run = make_fake_run(tmp_path / "run")
+    for name in ("preds.npz", "summary.json", "model.json"):
+        (run / name).unlink()
+    page = report_html.render_run_report(run).read_text()
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["accuracy.png", "loss.png", "lr.png"]
+    assert "<h1>resnet9 on cifar10</h1>" in page and "No summary.json: the run did not finish." in page
+    assert page.count("No predictions saved (preds.npz)") == 1 and "Mistakes grid not drawn yet" not in page

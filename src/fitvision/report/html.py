@@ -163,11 +163,12 @@ def write_report(run_dir: str | Path, notes: list[str] | None = None) -> Path:
     preds = read_preds(run_dir)
     plots_dir = run_dir / "plots"
     notes = list(notes or [])
-    if not (plots_dir / "mistakes.png").is_file() and not any(n.startswith("Mistakes") for n in notes):
+    if not (plots_dir / "mistakes.png").is_file() and not any("mistakes" in n.lower() for n in notes):
         notes.append("Mistakes grid not drawn yet: run `fitvision report RUN` to draw it.")
 
     sections = [
-        _summary_section(run_dir, summary, meta),
+        _summary_section(run_dir, summary, meta, config),
+        "<div class='notes'>" + "".join(f"<p>{_e(n)}</p>" for n in notes) + "</div>" if notes else "",
         _curves_section(plots_dir),
         _confusion_section(plots_dir, preds, meta),
         _image_section(plots_dir / "mistakes.png", "Validation images",
@@ -178,8 +179,6 @@ def write_report(run_dir: str | Path, notes: list[str] | None = None) -> Path:
         _table_section("Model", {k: v for k, v in meta.items() if k != "classes"}, "model.json"),
     ]
     body = "\n".join(s for s in sections if s)
-    if notes:
-        body = "<div class='notes'>" + "".join(f"<p>{_e(n)}</p>" for n in notes) + "</div>\n" + body
     title = f"fitvision run {run_dir.resolve().name}"
     page = _PAGE.format(title=_e(title), css=_CSS, body=body, footer=_footer(meta))
     path = run_dir / REPORT
@@ -206,9 +205,9 @@ def _img(path: Path, alt: str) -> str:
     return f"<img src='data:image/png;base64,{data}' alt='{_e(alt)}'>"
 
 
-def _summary_section(run_dir: Path, summary: dict, meta: dict) -> str:
-    model = summary.get("model") or meta.get("model", "?")
-    dataset = summary.get("dataset", "?")
+def _summary_section(run_dir: Path, summary: dict, meta: dict, config: dict) -> str:
+    model = summary.get("model") or meta.get("model") or config.get("model", "model")
+    dataset = summary.get("dataset") or Path(str(config.get("data", "unknown data"))).name
     head = (f"<header><h1>{_e(model)} on {_e(dataset)}</h1>"
             f"<p class='sub'>{_e(run_dir.resolve())}</p></header>")
     cards = []
