@@ -155,19 +155,19 @@ def folder_layout(source: Source) -> FolderLayout:
         classes=vocab.classes,
         train=[images[i] for i in train_idx], train_y=vocab.encode(train_labels),
         valid=[images[i] for i in valid_idx], valid_y=vocab.encode(valid_labels),
-        split=split, empty_classes=_empty_classes(dirs, prefix, class_roots, set(train_labels)),
+        split=split, empty_classes=_empty_classes(dirs, prefix, class_roots, {str(p.parent) for p in rel}),
     )
 
 
-def _empty_classes(dirs: set[str], prefix: str, class_roots: list[str], seen: set[str]) -> list[str]:
-    """Class folders (children of the split folders) that hold no image."""
+def _empty_classes(dirs: set[str], prefix: str, class_roots: list[str], populated: set[str]) -> list[str]:
+    """Class folders (children of the split folders, or of the root when unsplit) holding no image."""
     empty = []
     for d in sorted(dirs):
         if not d.startswith(prefix):
             continue
         rel = d[len(prefix):]
         parent, name = posixpath.split(rel)
-        if parent in class_roots and name and name not in ("train",) + VALID_NAMES and name not in seen:
+        if parent in class_roots and name and name not in ("train",) + VALID_NAMES and rel not in populated:
             empty.append(rel)
     return empty
 
