@@ -303,3 +303,17 @@ def test_malicious_cifar_pickle_refused(tmp_path, monkeypatch):
                                              r"CIFAR pickle \(global 'posix.system' is not allowed\)$"):
         load_dataset(archive)
     assert not marker.exists()
+
+
+def test_malformed_cifar_pickle_is_a_clear_error(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for b in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            _add(tf, f"cifar-10-batches-py/{b}", pickle.dumps({b"data": np.zeros((2, 100), np.uint8),
+                                                               b"labels": [0, 1]}))
+        _add(tf, "cifar-10-batches-py/batches.meta", pickle.dumps({b"label_names": [b"a", b"b"]}))
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(buf.getvalue())
+    with pytest.raises(FitVisionError, match=r"^.*cifar-10-python.tar.gz: malformed CIFAR pickle \(expected "
+                                             r"\(N, 3072\) pixels and N labels, got \(10, 100\) and \(10,\)\)$"):
+        load_dataset(archive)

@@ -241,31 +241,34 @@ def _key(d: dict, key: bytes):
     return d[key] if key in d else d[key.decode()]
 
 
+def _cifar_split(batches: dict, which: list[str], labels_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    x = np.concatenate([np.asarray(_key(batches[b], b"data"), dtype=np.uint8) for b in which])
+    y = np.concatenate([np.asarray(_key(batches[b], labels_key), dtype=np.int64) for b in which])
+    if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(x) != len(y):
+        raise ValueError(f"expected (N, 3072) pixels and N labels, got {x.shape} and {y.shape}")
+    return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
+
+
 def read_cifar(source: Source, meta_name: str):
     """(classes, train_x, train_y, valid_x, valid_y) from the official pickles; classes sorted."""
     train_b, test_b, labels_key, names_key = CIFAR_FILES[posixpath.basename(meta_name)]
     folder = posixpath.dirname(meta_name)
-    names = {n: posixpath.join(folder, n) if folder else n for n in [posixpath.basename(meta_name)] + train_b + test_b}
+    members = [posixpath.join(folder, n) for n in [posixpath.basename(meta_name)] + train_b + test_b]
     blobs = {}
-    for idx, data in source.blobs({v: i for i, v in enumerate(names.values())}):
+    for idx, data in source.blobs({m: i for i, m in enumerate(members)}):
         blobs[idx] = Path(data).read_bytes() if isinstance(data, str) else data
-    loaded = [safe_unpickle(blobs[i], f"{source}:{n}") for i, n in enumerate(names.values())]
+    meta, *loaded = [safe_unpickle(blobs[i], f"{source}:{m}") for i, m in enumerate(members)]
+    batches = dict(zip(train_b + test_b, loaded))
     try:
-        meta, batches = loaded[0], dict(zip(list(names)[1:], loaded[1:]))
         raw = [c.decode() if isinstance(c, bytes) else str(c) for c in _key(meta, names_key)]
-
-        def stack(which):
-            x = np.concatenate([np.asarray(_key(batches[b], b"data"), dtype=np.uint8) for b in which])
-            y = np.concatenate([np.asarray(_key(batches[b], labels_key), dtype=np.int64) for b in which])
-            return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
-
-        train_x, train_y = stack(train_b)
-        valid_x, valid_y = stack(test_b)
+        train_x, train_y = _cifar_split(batches, train_b, labels_key)
+        valid_x, valid_y = _cifar_split(batches, test_b, labels_key)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise FitVisionError(f"{source}: malformed CIFAR pickle ({e})") from None
+    labels = np.concatenate([train_y, valid_y])
+    if labels.size and (labels.min() < 0 or labels.max() >= len(raw)):
+        raise FitVisionError(f"{source}: CIFAR labels out of range for {len(raw)} classes")
     order = sorted(range(len(raw)), key=lambda i: raw[i])  # keep the sorted-classes promise
     remap = np.empty(len(raw), dtype=np.int64)
     remap[order] = np.arange(len(raw))
-    if max(train_y.max(initial=0), valid_y.max(initial=0)) >= len(raw) or min(train_y.min(initial=0), valid_y.min(initial=0)) < 0:
-        raise FitVisionError(f"{source}: CIFAR labels out of range for {len(raw)} classes")
     return [raw[i] for i in order], train_x, remap[train_y], valid_x, remap[valid_y]
