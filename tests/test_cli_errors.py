@@ -84,7 +84,8 @@ def test_unreadable_image_is_one_error_line_and_the_others_are_predicted(capsys,
 
 
 def test_predict_bad_topk(capsys, tiny_run, tmp_path):
-    assert _fail(capsys, ["predict", str(tiny_run), "x.png", "--topk", "0"]) == "error: --topk must be at least 1, got 0"
+    line = _fail(capsys, ["predict", str(tiny_run), "x.png", "--topk", "0"])
+    assert line == "error: --topk must be at least 1, got 0"
     assert "invalid int value: 'many'" in _fail(capsys, ["predict", str(tiny_run), "x.png", "--topk", "many"], code=2)
 
 

@@ -218,7 +218,8 @@ def _summary_section(run_dir: Path, summary: dict, meta: dict, config: dict) -> 
             except (TypeError, ValueError):
                 value = str(summary[key])
             cls = " big" if key == "val_acc" else ""
-            cards.append(f"<div class='card{cls}'><div class='v'>{_e(value)}</div><div class='k'>{_e(label)}</div></div>")
+            cards.append(f"<div class='card{cls}'><div class='v'>{_e(value)}</div>"
+                         f"<div class='k'>{_e(label)}</div></div>")
     if not cards:
         return head + "<p class='note'>No summary.json: the run did not finish.</p>"
     return head + "<section><div class='cards'>" + "".join(cards) + "</div></section>"
@@ -259,7 +260,8 @@ def _per_class_table(rows: list[dict]) -> str:
 def _image_section(path: Path, title: str, caption: str) -> str:
     if not path.is_file():
         return ""
-    return f"<section><h2>{_e(title)}</h2><figure class='wide'>{_img(path, title)}<figcaption>{_e(caption)}</figcaption></figure></section>"
+    return (f"<section><h2>{_e(title)}</h2><figure class='wide'>{_img(path, title)}"
+            f"<figcaption>{_e(caption)}</figcaption></figure></section>")
 
 
 def _history_section(history: list[dict]) -> str:

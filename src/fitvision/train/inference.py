@@ -115,7 +115,8 @@ def _log_probs_all(run: Run, images: np.ndarray, batch_size: int, tta: bool) -> 
     pipe = _eval_pipeline(run)
     chunks = []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.array(images[start:start + batch_size])).permute(0, 3, 1, 2)  # copy: memmaps are read-only
+        batch = np.array(images[start:start + batch_size])  # a copy: memory maps are read-only
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2)
         chunks.append(_log_probs(run, pipe, x, tta).cpu())
     return torch.cat(chunks)
 
@@ -125,7 +126,8 @@ def predict_files(run, files: Iterable[str | Path], topk: int = 3) -> list[dict[
     """[{"file", "top": [{"class", "prob"}]}] or [{"file", "error"}], in the order given.
 
     Each file is decoded as the training data was (decode_image at the run's storage size), then
-    the eval pipeline brings it to the model's input size.
+    the eval pipeline brings it to the model's input size. Threads decode the next chunk of files
+    while the model predicts the current one.
     """
     run = _as_run(run)
     files = [str(f) for f in files]
@@ -133,24 +135,31 @@ def predict_files(run, files: Iterable[str | Path], topk: int = 3) -> list[dict[
         raise FitVisionError(f"topk must be at least 1, got {topk}")
     topk = min(topk, len(run.classes))
     pipe = _eval_pipeline(run)
-    results: list[dict[str, Any]] = [{} for _ in files]
+    storage_size = int(run.meta["storage_size"])
+    chunks = [files[i:i + PREDICT_BATCH] for i in range(0, len(files), PREDICT_BATCH)]
+    results: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=_threads()) as pool:
-        for start in range(0, len(files), PREDICT_BATCH):
-            chunk = files[start:start + PREDICT_BATCH]
-            decoded = list(pool.map(lambda f: _decode(f, int(run.meta["storage_size"])), chunk))
-            by_shape: dict[tuple, list[int]] = {}
-            for i, d in enumerate(decoded):
-                if isinstance(d, str):
-                    results[start + i] = {"file": chunk[i], "error": d}
-                else:
-                    by_shape.setdefault(d.shape, []).append(i)
-            for group in by_shape.values():  # images smaller than the storage size keep their own size
-                batch = torch.from_numpy(np.stack([decoded[i] for i in group])).permute(0, 3, 1, 2)
-                top_p, top_i = _log_probs(run, pipe, batch).exp().cpu().topk(topk, dim=1)
-                for row, i in enumerate(group):
-                    results[start + i] = {"file": chunk[i], "top": [
-                        {"class": run.classes[int(c)], "prob": float(p)} for p, c in zip(top_p[row], top_i[row])]}
+        pending = [pool.submit(_decode, f, storage_size) for f in chunks[0]] if chunks else []
+        for k, chunk in enumerate(chunks):
+            decoded = [fut.result() for fut in pending]
+            pending = [pool.submit(_decode, f, storage_size) for f in chunks[k + 1]] if k + 1 < len(chunks) else []
+            results += _predict_chunk(run, pipe, chunk, decoded, topk)
     return results
+
+
+def _predict_chunk(run: Run, pipe, chunk: list[str], decoded: list, topk: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{"file": f, "error": d} if isinstance(d, str) else {} for f, d in zip(chunk, decoded)]
+    by_shape: dict[tuple, list[int]] = {}
+    for i, d in enumerate(decoded):
+        if not isinstance(d, str):
+            by_shape.setdefault(d.shape, []).append(i)
+    for group in by_shape.values():  # images smaller than the storage size keep their own size
+        batch = torch.from_numpy(np.stack([decoded[i] for i in group])).permute(0, 3, 1, 2)
+        top_p, top_i = _log_probs(run, pipe, batch).exp().cpu().topk(topk, dim=1)
+        for row, i in enumerate(group):
+            out[i] = {"file": chunk[i], "top": [{"class": run.classes[int(c)], "prob": float(p)}
+                                                for p, c in zip(top_p[row], top_i[row])]}
+    return out
 
 
 def _decode(path: str, storage_size: int) -> np.ndarray | str:
