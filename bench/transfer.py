@@ -28,7 +28,7 @@ from fitvision.config import TrainConfig
 SCALES = {
     # "small" is sized for a shared 2-core CPU (minutes); "full" for a free machine or a GPU.
     "small": dict(model="cnn", width=1.0, source_limit=3000, source_epochs=3, target_limit=500,
-                  target_epochs=6, freeze_epochs=1, valid_limit=1000, seeds=[0]),
+                  target_epochs=6, freeze_epochs=1, valid_limit=1000, seeds=[0, 1, 2]),
     "full": dict(model="resnet9", width=0.5, source_limit=0, source_epochs=10, target_limit=1000,
                  target_epochs=16, freeze_epochs=3, valid_limit=0, seeds=[0, 1, 2]),
 }
