@@ -170,3 +170,12 @@ def test_report_of_an_unfinished_run(tmp_path):
     assert sorted(p.name for p in (run / "plots").iterdir()) == ["accuracy.png", "loss.png", "lr.png"]
     assert "<h1>resnet9 on cifar10</h1>" in page and "No summary.json: the run did not finish." in page
     assert page.count("No predictions saved (preds.npz)") == 1 and "Mistakes grid not drawn yet" not in page
+
+
+def test_blank_momentum_cells_do_not_break_the_report(tmp_path):
+    run = make_fake_run(tmp_path / "run")
+    lines = (run / "batches.csv").read_text().splitlines()
+    rows = [lines[0]] + [",".join(c if i != 3 else "" for i, c in enumerate(l.split(","))) for l in lines[1:]]
+    (run / "batches.csv").write_text("\n".join(rows) + "\n")
+    assert np.isnan(report_html.read_csv(run / "batches.csv")[0]["mom"])
+    assert plots.plot_lr([0.1, 0.2], tmp_path / "lr.png", [float("nan")] * 2).is_file()

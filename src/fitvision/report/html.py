@@ -11,6 +11,7 @@ import csv
 import datetime
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,8 @@ def read_csv(path: Path) -> list[dict[str, float]]:
         return []
     with path.open(newline="") as f:
         try:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+            # a blank cell (e.g. no momentum for plain SGD) reads as NaN, not as a corrupt file
+            return [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
         except (TypeError, ValueError) as e:
             raise FitVisionError(f"{path} is corrupt: {e}") from None
 

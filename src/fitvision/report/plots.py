@@ -75,9 +75,10 @@ def plot_lr(batch_lrs: Sequence[float], path: str | Path, batch_moms: Sequence[f
     ax.set(xlabel="batch", ylabel="learning rate", title="Learning rate vs. batch")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.grid(alpha=0.3)
-    if batch_moms is not None and len(batch_moms) and np.ptp(np.asarray(batch_moms, dtype=float)) > 0:
+    moms = np.asarray(batch_moms if batch_moms is not None else [], dtype=float)
+    if np.isfinite(moms).any() and np.nanmax(moms) > np.nanmin(moms):  # only a momentum that varies
         ax2 = ax.twinx()
-        ax2.plot(np.arange(len(batch_moms)), batch_moms, color=ORANGE, alpha=0.7)
+        ax2.plot(np.arange(len(moms)), moms, color=ORANGE, alpha=0.7)
         ax2.set_ylabel("momentum", color=ORANGE)
     return _save(fig, path)
 
