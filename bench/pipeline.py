@@ -38,15 +38,18 @@ def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
-def _median_rate(fn, repeats: int) -> tuple[float, list[float]]:
-    """fn() -> images processed; returns the median images/s and every pass's rate."""
+def _median_rate(fn, repeats: int) -> tuple[float, list[float], float]:
+    """fn() -> images processed. Returns the median images/s, every pass's rate, and the median
+    images per second of this process's CPU time (all its threads; steadier on a busy machine,
+    meaningless for work done in worker processes)."""
     fn()  # warm-up: first-touch allocations, thread pools
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         n = fn()
-        rates.append(n / (time.perf_counter() - start))
-    return statistics.median(rates), [round(r) for r in rates]
+        rates.append(n / (time.perf_counter() - wall))
+        cpu_rates.append(n / max(time.process_time() - cpu, 1e-9))
+    return statistics.median(rates), [round(r) for r in rates], statistics.median(cpu_rates)
 
 
 def _drain(loader: DeviceLoader) -> int:
@@ -143,20 +146,25 @@ def bench_train_ratio(images, labels, bs: int, steps: int):
     batches = iter(loader)
     fixed_x, fixed_y = next(batches)
     fixed_x = fixed_x.clone()
-    step(fixed_x, fixed_y)  # warm-up (oneDNN primitive creation)
-    fixed, fed = [], []
+    step(fixed_x, fixed_y)  # warm-up both kinds (oneDNN primitives, optimizer state)
+    step(*next(batches))
+    fixed, fed = [], []  # (wall, cpu) seconds per step
     for _ in range(steps):
-        start = time.perf_counter()
-        step(fixed_x, fixed_y)
-        fixed.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        x, y = next(batches)
-        step(x, y)
-        fed.append(time.perf_counter() - start)
-    ratio = statistics.median(fixed) / statistics.median(fed)
-    return ratio, {"model": name, "batch": bs, "steps": steps, "precision": "bf16 autocast, channels_last",
-                   "fixed_batch_images_per_second": round(bs / statistics.median(fixed), 1),
-                   "loader_fed_images_per_second": round(bs / statistics.median(fed), 1)}
+        fixed.append(_timed(lambda: step(fixed_x, fixed_y)))
+        fed.append(_timed(lambda: step(*next(batches))))
+    wall = statistics.median(t for t, _ in fixed) / statistics.median(t for t, _ in fed)
+    # Process CPU time counts only this process's work, so it is steadier on a busy machine.
+    cpu = statistics.median(c for _, c in fixed) / statistics.median(c for _, c in fed)
+    return wall, {"model": name, "batch": bs, "steps": steps, "precision": "bf16 autocast, channels_last",
+                  "fixed_batch_images_per_second": round(bs / statistics.median(t for t, _ in fixed), 1),
+                  "loader_fed_images_per_second": round(bs / statistics.median(t for t, _ in fed), 1),
+                  "ratio_by_cpu_time": round(cpu, 3)}
+
+
+def _timed(fn) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 # --------------------------------------------------------------------------- main
@@ -179,22 +187,23 @@ def main(argv=None) -> dict:
     p.add_argument("--imagenette-bs", type=int, default=128)
     p.add_argument("--train-bs", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's own)")
-    p.add_argument("--train-steps", type=int, default=0, help="timed steps of each kind (default 5, quick 2)")
+    p.add_argument("--train-steps", type=int, default=0, help="timed steps of each kind (default 5, quick 3)")
     args = p.parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 3)
-    steps = args.train_steps or (2 if args.quick else 5)
+    steps = args.train_steps or (3 if args.quick else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_before = os.getloadavg()[0]
 
     cifar_x, cifar_y, source = _data(args)
-    cifar, cifar_runs = bench_device(cifar_x, cifar_y, 512, "crop_flip", 32, repeats)
+    cifar, cifar_runs, cifar_cpu = bench_device(cifar_x, cifar_y, 512, "crop_flip", 32, repeats)
     n_in = 1024 if args.quick else 4096
     inette_x = _images(n_in, 160, seed=1)
-    inette, inette_runs = bench_device(inette_x, np.arange(n_in) % 10, args.imagenette_bs, "rrc_flip", 128, repeats)
+    inette, inette_runs, inette_cpu = bench_device(inette_x, np.arange(n_in) % 10, args.imagenette_bs,
+                                                   "rrc_flip", 128, repeats)
     n_seed = 4096 if args.quick else 10240
-    seed_style, seed_runs = bench_seed_style(cifar_x[:n_seed], cifar_y[:n_seed], 512, repeats)
+    seed_style, seed_runs, _ = bench_seed_style(cifar_x[:n_seed], cifar_y[:n_seed], 512, repeats)
     ratio, train = bench_train_ratio(cifar_x, cifar_y, args.train_bs, steps)
     result = {
         "cifar_images_per_second": round(cifar),
@@ -203,6 +212,7 @@ def main(argv=None) -> dict:
         "train_step_ratio": round(ratio, 3),
         "speedup_vs_seed_style": round(cifar / seed_style, 1),
         "runs": {"cifar": cifar_runs, "imagenette": inette_runs, "seed_style": seed_runs},
+        "images_per_cpu_second": {"cifar": round(cifar_cpu), "imagenette": round(inette_cpu)},
         "train": train,
         "data": f"{source}; imagenette: random uint8, {n_in} x 160x160x3, batch {args.imagenette_bs}",
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
