@@ -160,8 +160,12 @@ def test_eval_reproduces_train_runs_val_acc_exactly(folder, tmp_path, capsys):
     assert result["num_valid"] == summary["num_valid"] == 18
     assert result["val_acc"] == summary["val_acc"]
     assert result["val_loss"] == summary["val_loss"]
-    # preds.npz agrees image by image with a fresh evaluation.
+    # preds.npz agrees image by image with a fresh evaluation, and its indices point at the images
+    # with those labels (the report's mistakes grid relies on it).
+    from fitvision.data.decode import load_dataset
+
     z = np.load(out / "preds.npz")
+    assert np.array_equal(load_dataset(str(folder)).valid_y[z["indices"]], z["targets"])
     counts = np.bincount(z["targets"][z["probs"].argmax(1) == z["targets"]], minlength=3)
     totals = np.bincount(z["targets"], minlength=3)
     assert result["per_class_acc"] == {c: counts[i] / totals[i] for i, c in enumerate(CLASSES) if totals[i]}

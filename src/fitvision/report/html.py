@@ -124,22 +124,23 @@ def _render_mistakes(run_dir: Path, preds: dict, meta: dict, dataset) -> str | N
     from fitvision.report import plots
 
     config = read_json(run_dir / "config.json")
+    out = run_dir / "plots" / "mistakes.png"
+    out.unlink(missing_ok=True)  # never leave a grid from an earlier rendering behind
     pick = plots.pick_grid(preds["probs"], preds["targets"], n=32, seed=int(config.get("seed", 0)))
     if dataset is None:
         try:
             from fitvision.data.decode import load_dataset
 
-            dataset = load_dataset(config["data"], storage_size=int(meta.get("storage_size", 160)),
+            # the split train_run evaluated on: its data, decode size, valid_pct and seed
+            dataset = load_dataset(config["data"], storage_size=int(config.get("storage_size", meta["storage_size"])),
                                    valid_pct=float(config.get("valid_pct", 0.0)), seed=int(config.get("seed", 0)))
         except (FitVisionError, KeyError, OSError) as e:
-            (run_dir / "plots" / "mistakes.png").unlink(missing_ok=True)
             return f"Mistakes grid not drawn: the validation images are not available here ({e})."
     indices = preds["indices"][pick]
     if len(indices) and int(indices.max()) >= len(dataset.valid_y):
         return "Mistakes grid not drawn: preds.npz does not match this dataset's validation split."
-    images = plots.take_rows(dataset.valid_x, indices)
-    plots.plot_mistakes(images, preds["targets"][pick], preds["probs"][pick], meta["classes"],
-                        run_dir / "plots" / "mistakes.png")
+    plots.plot_mistakes(plots.take_rows(dataset.valid_x, indices), preds["targets"][pick], preds["probs"][pick],
+                        meta["classes"], out)
     return None
 
 
