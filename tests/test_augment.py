@@ -181,7 +181,7 @@ def test_rotation_by_90_degrees_equals_rot90():
 def test_affine_flip_and_translation_by_whole_pixels():
     x = _batch(h=8, w=8).float()
     assert torch.allclose(A.affine(x, _gen(), flip_p=1.0), x.flip(3), atol=1e-3)
-    shifted = A.affine(x, _gen(), translate=(0.25, 0.25), padding_mode="zeros")  # 2 px right and down
+    shifted = A.affine(x, _gen(), translate=(0.25, 0.25), padding_mode="zeros")  # samples 2 px right, down
     assert torch.allclose(shifted[:, :, :6, :6], x[:, :, 2:, 2:], atol=1e-3)
     assert float(shifted[:, :, 6:, :].abs().max()) == 0.0
 

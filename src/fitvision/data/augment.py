@@ -261,7 +261,7 @@ def affine_matrices(generator, n: int, device, *, degrees: float = 0.0, zoom=(1.
     flip = torch.where(_coin(generator, n, device, flip_p), -1.0, 1.0)
     cos, sin = torch.cos(angle) / z, torch.sin(angle) / z
     m = torch.zeros(n, 3, 3, device=device)
-    # R(angle) @ [[1, sh], [0, 1]] @ diag(flip / z, 1 / z); translation in units of the half-size
+    # R(angle) @ [[1, sh], [0, 1]] @ diag(flip / z, 1 / z), then the translation
     m[:, 0, 0], m[:, 0, 1] = cos * flip, cos * sh - sin
     m[:, 1, 0], m[:, 1, 1] = sin * flip, sin * sh + cos
     m[:, 0, 2], m[:, 1, 2], m[:, 2, 2] = 2 * tx, 2 * ty, 1.0  # normalised units: 2 = full size
