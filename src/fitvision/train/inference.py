@@ -46,11 +46,19 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> R
     run_dir = Path(run_dir)
     device = torch.device(device) if device is not None else _default_device()
     model, meta = load_model(run_dir, device=device)
-    config_path = run_dir / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config = _read_config(run_dir / "config.json")
     if config.get("channels_last", True):  # as the Learner held it: the conv kernels, hence the numerics, match
         model = model.to(memory_format=torch.channels_last)
     return Run(path=run_dir, model=model, meta=meta, config=config, device=device)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise FitVisionError(f"{path} is corrupt: {e}") from None
 
 
 def _default_device() -> torch.device:
