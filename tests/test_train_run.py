@@ -1,0 +1,167 @@
+"""`fitvision train` end to end on a tiny real CIFAR-10 subset: the run directory, resume, recipes."""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fitvision.cli import main
+from fitvision.config import RECIPES, TrainConfig
+from fitvision.errors import FitVisionError
+from fitvision.train.run import resolve_recipe
+
+TINY = ["--data", "cifar10", "--model", "cnn", "--epochs", "2", "--bs", "50", "--train-limit", "500",
+        "--valid-limit", "200", "--precision", "fp32", "--device", "cpu"]
+SUMMARY_KEYS = {"val_acc", "val_loss", "epochs", "train_seconds", "train_images_per_second", "device", "model",
+                "params", "dataset", "num_train", "num_valid", "seed"}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The real datasets and a decode cache shared by this module's runs (set by hand: module scope)."""
+    data = os.environ.get("FITVISION_DATA_DIR", "")
+    if not data or not (Path(data) / "cifar10-jpeg.tgz").is_file():
+        pytest.skip("real datasets absent: set FITVISION_DATA_DIR to the folder holding cifar10-jpeg.tgz")
+    cache = os.environ.get("FITVISION_TEST_CACHE_DIR") or str(tmp_path_factory.getbasetemp() / "fitvision-cache")
+    return {"FITVISION_DATA_DIR": data, "FITVISION_CACHE_DIR": cache}
+
+
+@pytest.fixture(scope="module")
+def run(env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "r"
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            code = main(["train", *TINY, "--out", str(out)])
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert code == 0, buf.getvalue()
+    return out, buf.getvalue()
+
+
+@pytest.fixture
+def real_env(env, monkeypatch):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+
+def test_run_directory_holds_every_file(run):
+    out, stdout = run
+    for name in ["config.json", "history.csv", "batches.csv", "model.safetensors", "model.json", "checkpoint.pt",
+                 "preds.npz", "summary.json", "report.html", "plots/accuracy.png", "plots/loss.png", "plots/lr.png",
+                 "plots/confusion.png"]:
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= summary.keys()
+    assert (summary["epochs"], summary["num_train"], summary["num_valid"], summary["model"], summary["dataset"],
+            summary["seed"], summary["device"]) == (2, 500, 200, "cnn", "cifar10", 0, "cpu")
+    assert summary["train_seconds"] > 0 and summary["train_images_per_second"] > 0 and summary["params"] == 113_738
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"]
+    assert [r["epoch"] for r in rows] == ["0", "1"] and float(rows[-1]["val_acc"]) == summary["val_acc"]
+    with open(out / "batches.csv") as f:
+        batches = list(csv.DictReader(f))
+    assert list(batches[0]) == ["step", "epoch", "lr", "mom", "loss"] and len(batches) == 20
+    lines = stdout.splitlines()
+    assert lines[0] == "recipe auto -> seed: no CUDA GPU, training on the CPU (no 'cpu' recipe yet)" \
+        if "cpu" not in RECIPES else lines[0].startswith("recipe auto -> cpu")
+    assert any(line.startswith("model     cnn width 1: 113,738 parameters") for line in lines)
+    epoch_lines = [line for line in lines if line.startswith("Epoch [")]
+    assert len(epoch_lines) == 2 and epoch_lines[1].startswith("Epoch [1], last_lr: 0.00000, train_loss: ")
+    assert lines[-1].startswith(f"done: val_acc {summary['val_acc']:.4f}")
+
+
+def test_preds_and_model_json_reproduce_the_evaluation(run, real_env):
+    from fitvision.data.augment import eval_pipeline
+    from fitvision.data.decode import load_dataset
+    from fitvision.train.modelfile import load_model
+
+    out, _ = run
+    preds = np.load(out / "preds.npz")
+    summary = json.loads((out / "summary.json").read_text())
+    assert preds["probs"].shape == (200, 10) and preds["probs"].dtype == np.float32
+    assert float((preds["probs"].argmax(1) == preds["targets"]).mean()) == pytest.approx(summary["val_acc"], abs=1e-7)
+    ds = load_dataset("cifar10")
+    idx = preds["indices"]
+    assert len(set(idx.tolist())) == 200 and np.array_equal(ds.valid_y[idx], preds["targets"])
+    model, meta = load_model(out)
+    assert meta["input_size"] == [32, 32] and meta["classes"][0] == "airplane"
+    assert meta["model_kwargs"] == {"num_classes": 10, "in_channels": 3, "width": 1.0}
+    tf = eval_pipeline(meta["input_size"][0], meta["mean"], meta["std"])
+    x = tf(torch.from_numpy(np.ascontiguousarray(ds.valid_x[idx])).permute(0, 3, 1, 2))
+    with torch.no_grad():
+        probs = model(x).softmax(1).numpy()
+    np.testing.assert_allclose(probs, preds["probs"], atol=1e-5)
+
+
+def test_resume_of_a_finished_run_rewrites_the_same_results(run, real_env, capsys):
+    out, _ = run
+    before = json.loads((out / "summary.json").read_text())
+    preds = np.load(out / "preds.npz")["probs"]
+    assert main(["train", "--resume", "--out", str(out)]) == 0
+    after = json.loads((out / "summary.json").read_text())
+    assert (after["val_acc"], after["val_loss"], after["epochs"]) == (before["val_acc"], before["val_loss"], 2)
+    assert np.array_equal(np.load(out / "preds.npz")["probs"], preds)
+    assert "run dir   " + str(out) + " (resuming)" in capsys.readouterr().out
+
+
+def test_a_run_directory_is_never_overwritten(run, capsys):
+    out, _ = run
+    assert main(["train", *TINY, "--out", str(out)]) == 1
+    assert capsys.readouterr().err == (f"error: {out} already holds a run; pass --resume to continue it, "
+                                       "or choose another --out\n")
+    assert main(["train", "--resume", "--out", str(out / "nope")]) == 1
+    assert capsys.readouterr().err == f"error: cannot resume: {out / 'nope' / 'checkpoint.pt'} does not exist\n"
+
+
+def test_same_seed_twice_identical_weights(real_env, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    args = ["--data", "cifar10", "--model", "cnn", "--epochs", "1", "--bs", "50", "--train-limit", "200",
+            "--valid-limit", "100", "--precision", "fp32"]
+    for name in ("a", "b"):
+        assert main(["train", *args, "--out", str(tmp_path / name)]) == 0
+    assert main(["train", *args, "--seed", "1", "--out", str(tmp_path / "c")]) == 0
+    a, b, c = (load_file(str(tmp_path / n / "model.safetensors")) for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    ia, ic = np.load(tmp_path / "a" / "preds.npz")["indices"], np.load(tmp_path / "c" / "preds.npz")["indices"]
+    assert not np.array_equal(ia, ic)  # the seed picks the subsets too
+
+
+def test_lr_find_command(real_env, tmp_path, capsys):
+    out = tmp_path / "lr"
+    assert main(["lr-find", "--data", "cifar10", "--model", "cnn", "--bs", "16", "--train-limit", "320",
+                 "--valid-limit", "50", "--precision", "fp32", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "suggested lr: " in text and f"plot: {out / 'lr_find.png'}" in text
+    assert (out / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+    with open(out / "lr_find.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["lr", "loss", "smoothed"] and 10 < len(rows) <= 100
+
+
+def test_resolve_recipe():
+    cfg, why = resolve_recipe("seed")
+    assert why == "recipe seed" and (cfg.model, cfg.opt, cfg.lr, cfg.bs, cfg.epochs) == ("resnet9", "adam", 0.01, 400, 16)
+    assert cfg.normalize == "cifar" and cfg.recipe == "seed"
+    cfg, why = resolve_recipe("seed", data="/data/flowers")
+    assert cfg.data == "/data/flowers" and cfg.normalize == "auto"
+    assert why == "recipe seed; normalising /data/flowers with its own channel stats, not CIFAR's"
+    cfg, why = resolve_recipe("auto")
+    want = "gpu" if torch.cuda.is_available() else "cpu"
+    assert cfg.recipe == (want if want in RECIPES else "seed") and why.startswith(f"recipe auto -> {cfg.recipe}: ")
+    with pytest.raises(FitVisionError, match=r"unknown recipe 'fastest' \(valid recipes: auto, "):
+        resolve_recipe("fastest")
+    assert isinstance(cfg, TrainConfig)
