@@ -77,6 +77,15 @@ def test_progress_without_a_tty_prints_plain_lines():
     assert not any(c in text for c in "\r\x1b\b")
 
 
+def test_progress_bar_in_a_terminal():
+    out = io.StringIO()
+    learn = make_learner(hooks=[Progress(stream=out, bar=True)])
+    learn.fit(2)
+    text = out.getvalue()
+    assert "epoch 1" in text and "img/s" in text and "eta" in text and "\r" in text
+    assert [line for line in text.splitlines() if line.startswith("Epoch [")][-1].startswith("Epoch [1], last_lr")
+
+
 def test_validate_is_plain_cross_entropy_and_accuracy():
     learn = make_learner()
     learn.fit(1)
