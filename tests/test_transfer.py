@@ -116,13 +116,14 @@ def test_final_layer_name():
     ({"init_from": "run", "freeze": True}, [Phase(10, True, 1.0)]),
     ({"init_from": "run", "freeze": True, "freeze_epochs": 3}, [Phase(3, True, 1.0), Phase(7, False, BODY_LR_MULT)]),
     ({"freeze": True, "freeze_epochs": 2}, [Phase(2, True, 1.0), Phase(8, False, 1.0)]),
+    ({"init_from": "run", "freeze_epochs": 3}, [Phase(3, True, 1.0), Phase(7, False, BODY_LR_MULT)]),
 ])
 def test_fine_tune_phases(kwargs, phases):
     assert fine_tune_phases(TrainConfig(epochs=10, **kwargs)) == phases
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"freeze_epochs": 2}, "--freeze-epochs needs --freeze (train the head alone for K epochs)"),
+    ({"freeze_epochs": -1}, "--freeze-epochs must be 0 or more, got -1"),
     ({"freeze": True, "freeze_epochs": 10}, "--freeze-epochs 10 leaves no epoch of the 10 to train the whole "
                                             "network; use fewer, or --freeze alone"),
 ])

@@ -32,15 +32,16 @@ class Phase:
 
 
 def fine_tune_phases(cfg) -> list[Phase]:
-    """The phases a TrainConfig asks for; a plain run is one unfrozen phase at body_lr_mult 1."""
-    pretrained = bool(cfg.init_from)
-    unfrozen = Phase(cfg.epochs, False, BODY_LR_MULT if pretrained else 1.0)
-    if cfg.freeze_epochs and not cfg.freeze:
-        raise FitVisionError("--freeze-epochs needs --freeze (train the head alone for K epochs)")
-    if not cfg.freeze:
-        return [unfrozen]
-    if cfg.freeze_epochs <= 0:
-        return [Phase(cfg.epochs, True)]  # the head alone for the whole run
+    """The phases a TrainConfig asks for; a plain run is one unfrozen phase at body_lr_mult 1.
+
+    ``freeze_epochs`` K > 0 (with or without ``freeze``): the head alone for K epochs, then all.
+    ``freeze`` alone: the head alone for the whole run.
+    """
+    unfrozen = Phase(cfg.epochs, False, BODY_LR_MULT if cfg.init_from else 1.0)
+    if cfg.freeze_epochs < 0:
+        raise FitVisionError(f"--freeze-epochs must be 0 or more, got {cfg.freeze_epochs}")
+    if cfg.freeze_epochs == 0:
+        return [Phase(cfg.epochs, True)] if cfg.freeze else [unfrozen]
     if cfg.freeze_epochs >= cfg.epochs:
         raise FitVisionError(f"--freeze-epochs {cfg.freeze_epochs} leaves no epoch of the {cfg.epochs:g} "
                              "to train the whole network; use fewer, or --freeze alone")
