@@ -99,32 +99,9 @@ def bench_seed_style(images, labels, bs: int, repeats: int, workers: int = 2):
 
 # --------------------------------------------------------------------------- training step
 def _model():
-    try:
-        from fitvision.models import create_model
+    from fitvision.models import create_model
 
-        return create_model("resnet9"), "fitvision resnet9"
-    except ImportError:  # before the model zoo lands: the seeds' ResNet9 shape
-        return _standin_resnet9(), "stand-in resnet9"
-
-
-def _standin_resnet9():
-    from torch import nn
-
-    def block(cin, cout, pool=False):
-        layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-        return nn.Sequential(*layers, *([nn.MaxPool2d(2)] if pool else []))
-
-    class Res(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.body = nn.Sequential(block(c, c), block(c, c))
-
-        def forward(self, x):
-            return x + self.body(x)
-
-    return nn.Sequential(block(3, 64), block(64, 128, True), Res(128), block(128, 256, True),
-                         block(256, 512, True), Res(512), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
-                         nn.Linear(512, 10))
+    return create_model("resnet9"), "fitvision resnet9"
 
 
 def bench_train_ratio(images, labels, bs: int, steps: int):
