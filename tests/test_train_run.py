@@ -165,3 +165,36 @@ def test_resolve_recipe():
     with pytest.raises(FitVisionError, match=r"unknown recipe 'fastest' \(valid recipes: auto, "):
         resolve_recipe("fastest")
     assert isinstance(cfg, TrainConfig)
+
+
+def test_real_pipeline_resumes_mid_epoch_exactly(real_env, tmp_path):
+    """The real DeviceLoader + augmentation + model, crashed mid-epoch and resumed: the same weights."""
+    from fitvision.optim.schedules import create_schedule
+    from fitvision.train.checkpoint import load_checkpoint
+    from fitvision.train.hooks import Checkpointer, Hook
+    from fitvision.train.run import build
+
+    class Crash(Hook):
+        def on_batch_end(self, state):
+            if state.step == 6:
+                raise KeyboardInterrupt
+
+    cfg = TrainConfig(data="cifar10", model="cnn", epochs=2, bs=50, train_limit=200, valid_limit=100,
+                      precision="fp32", device="cpu", ema=0.5)
+    ckpt = tmp_path / "checkpoint.pt"
+
+    def run(crash=False, resume_from=None):
+        learn = build(cfg, progress=False).learn
+        if crash:
+            learn.hooks += [Checkpointer(learn, ckpt, every_batches=5), Crash()]
+        learn.fit(cfg.epochs, create_schedule(cfg, total_steps=8), resume_from=resume_from)
+        return learn
+
+    full = run()
+    with pytest.raises(KeyboardInterrupt):
+        run(crash=True)
+    assert load_checkpoint(ckpt)["state"]["step"] == 5  # epoch 1, after its first batch
+    resumed = run(resume_from=ckpt)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["val_acc"] for r in full.state.history] == [r["val_acc"] for r in resumed.state.history]
