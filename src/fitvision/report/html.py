@@ -249,13 +249,14 @@ def _confusion_section(plots_dir: Path, preds: dict | None, meta: dict) -> str:
 
 
 def _per_class_table(rows: list[dict]) -> str:
-    lines = ["<table class='perclass'><thead><tr><th>class</th><th>images</th><th>accuracy</th></tr></thead><tbody>"]
+    lines = ["<table class='perclass'><thead><tr><th>class (worst first)</th><th>images</th><th>accuracy</th></tr>"
+             "</thead><tbody>"]
     for r in sorted(rows, key=lambda r: -1 if r["acc"] is None else r["acc"]):
         acc = r["acc"]
         bar = "" if acc is None else f"<span class='bar' style='width:{100 * acc:.1f}%'></span>"
         text = "-" if acc is None else f"{100 * acc:.1f}%"
         lines.append(f"<tr><td>{_e(r['class'])}</td><td class='num'>{r['count']}</td>"
-                     f"<td class='acc'><div class='track'>{bar}</div><span>{text}</span></td></tr>")
+                     f"<td><div class='acc'><div class='track'>{bar}</div><span>{text}</span></div></td></tr>")
     lines.append("</tbody></table>")
     return "".join(lines)
 
@@ -356,7 +357,7 @@ tr.best td { background:#eef6ee; font-weight:600; }
 .kvrow { display:flex; gap:12px; padding:4px 8px; border-bottom:1px solid var(--line); }
 .kvrow .k { flex:0 0 40%; color:var(--muted); }
 .kvrow .v { font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; font-size:12.5px; word-break:break-all; }
-.perclass td.acc { display:flex; align-items:center; gap:8px; }
+.perclass .acc { display:flex; align-items:center; gap:8px; }
 .track { flex:1; height:10px; background:var(--line); border-radius:5px; overflow:hidden; min-width:80px; }
 .bar { display:block; height:100%; background:var(--accent); }
 .acc span { width:52px; text-align:right; font-variant-numeric:tabular-nums; }
