@@ -98,18 +98,41 @@ def test_bad_format_and_dtype(tmp_path):
     with pytest.raises(FitVisionError) as e:
         export_model(tiny_model(), META, "onnx", tmp_path / "m", input_dtype="int8")
     assert str(e.value) == "unknown input dtype 'int8' (valid: float, uint8)"
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_op_onnx_cannot_express_is_a_clear_error(tmp_path):
-    pytest.importorskip("onnx", reason="onnx absent: pip install 'fitvision[onnx]'")
-    # Upsampling a 1x1 map with adaptive pooling (AlexNet's 6x6 pool on 32 px input) has no ONNX op.
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=16), nn.AdaptiveAvgPool2d(6), nn.Flatten(), nn.Linear(144, 5))
     with pytest.raises(FitVisionError) as e:
-        export_model(model, META, "onnx", tmp_path / "m.onnx")
-    assert str(e.value) == ("cannot export tiny to ONNX: Unsupported: ONNX export of operator adaptive_avg_pool2d, "
-                            "output size that are not factor of input size; use --format torchscript")
+        export_model(tiny_model(), META, "onnx", tmp_path / "m", exporter="jit")
+    assert str(e.value) == "unknown ONNX exporter 'jit' (valid: auto, legacy, dynamo)"
     assert list(tmp_path.iterdir()) == []
+
+
+def upsampling_pool_model():
+    # Upsampling a 1x1 map with adaptive pooling (AlexNet's 6x6 pool at 32 px): the legacy
+    # exporter has no ONNX op for it; the dynamo exporter decomposes it.
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=16), nn.AdaptiveAvgPool2d(6), nn.Flatten(), nn.Linear(144, 5))
+
+
+def test_op_legacy_onnx_cannot_express_is_a_clear_error(tmp_path):
+    pytest.importorskip("onnx", reason="onnx absent: pip install 'fitvision[onnx]'")
+    with pytest.raises(FitVisionError) as e:
+        export_model(upsampling_pool_model(), META, "onnx", tmp_path / "m.onnx", exporter="legacy")
+    assert str(e.value) == ("cannot export tiny to ONNX: Unsupported: ONNX export of operator adaptive_avg_pool2d, "
+                            "output size that are not factor of input size; use --format torchscript, "
+                            "or pip install onnxscript for torch's newer exporter")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("exporter, input_dtype", [("auto", "float"), ("dynamo", "uint8")])
+def test_dynamo_exporter_and_fallback(tmp_path, exporter, input_dtype):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime absent: pip install 'fitvision[onnx]'")
+    pytest.importorskip("onnxscript", reason="onnxscript absent: the dynamo exporter needs it")
+    model = upsampling_pool_model().eval()
+    path = export_model(model, META, "onnx", tmp_path / "m.onnx", input_dtype=input_dtype, exporter=exporter)
+    session = ort.InferenceSession(str(path))
+    x = images(7)
+    feed = x.numpy() if input_dtype == "uint8" else (x.float() / 255).numpy()
+    assert np.abs(session.run(None, {"image": feed})[0] - reference_probs(model, x)).max() < 1e-5
+    assert np.allclose(session.run(None, {"image": feed[:2]})[0], session.run(None, {"image": feed})[0][:2], atol=1e-6)
+    assert json.loads(read_onnx_metadata(path)["classes"]) == CLASSES
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from fitvision.errors import FitVisionError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUT_DTYPES = ("float", "uint8")
+EXPORTERS = ("auto", "legacy", "dynamo")
 OPSET = 17  # onnxruntime >= 1.14 runs it; new enough for every op a conv net needs
 EXTRA_FILE = "fitvision.json"
 
@@ -71,12 +72,18 @@ def example_input(meta: dict[str, Any], input_dtype: str, batch: int = 2) -> tor
 
 
 def export_model(model: nn.Module, meta: dict[str, Any], fmt: str, out: str | Path,
-                 input_dtype: str = "float") -> Path:
-    """Write ``model`` (with meta as in model.json) to ``out`` in format "onnx" or "torchscript"."""
+                 input_dtype: str = "float", exporter: str = "auto") -> Path:
+    """Write ``model`` (with meta as in model.json) to ``out`` in format "onnx" or "torchscript".
+
+    ONNX ``exporter``: "legacy" (TorchScript-based), "dynamo" (needs onnxscript), or "auto":
+    legacy, and dynamo for what legacy cannot express when onnxscript is installed.
+    """
     if fmt not in FORMATS:
         raise FitVisionError(f"unknown export format '{fmt}' (valid: {', '.join(FORMATS)})")
     if input_dtype not in INPUT_DTYPES:
         raise FitVisionError(f"unknown input dtype '{input_dtype}' (valid: {', '.join(INPUT_DTYPES)})")
+    if exporter not in EXPORTERS:
+        raise FitVisionError(f"unknown ONNX exporter '{exporter}' (valid: {', '.join(EXPORTERS)})")
     # A copy: the caller's model stays on its device, in its mode and memory format.
     model = copy.deepcopy(getattr(model, "_orig_mod", model))
     model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
@@ -84,12 +91,13 @@ def export_model(model: nn.Module, meta: dict[str, Any], fmt: str, out: str | Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
-        # TorchScript and the legacy ONNX exporter warn that they are deprecated on every call; the
-        # user asked for exactly these formats, so the warnings would be noise.
+        # TorchScript and the legacy ONNX exporter warn that they are deprecated on every call, and
+        # torch.export's internals warn about their own API: noise to someone exporting a model.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             if fmt == "onnx":
-                _export_onnx(model, meta, tmp, input_dtype)
+                _export_onnx(model, meta, tmp, input_dtype, exporter)
             else:
                 _export_torchscript(model, meta, tmp, input_dtype)
         os.replace(tmp, out)
@@ -116,45 +124,45 @@ def _require_onnx():
     return onnx
 
 
-def _export_onnx(model: nn.Module, meta: dict[str, Any], path: Path, input_dtype: str) -> None:
+def _export_onnx(model: nn.Module, meta: dict[str, Any], path: Path, input_dtype: str, exporter: str) -> None:
     onnx = _require_onnx()
     wrapper = Preprocessed(model, meta["mean"], meta["std"]).eval()
     example = (example_input(meta, input_dtype),)
-    names = {"input_names": ["image"], "output_names": ["probs"]}
-    try:
-        _torch_onnx_export(wrapper, example, path, names)
-    except torch.onnx.errors.OnnxExporterError as e:  # an op ONNX cannot express, for this model and size
-        reason = str(e).split(" Please feel free")[0].splitlines()[0].rstrip(". ")
-        raise FitVisionError(f"cannot export {meta['model']} to ONNX: {reason}; "
-                             "use --format torchscript") from None
+    if exporter == "dynamo":
+        _export_onnx_dynamo(wrapper, example, path)
+    else:
+        _export_onnx_legacy(wrapper, example, path, meta["model"], fallback=exporter == "auto")
     proto = onnx.load(str(path))
     onnx.helper.set_model_props(proto, export_metadata(meta, input_dtype))
     onnx.save(proto, str(path))
 
 
-def _torch_onnx_export(wrapper: nn.Module, example: tuple, path: Path, names: dict) -> None:
-    dynamic_axes = {"image": {0: "batch"}, "probs": {0: "batch"}}
-    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:  # torch < 2.5: legacy only
-        torch.onnx.export(wrapper, example, str(path), opset_version=OPSET, dynamic_axes=dynamic_axes, **names)
-    elif _legacy_onnx_available():
-        # The TorchScript-based exporter: no onnxscript dependency, and it keeps the batch dynamic.
-        torch.onnx.export(wrapper, example, str(path), opset_version=OPSET, dynamo=False,
-                          dynamic_axes=dynamic_axes, **names)
-    else:
-        _export_onnx_dynamo(wrapper, example, path, names)
+def _export_onnx_legacy(wrapper: nn.Module, example: tuple, path: Path, name: str, fallback: bool) -> None:
+    """torch's TorchScript-based exporter: needs no onnxscript, keeps the batch dynamic. With
+    ``fallback``, what it cannot express goes to the dynamo exporter when onnxscript is there."""
+    kwargs = {"opset_version": OPSET, "input_names": ["image"], "output_names": ["probs"],
+              "dynamic_axes": {"image": {0: "batch"}, "probs": {0: "batch"}}}
+    has_dynamo = "dynamo" in inspect.signature(torch.onnx.export).parameters  # torch >= 2.5
+    if has_dynamo:
+        kwargs["dynamo"] = False
+    try:
+        torch.onnx.export(wrapper, example, str(path), **kwargs)
+    except torch.onnx.errors.OnnxExporterError as e:  # an op ONNX cannot express this way
+        if fallback and has_dynamo and importlib.util.find_spec("onnxscript") is not None:
+            _export_onnx_dynamo(wrapper, example, path)  # it decomposes the op into ones ONNX has
+            return
+        reason = str(e).split(" Please feel free")[0].splitlines()[0].rstrip(". ")
+        raise FitVisionError(f"cannot export {name} to ONNX: {reason}; use --format torchscript, "
+                             "or pip install onnxscript for torch's newer exporter") from None
 
 
-def _legacy_onnx_available() -> bool:
-    # torch keeps the legacy exporter behind dynamo=False while torch.onnx.utils still exists.
-    return hasattr(torch.onnx, "utils") and hasattr(torch.onnx.utils, "export")
-
-
-def _export_onnx_dynamo(wrapper: nn.Module, example: tuple, path: Path, names: dict) -> None:
+def _export_onnx_dynamo(wrapper: nn.Module, example: tuple, path: Path) -> None:
+    """torch's torch.export-based exporter (torch >= 2.5, needs onnxscript)."""
     if importlib.util.find_spec("onnxscript") is None:
-        raise FitVisionError("this torch only has the dynamo ONNX exporter, which needs onnxscript: "
-                             "pip install onnxscript")
+        raise FitVisionError("torch's dynamo ONNX exporter needs onnxscript: pip install onnxscript")
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(wrapper, example, dynamo=True, dynamic_shapes=({0: batch},), **names)
+    program = torch.onnx.export(wrapper, example, dynamo=True, dynamic_shapes=({0: batch},), verbose=False,
+                                input_names=["image"], output_names=["probs"])
     program.save(str(path))
 
 
