@@ -303,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `fitvision predict ... | head`: the reader left; not an error. Point stdout at devnull
+        # so the interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # a bug, but the user still gets one line unless debugging
         if os.environ.get("FITVISION_DEBUG") == "1":
             traceback.print_exc()
