@@ -53,6 +53,21 @@ def test_recording_per_batch_and_per_epoch():
     assert (row["val_loss"], row["val_acc"]) == learn.validate()
 
 
+def test_fit_one_cycle_steps_like_torch_one_cycle_lr():
+    learn = make_learner()
+    learn.fit_one_cycle(2, max_lr=0.02)
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.02)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.02, total_steps=18)
+    lrs, moms = [], []
+    for _ in range(18):  # the seed records the lr before sched.step(): the lr the batch used
+        lrs.append(opt.param_groups[0]["lr"])
+        moms.append(opt.param_groups[0]["betas"][0])
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose([b["lr"] for b in learn.state.batches], lrs, rtol=0, atol=1e-9)
+    np.testing.assert_allclose([b["mom"] for b in learn.state.batches], moms, rtol=0, atol=1e-9)
+
+
 def test_fractional_epochs():
     learn = make_learner()
     history = learn.fit(1.5)
