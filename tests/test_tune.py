@@ -145,3 +145,27 @@ def test_cli_bad_space_is_one_line_error(capsys):
     assert main(["tune", "--trials", "2", "--space", "lr=1e-4..0.1:cubic"]) == 1
     assert capsys.readouterr().err == ("error: search space entry 'lr=1e-4..0.1:cubic': "
                                        "unknown scale 'cubic' (valid: log, lin)\n")
+
+
+def test_tune_with_real_training_validates_on_carved_training_images(tmp_path, capsys):
+    """Two real trials through the CLI: each trial holds out 10% of the training images, and
+    the retrain validates on the folder's own valid split (the test set), once."""
+    from fitvision.cli import main
+    from synthetic_images import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", ["r", "g", "b"], 20, 5)
+    assert main(["tune", "--trials", "2", "--space", "lr=1e-3|3e-3", "--data", str(data), "--model", "mlp",
+                 "--epochs", "1", "--bs", "8", "--precision", "fp32", "--device", "cpu",
+                 "--out", str(tmp_path / "tune"), "--retrain"]) == 0
+    best = json.loads((tmp_path / "tune" / "best.json").read_text())
+    rows = list(csv.DictReader(open(tmp_path / "tune" / "trials.csv")))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert best["val_acc"] == max(float(r["val_acc"]) for r in rows)
+    for i in range(2):
+        summary = json.loads((tmp_path / "tune" / f"trial-{i:03d}" / "summary.json").read_text())
+        assert (summary["num_train"], summary["num_valid"]) == (54, 6)  # 60 training images, 10% held out
+        assert float(rows[i]["val_acc"]) == summary["val_acc"]
+    retrain = json.loads((tmp_path / "tune" / "retrain" / "summary.json").read_text())
+    assert (retrain["num_train"], retrain["num_valid"]) == (60, 15)
+    assert best["test_acc"] == retrain["val_acc"]
+    assert f"best: trial {best['trial']}" in capsys.readouterr().out
