@@ -197,15 +197,14 @@ def cmd_report(args) -> int:
 def cmd_tune(args) -> int:
     import time
 
-    from fitvision.tune import parse_space, tune
+    from fitvision.tune import format_params, parse_space, tune
 
     space = parse_space(args.space)  # a syntax error should not wait for the recipe to resolve
     cfg, why = _train_config(args)
     print(why)
     out = cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-tune"
     best = tune(cfg, space, args.trials, out, retrain=args.retrain)
-    params = ", ".join(f"{k}={v}" for k, v in best["params"].items())
-    print(f"best: trial {best['trial']} ({params}) val_acc {best['val_acc']:.4f}; wrote {out}/best.json")
+    print(f"best: trial {best['trial']} ({format_params(best['params'])}) val_acc {best['val_acc']:.4f}; wrote {out}/best.json")
     if "test_acc" in best:
         print(f"retrained on all training data: test_acc {best['test_acc']:.4f} ({best['retrain_run']})")
     return 0

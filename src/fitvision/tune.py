@@ -108,6 +108,10 @@ def sample_configs(space: dict[str, Dim], trials: int, seed: int) -> list[dict[s
     return [{name: dim.sample(rng) for name, dim in space.items()} for _ in range(trials)]
 
 
+def format_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
 
@@ -183,8 +187,7 @@ def tune(base: TrainConfig, space: dict[str, Dim], trials: int, out: str | Path,
     rows: list[dict[str, Any]] = []
     for i, params in enumerate(sample_configs(space, trials, base.seed)):
         cfg = replace(search, **params, out=str(out / f"trial-{i:03d}"))
-        print(f"trial {i + 1}/{trials}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                      for k, v in params.items()))
+        print(f"trial {i + 1}/{trials}: {format_params(params)}")
         rows.append({"trial": i, **params, **run_trial(cfg, train)})
         write_trials_csv(out / "trials.csv", rows, names)
         print(f"  -> {rows[-1]['status']} val_acc {rows[-1]['val_acc']:.4f} in {rows[-1]['seconds']:.1f}s")
