@@ -12,7 +12,9 @@ from fakeloader import TinyNet, make_learner, make_loaders, same, weights
 from fitvision.errors import FitVisionError
 from fitvision.train.checkpoint import load_checkpoint, seed_everything
 from fitvision.train.hooks import Checkpointer, EarlyStopping, Progress, TrainState, epoch_line
-from fitvision.train.learner import Learner, ModelEMA, cpu_has_bf16, resolve_precision
+from fitvision.train.ema import ModelEMA
+from fitvision.train.learner import Learner
+from fitvision.train.precision import cpu_has_bf16, resolve_precision
 
 
 def test_learns_the_synthetic_task():

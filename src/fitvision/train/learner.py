@@ -30,81 +30,9 @@ from fitvision.errors import FitVisionError
 from fitvision.optim import create_optimizer, get_hyper, set_hyper
 from fitvision.optim.schedules import create_schedule, sched_const, step_pos
 from fitvision.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fitvision.train.ema import ModelEMA
 from fitvision.train.hooks import Hook, Progress, TrainState
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-# --------------------------------------------------------------------------- device and precision
-def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" is the first CUDA GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FitVisionError(f"unknown device '{name}' (valid: auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FitVisionError(f"device '{name}' asked for, but no CUDA GPU is available; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise FitVisionError(f"unsupported device '{name}' (valid: auto, cpu, cuda, cuda:N)")
-    return device
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), where autocast pays."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" is bf16 autocast where the hardware does bf16 natively, else fp32."""
-    if precision not in PRECISIONS:
-        raise FitVisionError(f"unknown precision '{precision}' (valid: {', '.join(PRECISIONS)})")
-    cuda = device.type == "cuda"
-    if precision == "auto":
-        native = torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16()
-        return "bf16" if native else "fp32"
-    if precision == "fp16" and not cuda:
-        raise FitVisionError("precision fp16 needs a CUDA GPU (GradScaler); use bf16 or fp32 on the CPU")
-    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise FitVisionError("this GPU has no bf16 support; use --precision fp16 or fp32")
-    return precision
-
-
-# --------------------------------------------------------------------------- EMA
-class ModelEMA:
-    """An exponential moving average of the weights; BatchNorm statistics copied from the model.
-
-    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so the average is not
-    dominated by the random initial weights early in training.
-    """
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay, self.updates = decay, 0
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        self.updates += 1
-        ema_params, params = list(self.module.parameters()), [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        for ema_b, b in zip(self.module.buffers(), model.buffers()):
-            ema_b.copy_(b)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"module": self.module.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state["module"])
-        self.updates = state["updates"]
+from fitvision.train.precision import autocast, resolve_device, resolve_precision
 
 
 def loss_and_accuracy(log_probs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -189,8 +117,7 @@ class Learner:
 
     # ----------------------------------------------------------------------- the step
     def _autocast(self):
-        dtype = _AUTOCAST_DTYPES.get(self.precision, torch.bfloat16)
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "fp32")
+        return autocast(self.device, self.precision)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, hypers: dict[str, float]) -> torch.Tensor:
         """One optimisation step, top to bottom. Returns the loss, detached and still on the device."""

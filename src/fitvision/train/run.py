@@ -25,7 +25,8 @@ from fitvision.config import RECIPES, TrainConfig, get_recipe, updated
 from fitvision.errors import FitVisionError
 from fitvision.train.checkpoint import CHECKPOINT, seed_everything
 from fitvision.train.hooks import Checkpointer, EarlyStopping, Hook, Phases, TrainState, format_seconds
-from fitvision.train.learner import Learner, loss_and_accuracy, resolve_device, resolve_precision
+from fitvision.train.learner import Learner, loss_and_accuracy
+from fitvision.train.precision import resolve_device, resolve_precision
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds")
 BATCH_COLUMNS = ("step", "epoch", "lr", "mom", "loss")
@@ -104,7 +105,7 @@ def _loaders(cfg: TrainConfig, ds, device: torch.device, notes: list[str]):
     # A last batch of one image breaks BatchNorm in training mode; drop it only then.
     drop_last = len(train_y) % cfg.bs == 1
     if drop_last:
-        notes.append(f"the last training batch would hold one image; dropped each epoch")
+        notes.append("the last training batch would hold one image; dropped each epoch")
     train_dl = DeviceLoader(train_x, train_y, cfg.bs, shuffle=True, drop_last=drop_last, seed=cfg.seed,
                             device=str(device), transform=train_pipeline(cfg.aug, size, mean, std))
     valid_dl = DeviceLoader(valid_x, valid_y, cfg.bs * 2, device=str(device),
