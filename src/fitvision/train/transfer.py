@@ -2,8 +2,8 @@
 
 ``apply_init_from`` copies every weight of a finished run into a new model except the final
 linear layer, which keeps its fresh initialisation for the new classes (or is copied too when
-the classes are the same, to continue a run). ``fine_tune_phases`` says how to train it: with
-``freeze``, the head alone for ``freeze_epochs``; then everything, the body at a lower
+the classes are the same, to continue a run). ``fine_tune_phases`` says how to train it: the
+head alone for ``freeze_epochs``, then everything, the body of a pretrained model at a lower
 learning rate (discriminative learning rates). train_run applies the phases with the
 ``hooks.Phases`` hook, at epoch ends, under one schedule for the whole run.
 """
@@ -117,7 +117,6 @@ def apply_init_from(model: nn.Module, cfg_or_run_dir, classes: list[str] | None 
             dest[key].copy_(value)
     return {"init_from": str(run_dir), "loaded": len(state), "head_reset": not keep_head,
             "source_classes": meta["classes"]}
-
 
 
 EXTERNAL_LIBRARIES = ("timm", "torchvision")
