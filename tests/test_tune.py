@@ -113,6 +113,9 @@ def test_tune_keeps_users_valid_pct_and_fails_when_all_trials_fail(tmp_path):
         tune(TrainConfig(valid_pct=0.2), parse_space("lr=0.1|0.2"), trials=2, out=tmp_path, train=fake)
     assert [c.valid_pct for c in fake.configs] == [0.2, 0.2]
     assert len((tmp_path / "trials.csv").read_text().splitlines()) == 3
+    with pytest.raises(FitVisionError) as e:
+        tune(TrainConfig(), parse_space("lr=0.1|0.2"), trials=2, out=tmp_path, train=fake)
+    assert str(e.value) == f"{tmp_path} already holds a search (trials.csv); choose another --out"
 
 
 def test_tune_records_oom_but_raises_bugs(tmp_path):

@@ -181,6 +181,8 @@ def tune(base: TrainConfig, space: dict[str, Dim], trials: int, out: str | Path,
     if trials < 1:
         raise FitVisionError(f"--trials must be at least 1, got {trials}")
     out = Path(out)
+    if (out / "trials.csv").exists():  # its trial-NNN runs would refuse to be overwritten, one by one
+        raise FitVisionError(f"{out} already holds a search (trials.csv); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     search = replace(base, valid_pct=base.valid_pct or TUNE_VALID_PCT, out="", resume=False)
     names = list(space)
