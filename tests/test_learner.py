@@ -96,10 +96,10 @@ def test_progress_without_a_tty_prints_plain_lines():
 
 def test_progress_bar_in_a_terminal():
     out = io.StringIO()
-    learn = make_learner(hooks=[Progress(stream=out, bar=True)])
+    learn = make_learner(hooks=[Progress(stream=out, bar=True, refresh=0)])
     learn.fit(2)
     text = out.getvalue()
-    assert "epoch 1" in text and "img/s" in text and "eta" in text and "\r" in text
+    assert "epoch 1" in text and "img/s" in text and "eta" in text and "loss=" in text and "\r" in text
     assert [line for line in text.splitlines() if line.startswith("Epoch [")][-1].startswith("Epoch [1], last_lr")
 
 

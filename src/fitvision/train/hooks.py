@@ -77,9 +77,11 @@ class Progress(Hook):
     Prints the seed's epoch line after every epoch either way.
     """
 
-    def __init__(self, stream: TextIO | None = None, interval: float = 30.0, bar: bool | None = None):
+    def __init__(self, stream: TextIO | None = None, interval: float = 30.0, bar: bool | None = None,
+                 refresh: float = 0.1):
         self.stream = stream or sys.stdout
         self.interval = interval  # seconds between plain lines
+        self.refresh = refresh  # seconds between bar redraws
         self.bar_mode = self.stream.isatty() if bar is None else bar
         self._bar = None
         self._last_line = 0.0
@@ -107,12 +109,13 @@ class Progress(Hook):
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=state.steps_per_epoch, initial=state.batch - 1, desc=f"epoch {state.epoch}",
-                             leave=False, file=self.stream, dynamic_ncols=True, unit="batch")
-        self._bar.update(1)
+                             leave=False, file=self.stream, dynamic_ncols=True, unit="batch",
+                             mininterval=self.refresh, miniters=1)
         post = {"img/s": f"{ips:,.0f}", "eta": format_seconds(self._eta(state))}
-        if state.batches and self._bar.n % 10 == 0:
+        if state.batches:
             post["loss"] = f"{state.batches[-1]['loss']:.4f}"
         self._bar.set_postfix(post, refresh=False)
+        self._bar.update(1)  # redraws (postfix included) at most every `refresh` seconds
 
     def _eta(self, state: TrainState) -> float:
         """Remaining time of the whole fit, from the pace since this fit (or resume) started."""
