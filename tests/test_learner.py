@@ -192,6 +192,16 @@ def test_gradient_clipping(mode):
     assert max(unclipped.opt.max_abs) > 0.05
 
 
+def test_fp16_grad_scaler_path_clips_the_true_gradients():
+    """The CUDA fp16 path (autocast fp16 + GradScaler), run on the CPU: clipping must see unscaled grads."""
+    learn = make_learner(opt_func=lambda m: RecordingSGD(m.parameters(), 0.1), clip=0.01)
+    learn.precision = "fp16"  # resolve_precision allows fp16 on CUDA only; the step logic is the same
+    learn.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    learn.fit(1)
+    assert max(learn.opt.max_abs) == pytest.approx(0.01)  # 0.01 / 65536 if clipped before unscaling
+    assert learn.scaler.get_scale() == 2.0 ** 16 and learn.state.history[0]["val_acc"] > 0
+
+
 def test_label_smoothing_reaches_the_loss():
     learn = make_learner(label_smoothing=0.3)
     x, y = next(iter(learn.train_dl))
