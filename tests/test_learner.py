@@ -117,6 +117,16 @@ def test_validate_is_plain_cross_entropy_and_accuracy():
     assert learn.model.training  # evaluation put the mode back
 
 
+def test_extra_metrics_join_the_epoch_row():
+    def top2(log_probs, targets):
+        return (log_probs.topk(2, dim=1).indices == targets[:, None]).any(1).float().mean()
+
+    learn = make_learner(metrics={"top2": top2})
+    row = learn.fit(1)[0]
+    log_probs, targets = learn.get_log_preds()
+    assert row["top2"] == pytest.approx(top2(log_probs, targets).item()) and row["top2"] >= row["val_acc"]
+
+
 def test_flip_tta_averages_the_mirror_image():
     learn = make_learner()
     learn.fit(1)
