@@ -149,6 +149,7 @@ def test_cosine_warmup_closed_form():
         ("exponential", 0.01, 0.01 / 25),
         ("step", 0.01, 0.01 * 0.1**2),  # 16 epochs: drops after epochs 7 and 14
         ("one_cycle", 0.01 / 25, 0.01 / 25 / 1e4),
+        ("one_cycle_linear", 0.01 / 25, 0.01 / 25 / 1e4),
     ],
 )
 def test_create_schedule_names(name, start, end):
@@ -163,8 +164,17 @@ def test_create_schedule_unknown_name():
         create_schedule(TrainConfig(sched="poly"))
     assert str(e.value) == (
         "unknown schedule 'poly' (valid schedules: constant, cosine, cosine_warmup, exponential, linear, "
-        "one_cycle, step)"
+        "one_cycle, one_cycle_linear, step)"
     )
+
+
+def test_one_cycle_linear_is_a_triangle():
+    sched = create_schedule(TrainConfig(sched="one_cycle_linear", lr=1.0, pct_start=0.25, div_factor=5,
+                                        final_div_factor=0.2 / 0.07))["lr"]
+    assert sched(0.125) == pytest.approx(0.6)  # half way up from 0.2 to 1
+    assert sched(0.25) == pytest.approx(1.0)
+    assert sched(0.625) == pytest.approx((1.0 + 0.07) / 2)  # half way down to 0.07
+    assert sched(1.0) == pytest.approx(0.07)
 
 
 def test_step_pos_ends():

@@ -51,6 +51,7 @@ class TrainConfig:
     final_div_factor: float = 1e4  # one-cycle: final lr = initial lr / final_div_factor
     label_smoothing: float = 0.0
     ema: float = 0.0  # EMA decay of weights per step; 0 = off
+    bias_lr_mult: float = 1.0  # lr multiplier for biases and norm shifts (the no-decay groups)
 
     # --- loop ---
     seed: int = 0  # one seed drives split, shuffle, augmentation and init
@@ -170,7 +171,7 @@ def field_names() -> list[str]:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _CHOICES = {"precision": PRECISIONS, "wd_mode": ("l2", "decoupled"), "clip_mode": ("value", "norm"),
             "normalize": ("auto", "cifar"), "init": ("default", "lsuv")}
-_POSITIVE = ("epochs", "bs", "lr", "width", "eps")
+_POSITIVE = ("epochs", "bs", "lr", "width", "eps", "bias_lr_mult")
 _NON_NEGATIVE = ("size", "train_limit", "valid_limit", "wd", "clip", "label_smoothing", "ema", "early_stop",
                  "freeze_epochs", "checkpoint_every", "seed")
 

@@ -9,7 +9,6 @@ thousands of files go fast; a file that cannot be read gets an error entry and t
 from __future__ import annotations
 
 import json
-import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fitvision.errors import FitVisionError
 
@@ -77,16 +75,26 @@ def _eval_pipeline(run: Run):
     return eval_pipeline(h if h == w else (h, w), run.meta["mean"], run.meta["std"])
 
 
-@torch.no_grad()
+def _autocast(run: Run):
+    """The autocast the run trained (and evaluated) under, resolved for this device."""
+    from fitvision.train.precision import resolve_precision
+
+    try:
+        precision = resolve_precision(str(run.config.get("precision", "fp32")), run.device)
+    except FitVisionError:  # e.g. an fp16 run evaluated on a CPU
+        precision = "fp32"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.bfloat16)
+    return torch.autocast(run.device.type, dtype=dtype, enabled=precision != "fp32")
+
+
 def _log_probs(run: Run, pipe, x_uint8_nchw: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """fp32 log-probabilities for a uint8 batch, as Learner evaluates: always fp32 (so the result does
-    not depend on the training precision); TTA is the log of the mean of image and mirror probabilities."""
+    """fp32 log-probabilities for a uint8 batch, exactly as the Learner evaluates."""
+    from fitvision.train.learner import eval_log_probs
+
     x = pipe(x_uint8_nchw.to(run.device))
-    out = F.log_softmax(run.model(x).float(), dim=1)
-    if tta:
-        flipped = F.log_softmax(run.model(x.flip(3)).float(), dim=1)
-        out = torch.logsumexp(torch.stack([out, flipped]), dim=0) - math.log(2.0)
-    return out
+    if run.config.get("channels_last", True):
+        x = x.contiguous(memory_format=torch.channels_last)
+    return eval_log_probs(run.model, x, tta, _autocast(run))
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -31,6 +31,7 @@ from fitvision.train.precision import resolve_device, resolve_precision
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds")
 BATCH_COLUMNS = ("step", "epoch", "lr", "mom", "loss")
 NORMALIZE = ("auto", "cifar")
+DATA_INIT_IMAGES = 5000  # images a data-dependent init (whitening) looks at: enough for a 12x12 covariance
 
 
 # --------------------------------------------------------------------------- recipes
@@ -113,7 +114,8 @@ def _loaders(cfg: TrainConfig, ds, device: torch.device, notes: list[str]):
     return train_dl, valid_dl, valid_idx, (list(mean), list(std)), size
 
 
-def _model(cfg: TrainConfig, classes: list[str], device: torch.device, train_dl, notes: list[str]):
+def _model(cfg: TrainConfig, classes: list[str], device: torch.device, train_dl, valid_transform,
+           notes: list[str]):
     from fitvision.models import count_params, create_model, lsuv_init
 
     kwargs = {"num_classes": len(classes), "in_channels": 3, "width": cfg.width}
@@ -124,6 +126,11 @@ def _model(cfg: TrainConfig, classes: list[str], device: torch.device, train_dl,
         notes.append("LSUV init on one training batch")
     elif cfg.init != "default":
         raise FitVisionError(f"unknown init '{cfg.init}' (valid: default, lsuv)")
+    if hasattr(model, "init_from_data") and not cfg.init_from:
+        # Data-dependent layers (SpeedNet's whitening stem) see un-augmented training images.
+        images = train_dl.images[:DATA_INIT_IMAGES]
+        model.init_from_data(valid_transform(images))
+        notes.append(f"{cfg.model}: first layer initialised from {len(images):,} training images")
     if cfg.init_from:
         from fitvision.train.transfer import apply_init_from
 
@@ -144,7 +151,7 @@ def build(cfg: TrainConfig, hooks: list[Hook] | None = None, progress: bool = Tr
     ds = load_dataset(cfg.data, storage_size=cfg.storage_size, valid_pct=cfg.valid_pct, seed=cfg.seed)
     train_dl, valid_dl, valid_idx, (mean, std), size = _loaders(cfg, ds, device, notes)
     seed_everything(cfg.seed)  # the model's init draws the same numbers whatever the data code drew
-    model, kwargs, params = _model(cfg, ds.classes, device, train_dl, notes)
+    model, kwargs, params = _model(cfg, ds.classes, device, train_dl, valid_dl.transform, notes)
     learn = Learner.from_config(cfg, model, train_dl, valid_dl, hooks=hooks or [], progress=progress)
     meta = {"model": cfg.model, "model_kwargs": kwargs, "classes": list(ds.classes), "mean": mean, "std": std,
             "input_size": [size, size], "storage_size": cfg.storage_size, "fitvision_version": __version__}
