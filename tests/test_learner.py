@@ -358,3 +358,23 @@ def test_real_cifar_learning(data_dir, monkeypatch):
                     clip=0.1)
     history = learn.fit_one_cycle(2, max_lr=0.01, wd=1e-4)
     assert history[-1]["val_acc"] >= 0.35, history
+
+
+def test_lookahead_pulls_weights_to_their_average_and_ends_there():
+    from torch import nn
+
+    from fitvision.train.ema import Lookahead
+
+    model = nn.Linear(3, 2)
+    start = model.weight.detach().clone()
+    la = Lookahead(model, every=2, base=0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    la.step(model, 1, 4)  # not due: untouched
+    assert torch.equal(model.weight, start + 1)
+    la.step(model, 2, 4)  # due: decay 0.5**2 * (2/4)**3 = 1/32 -> average moves 31/32 of the way
+    assert torch.allclose(model.weight, start + 31 / 32)
+    with torch.no_grad():
+        model.weight.add_(5.0)
+    la.step(model, 3, 3)  # last step, not due: the model ends at the average
+    assert torch.allclose(model.weight, start + 31 / 32)

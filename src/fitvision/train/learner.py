@@ -30,7 +30,7 @@ from fitvision.errors import FitVisionError
 from fitvision.optim import create_optimizer, get_hyper, set_hyper
 from fitvision.optim.schedules import create_schedule, sched_const, step_pos
 from fitvision.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from fitvision.train.ema import ModelEMA
+from fitvision.train.ema import Lookahead, ModelEMA
 from fitvision.train.hooks import Hook, Progress, TrainState
 from fitvision.train.precision import autocast, resolve_device, resolve_precision
 
@@ -75,15 +75,16 @@ class Learner:
     schedule. ``clip`` clips gradients by value (the seeds) or by norm (``clip_mode="norm"``),
     0 = off. ``precision``: "fp32", "bf16" (autocast; weights stay fp32, BatchNorm runs in fp32)
     or "fp16" (CUDA, with a GradScaler). ``ema`` > 0 keeps an EMA of the weights, used for
-    evaluation, prediction and saving. ``metrics`` maps a name to fn(log_probs, targets) -> float,
+    evaluation, prediction and saving. ``lookahead`` pulls the weights back to their running
+    average every 5 steps (ema.Lookahead). ``metrics`` maps a name to fn(log_probs, targets) -> float,
     added to each epoch's row. ``hooks`` are called in order (see hooks.py).
     """
 
     def __init__(self, model: nn.Module, train_dl, valid_dl, *, loss_func: Callable | None = None,
                  opt_func: Callable[[nn.Module], Any] | None = None, lr: float = 1e-3, wd: float = 0.0,
                  clip: float = 0.0, clip_mode: str = "value", label_smoothing: float = 0.0, ema: float = 0.0,
-                 device: str | torch.device = "cpu", precision: str = "fp32", channels_last: bool = False,
-                 compile: bool | str = False, tta: bool = False, metrics: dict[str, Callable] | None = None,
+                 lookahead: bool = False, device: str | torch.device = "cpu", precision: str = "fp32",
+                 channels_last: bool = False, compile: bool | str = False, tta: bool = False, metrics: dict[str, Callable] | None = None,
                  hooks: Sequence[Hook] = (), progress: bool = True, eval_transform: Callable | None = None):
         if clip_mode not in ("value", "norm"):
             raise FitVisionError(f"unknown clip_mode '{clip_mode}' (valid: value, norm)")
@@ -101,6 +102,7 @@ class Learner:
         # fp16 needs loss scaling so small gradients don't flush to zero; disabled it is a no-op.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = ModelEMA(self.model, ema) if ema > 0 else None
+        self.lookahead = Lookahead(self.model) if lookahead else None
         self.compile, self._warmed_up = compile, False
         # compile=True uses the default backend (inductor); a string names another ("eager", ...).
         backend = compile if isinstance(compile, str) else "inductor"
@@ -130,7 +132,8 @@ class Learner:
                                     beta2=cfg.beta2, eps=cfg.eps, wd=cfg.wd, wd_mode=cfg.wd_mode)
 
         return cls(model, train_dl, valid_dl, opt_func=opt_func, lr=cfg.lr, wd=cfg.wd, clip=cfg.clip,
-                   clip_mode=cfg.clip_mode, label_smoothing=cfg.label_smoothing, ema=cfg.ema, device=cfg.device,
+                   clip_mode=cfg.clip_mode, label_smoothing=cfg.label_smoothing, ema=cfg.ema, lookahead=cfg.lookahead,
+                   device=cfg.device,
                    precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile, tta=cfg.tta,
                    **kwargs)
 
@@ -160,6 +163,8 @@ class Learner:
         self.opt.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model)
+        if self.lookahead is not None:  # every 5 steps the weights go back to their running average
+            self.lookahead.step(self.model, self.state.step + 1, self.state.total_steps)
         return loss.detach()
 
     # ----------------------------------------------------------------------- the loop
@@ -234,7 +239,8 @@ class Learner:
     def _end_epoch(self) -> None:
         s = self.state
         t0 = time.perf_counter()
-        row = {"epoch": s.epoch, **self._evaluate(self.valid_dl, self.tta)}
+        # TTA multiplies the evaluation's cost: pay it for the final epoch only, whose row is the result.
+        row = {"epoch": s.epoch, **self._evaluate(self.valid_dl, self.tta and s.done)}
         losses = [b["loss"] for b in s.batches if b["epoch"] == s.epoch]
         row["train_loss"] = float(np.mean(losses)) if losses else math.nan
         row["lr"] = s.batches[-1]["lr"] if s.batches else math.nan
@@ -365,6 +371,7 @@ class Learner:
             "opt": self.opt.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
             "rng": rng_state(),
             "loaders": {"train": _loader_state(self.train_dl)},
             "state": self.state.to_dict(),
@@ -388,6 +395,8 @@ class Learner:
         self.scaler.load_state_dict(ck["scaler"])
         if self.ema is not None and ck["ema"] is not None:
             self.ema.load_state_dict(ck["ema"])
+        if self.lookahead is not None and ck.get("lookahead") is not None:
+            self.lookahead.load_state_dict(ck["lookahead"])
         set_rng_state(ck["rng"])
         _load_loader_state(self.train_dl, ck["loaders"]["train"])
         self.state = TrainState.from_dict(saved)

@@ -26,6 +26,7 @@ from fitvision.errors import FitVisionError
 from fitvision.train.checkpoint import CHECKPOINT, seed_everything
 from fitvision.train.hooks import Checkpointer, EarlyStopping, Hook, Phases, TrainState, format_seconds
 from fitvision.train.learner import Learner, loss_and_accuracy
+from fitvision.train.perf import keep_freed_memory
 from fitvision.train.precision import resolve_device, resolve_precision
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds")
@@ -283,6 +284,8 @@ def train_run(cfg: TrainConfig) -> Path:
     cfg, run_dir = _prepare_run_dir(cfg)
     s = build(cfg)
     learn = s.learn
+    if learn.device.type == "cpu":
+        keep_freed_memory()
     phases = fine_tune_phases(s.cfg)
     if len(phases) > 1 or phases[0].frozen or phases[0].body_lr_mult != 1.0:
         learn.hooks.append(Phases(learn, phases))
