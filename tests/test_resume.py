@@ -28,7 +28,7 @@ CHILD = textwrap.dedent("""
             time.sleep(0.25)
 
     mode, ckpt, out = sys.argv[1:4]
-    learn = make_learner(ema=0.9)
+    learn = make_learner(ema=0.9, lookahead=True)  # every piece of state a resume must restore
     learn.hooks.append(Checkpointer(learn, ckpt, every_batches=2))
     if mode == "slow":
         learn.hooks.append(Slow())

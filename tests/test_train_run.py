@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from fitvision.cli import main
-from fitvision.config import RECIPES, TrainConfig
+from fitvision.config import TrainConfig
 from fitvision.errors import FitVisionError
 from fitvision.train.run import resolve_recipe
 
-TINY = ["--data", "cifar10", "--model", "cnn", "--epochs", "2", "--bs", "50", "--train-limit", "500",
+TINY = ["--recipe", "seed", "--data", "cifar10", "--model", "cnn", "--epochs", "2", "--bs", "50", "--train-limit", "500",
         "--valid-limit", "200", "--precision", "fp32", "--device", "cpu"]
 SUMMARY_KEYS = {"val_acc", "val_loss", "epochs", "train_seconds", "train_images_per_second", "device", "model",
                 "params", "dataset", "num_train", "num_valid", "seed"}
@@ -74,8 +74,7 @@ def test_run_directory_holds_every_file(run):
         batches = list(csv.DictReader(f))
     assert list(batches[0]) == ["step", "epoch", "lr", "mom", "loss"] and len(batches) == 20
     lines = stdout.splitlines()
-    assert lines[0] == "recipe auto -> seed: no CUDA GPU, training on the CPU (no 'cpu' recipe yet)" \
-        if "cpu" not in RECIPES else lines[0].startswith("recipe auto -> cpu")
+    assert lines[0] == "recipe seed"
     assert any(line.startswith("model     cnn width 1: 113,738 parameters") for line in lines)
     epoch_lines = [line for line in lines if line.startswith("Epoch [")]
     assert len(epoch_lines) == 2 and epoch_lines[1].startswith("Epoch [1], last_lr: 0.00000, train_loss: ")
@@ -161,7 +160,11 @@ def test_resolve_recipe():
     assert why == "recipe seed; normalising /data/flowers with its own channel stats, not CIFAR's"
     cfg, why = resolve_recipe("auto")
     want = "gpu" if torch.cuda.is_available() else "cpu"
-    assert cfg.recipe == (want if want in RECIPES else "seed") and why.startswith(f"recipe auto -> {cfg.recipe}: ")
+    assert cfg.recipe == want and cfg.model == "speednet" and why.startswith(f"recipe auto -> {want}: ")
+    cfg, why = resolve_recipe("auto", model="cnn")
+    assert cfg.recipe == "general" and why == f"recipe auto -> general: the '{want}' recipe is tuned for speednet, not cnn"
+    cfg, why = resolve_recipe("auto", data="/data/flowers")
+    assert cfg.recipe == "general" and cfg.normalize == "auto"
     with pytest.raises(FitVisionError, match=r"unknown recipe 'fastest' \(valid recipes: auto, "):
         resolve_recipe("fastest")
     assert isinstance(cfg, TrainConfig)

@@ -122,7 +122,8 @@ def _train_config(args):
 
     overrides = load_config_file(args.config) if args.config else {}
     recipe = args.recipe or overrides.pop("recipe", None) or "auto"
-    cfg, why = resolve_recipe(recipe, data=args.data or overrides.get("data"))
+    cfg, why = resolve_recipe(recipe, data=args.data or overrides.get("data"),
+                              model=args.model or overrides.get("model"))
     cfg = updated(cfg, overrides)
     flags = {dest: getattr(args, dest) for _, dest, _, _ in _TRAIN_FLAGS}
     flags.update({dest: getattr(args, dest) for _, dest, _ in _TRAIN_SWITCHES})
@@ -253,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run on its validation data")
     p.add_argument("run", help="run directory")
     p.add_argument("--data", default=None, help="evaluate on other data with the same classes")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip test-time augmentation (default: as the run was evaluated in training)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 

@@ -153,6 +153,12 @@ RECIPES: dict[str, TrainConfig] = {
         clip=0.1, clip_mode="value", sched="one_cycle", aug="crop_flip", normalize="cifar",
         precision="fp32", recipe="seed",
     ),
+    # Any model, any data: the seed's robust Adam one-cycle, in the hardware's best precision.
+    "general": TrainConfig(
+        model="resnet9", epochs=16, bs=400, opt="adam", lr=0.01, momentum=0.9, beta2=0.999, eps=1e-8,
+        wd=1e-4, wd_mode="l2", pct_start=0.3, clip=0.1, clip_mode="value", sched="one_cycle",
+        aug="crop_flip", normalize="auto", precision="auto", recipe="general",
+    ),
     # The fastest route to a good CIFAR-10 model on a CPU (airbench's techniques, fitvision's code):
     # SpeedNet with a whitened stem, Nesterov SGD at a high lr with a linear one-cycle (warm-up
     # 0.2 -> 1 over 23%, then down to 0.07), biases at 64x the lr, label smoothing 0.2, batch 1024,

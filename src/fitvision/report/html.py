@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fitvision.errors import FitVisionError
+from fitvision.train.modelfile import read_json
 
 REPORT = "report.html"
 # (file in plots/, caption) in page order; each shown when present.
@@ -40,15 +41,6 @@ SUMMARY_FIELDS = [  # (summary.json key, label, formatter)
 
 
 # --------------------------------------------------------------------------- reading a run
-def read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FitVisionError(f"{path} is corrupt: {e}") from None
-
-
 def read_csv(path: Path) -> list[dict[str, float]]:
     """Rows of a numeric CSV (history.csv, batches.csv); [] when the file is absent."""
     if not path.is_file():

@@ -8,7 +8,6 @@ thousands of files go fast; a file that cannot be read gets an error entry and t
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,24 +38,15 @@ class Run:
 
 def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> Run:
     """Load model.safetensors + model.json (and config.json when present) onto a device."""
-    from fitvision.train.modelfile import load_model
+    from fitvision.train.modelfile import load_model, read_json
 
     run_dir = Path(run_dir)
     device = torch.device(device) if device is not None else _default_device()
     model, meta = load_model(run_dir, device=device)
-    config = _read_config(run_dir / "config.json")
+    config = read_json(run_dir / "config.json")
     if config.get("channels_last", True):  # as the Learner held it: the conv kernels, hence the numerics, match
         model = model.to(memory_format=torch.channels_last)
     return Run(path=run_dir, model=model, meta=meta, config=config, device=device)
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FitVisionError(f"{path} is corrupt: {e}") from None
 
 
 def _default_device() -> torch.device:
@@ -98,14 +88,17 @@ def _log_probs(run: Run, pipe, x_uint8_nchw: torch.Tensor, tta: bool = False) ->
 
 
 # --------------------------------------------------------------------------- evaluate
-def evaluate_run(run, data: str | None = None, tta: bool = False) -> dict[str, Any]:
-    """{"val_acc","val_loss","num_valid","per_class_acc"} on the run's validation split (or `data`'s)."""
+def evaluate_run(run, data: str | None = None, tta: bool | None = None) -> dict[str, Any]:
+    """{"val_acc","val_loss","num_valid","per_class_acc"} on the run's validation split (or `data`'s).
+
+    tta None: as the run's own final evaluation (config.json's tta), so the result is summary.json's."""
     from fitvision.data.decode import load_dataset
     from fitvision.train.learner import loss_and_accuracy
     from fitvision.train.run import _subset
 
     run = _as_run(run)
     cfg = run.config
+    tta = bool(cfg.get("tta", False)) if tta is None else tta
     if data is None and "data" not in cfg:
         raise FitVisionError(f"{run.path} has no config.json saying which data it was trained on; pass --data")
     ds = load_dataset(data or cfg["data"], storage_size=int(cfg.get("storage_size", run.meta["storage_size"])),

@@ -50,6 +50,16 @@ def save_model(run_dir: str | Path, model: torch.nn.Module, meta: dict[str, Any]
     atomic_write_bytes(run_dir / META, (json.dumps(meta, indent=2) + "\n").encode())
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A run directory's JSON file; {} when absent, a clear error when corrupt."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise FitVisionError(f"{path} is corrupt: {e}") from None
+
+
 def read_meta(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

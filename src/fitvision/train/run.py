@@ -36,15 +36,22 @@ DATA_INIT_IMAGES = 5000  # images a data-dependent init (whitening) looks at: en
 
 
 # --------------------------------------------------------------------------- recipes
-def resolve_recipe(name: str = "auto", data: str | None = None) -> tuple[TrainConfig, str]:
+def resolve_recipe(name: str = "auto", data: str | None = None, model: str | None = None) -> tuple[TrainConfig, str]:
     """(config, one line saying which recipe and why). "auto" picks the speed recipe for the
-    hardware found ("gpu" on CUDA, "cpu" otherwise) and falls back to "seed"."""
+    hardware found ("gpu" on CUDA, "cpu" otherwise) for CIFAR-size data and the speed recipe's own
+    model; another model or dataset gets "general" (Adam one-cycle, robust for any model)."""
     if name == "auto":
         cuda = torch.cuda.is_available()
         want = "gpu" if cuda else "cpu"
         where = f"CUDA GPU {torch.cuda.get_device_name(0)}" if cuda else "no CUDA GPU, training on the CPU"
-        picked = want if want in RECIPES else "seed"
-        why = f"recipe auto -> {picked}: {where}" + ("" if picked == want else f" (no '{want}' recipe yet)")
+        speed = RECIPES[want]
+        if model and model != speed.model:
+            picked, where = "general", f"the '{want}' recipe is tuned for {speed.model}, not {model}"
+        elif data and not Path(data).name.lower().startswith("cifar"):
+            picked, where = "general", f"the '{want}' recipe is tuned for CIFAR-size images"
+        else:
+            picked = want
+        why = f"recipe auto -> {picked}: {where}"
     else:
         picked, why = name, f"recipe {name}"
     cfg = dataclasses.replace(get_recipe(picked), recipe=picked)
