@@ -162,7 +162,7 @@ RECIPES: dict[str, TrainConfig] = {
     # The fastest route to a good CIFAR-10 model on a CPU (airbench's techniques, fitvision's code):
     # SpeedNet with a whitened stem, Nesterov SGD at a high lr with a linear one-cycle (warm-up
     # 0.2 -> 1 over 23%, then down to 0.07), biases at 64x the lr, label smoothing 0.2, batch 1024,
-    # alternating flip + 2 px translation, flip TTA, bf16 where the CPU has it. Width and epochs are
+    # alternating flip + 2 px translation, lookahead every 5 steps, flip TTA, bf16 where the CPU has it. Width and epochs are
     # sized for 2 cores: see docs/benchmarks.md for what each choice measured.
     # lr/wd per batch-mean loss: airbench's 11.5 per 1024 examples with Nesterov momentum 0.85 is
     # 11.5 / (1 + 1/(1-0.85)) = 1.5; its decoupled wd 0.0153 per 1024 examples is 0.002 per step,
@@ -171,7 +171,7 @@ RECIPES: dict[str, TrainConfig] = {
         model="speednet", width=0.75, epochs=10, bs=1024, opt="nesterov", lr=1.5, momentum=0.85, wd=1.33e-3,
         wd_mode="l2", clip=0.0, sched="one_cycle_linear", pct_start=0.23, div_factor=5.0,
         final_div_factor=0.2 / 0.07, label_smoothing=0.2, bias_lr_mult=64.0, aug="crop_flip_alt",
-        normalize="auto", tta=True, precision="auto", recipe="cpu",
+        normalize="auto", tta=True, lookahead=True, precision="auto", recipe="cpu",
     ),
     # The same recipe at full width for a CUDA GPU (bf16 autocast). Not yet measured on a GPU: no
     # session so far had one; see docs/benchmarks.md.
@@ -179,7 +179,7 @@ RECIPES: dict[str, TrainConfig] = {
         model="speednet", width=1.0, epochs=10, bs=1024, opt="nesterov", lr=1.5, momentum=0.85, wd=1.33e-3,
         wd_mode="l2", clip=0.0, sched="one_cycle_linear", pct_start=0.23, div_factor=5.0,
         final_div_factor=0.2 / 0.07, label_smoothing=0.2, bias_lr_mult=64.0, aug="crop_flip_alt",
-        normalize="auto", tta=True, precision="auto", recipe="gpu",
+        normalize="auto", tta=True, lookahead=True, precision="auto", recipe="gpu",
     ),
 }
 
