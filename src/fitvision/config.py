@@ -153,17 +153,11 @@ RECIPES: dict[str, TrainConfig] = {
         clip=0.1, clip_mode="value", sched="one_cycle", aug="crop_flip", normalize="cifar",
         precision="fp32", recipe="seed",
     ),
-    # Any model, any data: the seed's robust Adam one-cycle, in the hardware's best precision.
-    "general": TrainConfig(
-        model="resnet9", epochs=16, bs=400, opt="adam", lr=0.01, momentum=0.9, beta2=0.999, eps=1e-8,
-        wd=1e-4, wd_mode="l2", pct_start=0.3, clip=0.1, clip_mode="value", sched="one_cycle",
-        aug="crop_flip", normalize="auto", precision="auto", recipe="general",
-    ),
     # The fastest route to a good CIFAR-10 model on a CPU (airbench's techniques, fitvision's code):
     # SpeedNet with a whitened stem, Nesterov SGD at a high lr with a linear one-cycle (warm-up
     # 0.2 -> 1 over 23%, then down to 0.07), biases at 64x the lr, label smoothing 0.2, batch 1024,
-    # alternating flip + 2 px translation, lookahead every 5 steps, flip TTA, bf16 where the CPU has it. Width and epochs are
-    # sized for 2 cores: see docs/benchmarks.md for what each choice measured.
+    # alternating flip + 2 px translation, lookahead every 5 steps, flip TTA, bf16 where the CPU has
+    # it. Width and epochs are sized for 2 cores: docs/benchmarks.md has what each choice measured.
     # lr/wd per batch-mean loss: airbench's 11.5 per 1024 examples with Nesterov momentum 0.85 is
     # 11.5 / (1 + 1/(1-0.85)) = 1.5; its decoupled wd 0.0153 per 1024 examples is 0.002 per step,
     # i.e. L2 0.002 / 1.5 = 1.33e-3.
@@ -173,15 +167,13 @@ RECIPES: dict[str, TrainConfig] = {
         final_div_factor=0.2 / 0.07, label_smoothing=0.2, bias_lr_mult=64.0, aug="crop_flip_alt",
         normalize="auto", tta=True, lookahead=True, precision="auto", recipe="cpu",
     ),
-    # The same recipe at full width for a CUDA GPU (bf16 autocast). Not yet measured on a GPU: no
-    # session so far had one; see docs/benchmarks.md.
-    "gpu": TrainConfig(
-        model="speednet", width=1.0, epochs=10, bs=1024, opt="nesterov", lr=1.5, momentum=0.85, wd=1.33e-3,
-        wd_mode="l2", clip=0.0, sched="one_cycle_linear", pct_start=0.23, div_factor=5.0,
-        final_div_factor=0.2 / 0.07, label_smoothing=0.2, bias_lr_mult=64.0, aug="crop_flip_alt",
-        normalize="auto", tta=True, lookahead=True, precision="auto", recipe="gpu",
-    ),
 }
+
+# Any model, any data: the seed's robust Adam one-cycle, in the hardware's best precision.
+RECIPES["general"] = dataclasses.replace(RECIPES["seed"], normalize="auto", precision="auto", recipe="general")
+# The cpu recipe at full width for a CUDA GPU (bf16 autocast). Not yet measured on a GPU: no
+# session so far had one; see docs/benchmarks.md.
+RECIPES["gpu"] = dataclasses.replace(RECIPES["cpu"], width=1.0, recipe="gpu")
 
 
 def get_recipe(name: str) -> TrainConfig:
@@ -193,7 +185,6 @@ def get_recipe(name: str) -> TrainConfig:
 
 def field_names() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
-
 
 
 # Checked before any work starts, so a typo fails in a second, not after the data is decoded.
