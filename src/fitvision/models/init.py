@@ -11,6 +11,7 @@ from fitvision.errors import FitVisionError
 from fitvision.models.groups import unwrap
 
 INIT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_BN = nn.modules.batchnorm._BatchNorm
 
 
 def kaiming_init(model: nn.Module, skip: Iterable[nn.Module] = ()) -> None:
@@ -29,23 +30,27 @@ def kaiming_init(model: nn.Module, skip: Iterable[nn.Module] = ()) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _forward_order(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
-    """Conv and linear layers in the order the forward pass calls them (each once)."""
-    order: list[tuple[str, nn.Module]] = []
-    seen: set[int] = set()
+def _forward_order(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module, bool]]:
+    """Conv and linear layers in the order the forward pass calls them (each once), each with
+    whether the next module the pass calls is a BatchNorm (which the layer then feeds)."""
+    calls: list[tuple[str, nn.Module]] = []  # every leaf module call, in order
     handles = []
     for name, m in model.named_modules():
-        if isinstance(m, INIT_LAYERS):
+        if not list(m.children()):
             def record(mod, _inp, _out, name=name):
-                if id(mod) not in seen:
-                    seen.add(id(mod))
-                    order.append((name, mod))
+                calls.append((name, mod))
             handles.append(m.register_forward_hook(record))
     try:
         model(x)
     finally:
         for h in handles:
             h.remove()
+    order, seen = [], set()
+    for i, (name, m) in enumerate(calls):
+        if isinstance(m, INIT_LAYERS) and id(m) not in seen:
+            seen.add(id(m))
+            feeds_bn = i + 1 < len(calls) and isinstance(calls[i + 1][1], _BN)
+            order.append((name, m, feeds_bn))
     return order
 
 
@@ -99,10 +104,11 @@ def lsuv_init(model: nn.Module, batch, tol: float = 1e-3, max_iters: int = 10) -
     For each conv and linear layer in forward order, the layer's own output (before any
     BatchNorm or activation) is measured on ``batch``; its weight is divided by the output's
     std until |std - 1| <= tol, then the output's mean is subtracted from its bias until
-    |mean| <= tol (at most ``max_iters`` rescalings and shifts). A layer without a bias (a conv
-    that feeds BatchNorm) gets the std step only: its mean cannot move, and the BatchNorm
-    after it removes the mean anyway. Layers whose weight does not require grad (frozen, or
-    fixed by design like speednet's whitening conv) are left alone.
+    |mean| <= tol (at most ``max_iters`` rescalings and shifts). A bias-free layer that feeds
+    BatchNorm (xresnet's convs) is left alone: its mean cannot move, and the BatchNorm after it
+    normalises its output whatever its scale; any other layer without a bias gets the std step
+    only. Layers whose weight does not require grad (frozen, or fixed by design like speednet's
+    whitening conv) are left alone too.
 
     The passes run as training would see the network: BatchNorm normalises with the batch's
     own statistics, while dropout is off (a random mask would make the target move). The
@@ -121,8 +127,11 @@ def lsuv_init(model: nn.Module, batch, tol: float = 1e-3, max_iters: int = 10) -
             if isinstance(m, nn.modules.dropout._DropoutNd):
                 m.eval()
         with torch.no_grad():
-            # Layers whose weights the model keeps fixed (requires_grad False) are not touched.
-            layers = [(n, m) for n, m in _forward_order(model, x) if m.weight.requires_grad]
+            # Left alone: layers whose weights the model keeps fixed (requires_grad False), and
+            # bias-free layers feeding BatchNorm: their mean cannot move, and the BatchNorm already
+            # gives its output zero mean and unit variance whatever their scale.
+            layers = [(n, m) for n, m, feeds_bn in _forward_order(model, x)
+                      if m.weight.requires_grad and not (feeds_bn and m.bias is None)]
             return [(name, *_lsuv_layer(model, layer, x, name, tol, max_iters)) for name, layer in layers]
     finally:
         with torch.no_grad():
