@@ -183,6 +183,12 @@ def describe(s: Setup) -> list[str]:
         f"optimiser {cfg.opt} lr {cfg.lr:g} ({cfg.sched}), wd {cfg.wd:g} ({cfg.wd_mode}), {clip}, "
         f"batch {cfg.bs}, {cfg.epochs:g} epochs x {len(learn.train_dl)} batches, seed {cfg.seed}",
     ]
+    extras = [f"label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else "",
+              f"biases at {cfg.bias_lr_mult:g}x lr" if cfg.bias_lr_mult != 1 else "",
+              f"EMA {cfg.ema:g}" if cfg.ema else "", "lookahead" if cfg.lookahead else "",
+              "flip TTA at the end" if cfg.tta else ""]
+    if any(extras):
+        lines.append("extras    " + ", ".join(e for e in extras if e))
     return lines + [f"note      {n}" for n in s.notes]
 
 
