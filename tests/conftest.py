@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +22,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     shared = os.environ.get("FITVISION_TEST_CACHE_DIR")
     cache = Path(shared) if shared else tmp_path_factory.getbasetemp() / "fitvision-cache"
     monkeypatch.setenv("FITVISION_CACHE_DIR", str(cache))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors gain nothing from a second intra-op thread, and on a loaded machine its
+    spinning costs a lot (30x slower seen here). Modules opt in with
+    pytestmark = pytest.mark.usefixtures("one_thread"); restored after each test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

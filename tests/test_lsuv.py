@@ -24,14 +24,7 @@ PER_CLASS = 10  # 100 test images, 10 of each class
 LAYERS = (nn.Conv2d, nn.Linear)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convs gain nothing from a second intra-op thread, and on a shared, loaded machine
-    the threads' spinning costs a lot. Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,7 @@ MODELS = list_models()
 SMALL = 0.125  # width for tests that are not about size: every model stays tiny
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convs gain nothing from a second intra-op thread, and on a shared, loaded machine
-    the threads' spinning costs a lot. Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(name, **kw):

@@ -13,14 +13,7 @@ from fitvision.optim import Optimizer, create_optimizer, get_hyper, optimizer_na
 from fitvision.optim.schedules import one_cycle, step_pos
 from fitvision.optim.steppers import AverageGrad, StepCount, debiased_momentum_step, momentum_step
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: a second intra-op thread only adds waiting, and on a loaded
-    machine a lot of it (30x slower here). Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 STEPS = 100
