@@ -165,6 +165,9 @@ def test_resolve_recipe():
     assert cfg.recipe == "general" and why == f"recipe auto -> general: the '{want}' recipe is tuned for speednet, not cnn"
     cfg, why = resolve_recipe("auto", data="/data/flowers")
     assert cfg.recipe == "general" and cfg.normalize == "auto"
+    cfg, why = resolve_recipe("auto", data="imagenette")
+    assert why == "recipe auto -> imagenette: the recipe for Imagenette-size images (128 px)"
+    assert (cfg.recipe, cfg.size, cfg.storage_size, cfg.aug, cfg.tta) == ("imagenette", 128, 160, "rrc_flip", False)
     with pytest.raises(FitVisionError, match=r"unknown recipe 'fastest' \(valid recipes: auto, "):
         resolve_recipe("fastest")
     assert isinstance(cfg, TrainConfig)

@@ -115,7 +115,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, dest=dest, action="store_true", default=None, help=help_)
 
 
-def _train_config(args):
+def train_config_from_args(args):
     """Recipe, then config file, then flags: later ones win."""
     from fitvision.config import load_config_file, updated, validate
     from fitvision.train.run import resolve_recipe
@@ -134,7 +134,7 @@ def _train_config(args):
 def cmd_train(args) -> int:
     from fitvision.train.run import train_run
 
-    cfg, why = _train_config(args)
+    cfg, why = train_config_from_args(args)
     print(why)
     train_run(cfg)
     return 0
@@ -143,7 +143,7 @@ def cmd_train(args) -> int:
 def cmd_lr_find(args) -> int:
     from fitvision.train.run import lr_find_run
 
-    cfg, why = _train_config(args)
+    cfg, why = train_config_from_args(args)
     print(why)
     lr_find_run(cfg)
     return 0
@@ -201,7 +201,7 @@ def cmd_tune(args) -> int:
     from fitvision.tune import format_params, parse_space, tune
 
     space = parse_space(args.space)  # a syntax error should not wait for the recipe to resolve
-    cfg, why = _train_config(args)
+    cfg, why = train_config_from_args(args)
     print(why)
     out = cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-tune"
     best = tune(cfg, space, args.trials, out, retrain=args.retrain)

@@ -531,6 +531,34 @@ class Pipeline:
         return f"Pipeline([{', '.join(map(repr, self.ops))}], mean={self.mean}, std={self.std})"
 
 
+class ProgressiveResize:
+    """Progressive resizing: early epochs' batches come out of ``pipeline`` shrunk (antialiased
+    bilinear) to a size that grows linearly from ``start`` px at epoch 0 to the full size at
+    epoch ``epochs``, in steps of ``step`` px; from then on the pipeline's own output.
+
+    Whole images shrink, so objects keep their place in the frame and only lose detail: the
+    early epochs, where the net learns coarse features at a high lr, cost a fraction of the
+    compute (about (size/32)^2 of the convolutions for a 32 px net).
+    """
+
+    def __init__(self, pipeline: Callable, start: int, epochs: float, step: int = 4):
+        self.pipeline, self.start, self.epochs, self.step = pipeline, start, epochs, step
+
+    def size(self, epoch: int, full: int) -> int:
+        if epoch >= self.epochs or self.start >= full:
+            return full
+        shrink = (full - self.start) * (1 - epoch / self.epochs)
+        return full - self.step * math.floor(shrink / self.step + 0.5)
+
+    def __call__(self, x: torch.Tensor, generator=None, epoch: int = 0) -> torch.Tensor:
+        y = self.pipeline(x, generator, epoch)
+        size = self.size(epoch, y.shape[-1])
+        return resize(y, size) if size != y.shape[-1] else y
+
+    def __repr__(self) -> str:
+        return f"ProgressiveResize({self.pipeline!r}, start={self.start}, epochs={self.epochs:g}, step={self.step})"
+
+
 def _fit(size) -> list[Aug]:
     """Resize to the training size when the stored images differ (no-op otherwise)."""
     return [Aug(resize_cover, size=size)] if size else []

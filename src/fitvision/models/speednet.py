@@ -83,6 +83,11 @@ class SpeedNet(ImageClassifier):
                 n = min(w.shape[0], w.shape[1])
                 nn.init.dirac_(w[:n])
 
+    @property
+    def stem_bias(self) -> nn.Parameter:
+        """The whitening conv's bias: airbench trains it for the first few epochs only."""
+        return self.whiten.bias
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.groups(self.act(self.whiten(x)))
 

@@ -206,3 +206,26 @@ class Phases(Hook):
 
     def on_epoch_end(self, state: TrainState) -> None:
         self._apply(state.epoch)
+
+
+class FreezeAfter(Hook):
+    """Stop training ``params`` once ``epochs`` epochs are done (e.g. SpeedNet's stem bias).
+
+    Derived from the epoch, so a resumed run freezes them again. Frozen parameters get no
+    gradient, so backpropagation also skips whatever only they needed (for a stem: the
+    gradient of the first conv's input and of its activation).
+    """
+
+    def __init__(self, params, epochs: float):
+        self.params, self.epochs = list(params), epochs
+
+    def _apply(self, epoch: int) -> None:
+        if epoch >= self.epochs:
+            for p in self.params:
+                p.requires_grad_(False)
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self._apply(state.epoch)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        self._apply(state.epoch)

@@ -84,7 +84,7 @@ def _log_probs(run: Run, pipe, x_uint8_nchw: torch.Tensor, tta: bool = False) ->
     x = pipe(x_uint8_nchw.to(run.device))
     if run.config.get("channels_last", True):
         x = x.contiguous(memory_format=torch.channels_last)
-    return eval_log_probs(run.model, x, tta, _autocast(run))
+    return eval_log_probs(run.model, x, tta, _autocast(run), int(run.config.get("tta_shift", 0)))
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -35,19 +35,40 @@ from fitvision.train.hooks import Hook, Progress, TrainState
 from fitvision.train.precision import autocast, resolve_device, resolve_precision
 
 
+def tta_views(x: torch.Tensor, shift: int = 0) -> list[tuple[torch.Tensor, float]]:
+    """(view, weight) pairs for test-time augmentation of a normalised batch (N, C, H, W).
+
+    The image and its mirror; with ``shift`` also the image moved diagonally by ``shift`` px
+    up-left and down-right (reflect padding), each with its mirror. The unshifted pair keeps half
+    the weight: the shifted views see slightly less of the image (airbench's multi-view TTA).
+    """
+    views = [(x, 0.5), (x.flip(3), 0.5)]
+    if shift:
+        h, w = x.shape[2:]
+        padded = F.pad(x, (shift,) * 4, mode="reflect")
+        moved = [padded[:, :, :h, :w], padded[:, :, 2 * shift:, 2 * shift:]]
+        views = [(v, wt / 2) for v, wt in views] + [(v, 0.125) for m in moved for v in (m, m.flip(3))]
+    return views
+
+
 @torch.no_grad()
-def eval_log_probs(module: Callable, x: torch.Tensor, tta: bool, autocast) -> torch.Tensor:
+def eval_log_probs(module: Callable, x: torch.Tensor, tta: bool, autocast, shift: int = 0) -> torch.Tensor:
     """fp32 log-probabilities of a normalised batch, the forward under the training precision's
     autocast (bf16 evaluation is several times faster on a CPU, and `fitvision eval` uses the same
-    precision, so it still reproduces a run's val_acc). With TTA: the log of the mean of the
-    image's and its mirror's probabilities."""
-    with autocast:
-        logits = module(x)
-        flipped = module(x.flip(3)) if tta else None
-    out = F.log_softmax(logits.float(), dim=1)
-    if flipped is not None:
-        out = torch.logsumexp(torch.stack([out, F.log_softmax(flipped.float(), dim=1)]), dim=0) - math.log(2.0)
-    return out
+    precision, so it still reproduces a run's val_acc). With TTA: the log of the weighted mean of
+    the probabilities over ``tta_views`` (the image and its mirror, plus shifted views if ``shift``)."""
+    if not tta:
+        with autocast:
+            return F.log_softmax(module(x).float(), dim=1)
+    log_probs, weights = [], []
+    for view, weight in tta_views(x, shift):
+        if x.is_contiguous(memory_format=torch.channels_last):
+            view = view.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            log_probs.append(F.log_softmax(module(view).float(), dim=1))
+        weights.append(weight)
+    logw = torch.tensor(weights, device=x.device).log().view(-1, 1, 1)
+    return torch.logsumexp(torch.stack(log_probs) + logw, dim=0)
 
 
 def loss_and_accuracy(log_probs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -84,7 +105,8 @@ class Learner:
                  opt_func: Callable[[nn.Module], Any] | None = None, lr: float = 1e-3, wd: float = 0.0,
                  clip: float = 0.0, clip_mode: str = "value", label_smoothing: float = 0.0, ema: float = 0.0,
                  lookahead: bool = False, device: str | torch.device = "cpu", precision: str = "fp32",
-                 channels_last: bool = False, compile: bool | str = False, tta: bool = False, metrics: dict[str, Callable] | None = None,
+                 channels_last: bool = False, compile: bool | str = False, tta: bool = False, tta_shift: int = 0,
+                 epoch_valid_limit: int = 0, metrics: dict[str, Callable] | None = None,
                  hooks: Sequence[Hook] = (), progress: bool = True, eval_transform: Callable | None = None):
         if clip_mode not in ("value", "norm"):
             raise FitVisionError(f"unknown clip_mode '{clip_mode}' (valid: value, norm)")
@@ -97,6 +119,14 @@ class Learner:
         self.eval_transform = eval_transform or getattr(valid_dl, "transform", None)
         self.loss_func = loss_func or functools.partial(F.cross_entropy, label_smoothing=label_smoothing)
         self.lr, self.wd, self.clip, self.clip_mode, self.tta = lr, wd, clip, clip_mode, tta
+        self.tta_shift = tta_shift
+        # Intermediate epochs may be evaluated on N validation images only: the curve stays
+        # visible for a fraction of the cost; the last epoch (the result) always sees all. The N
+        # are evenly spaced, not the first N: splits are often stored sorted by class.
+        n_valid = getattr(valid_dl, "num_samples", None)
+        self.epoch_valid_dl = valid_dl
+        if epoch_valid_limit and n_valid is not None and epoch_valid_limit < n_valid and hasattr(valid_dl, "subset"):
+            self.epoch_valid_dl = valid_dl.subset(np.linspace(0, n_valid - 1, epoch_valid_limit).round().astype(np.int64))
         self.metrics = dict(metrics or {})
         self.opt = (opt_func or self._default_opt)(self.model)
         # fp16 needs loss scaling so small gradients don't flush to zero; disabled it is a no-op.
@@ -109,6 +139,7 @@ class Learner:
         self._forward = torch.compile(self.model, backend=backend) if compile else self.model
         self.hooks: list[Hook] = ([Progress()] if progress else []) + list(hooks)
         self.state = TrainState()
+        self.final_preds: tuple[torch.Tensor, torch.Tensor] | None = None  # see _end_epoch
         self._pending: list[tuple[dict[str, float], int, torch.Tensor]] = []  # batch rows awaiting their loss
         # Reading the loss forces a GPU sync; on CUDA do it every 50 steps, on the CPU it is free.
         self.sync_every = 50 if self.device.type == "cuda" else 1
@@ -135,7 +166,7 @@ class Learner:
                    clip_mode=cfg.clip_mode, label_smoothing=cfg.label_smoothing, ema=cfg.ema, lookahead=cfg.lookahead,
                    device=cfg.device,
                    precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile, tta=cfg.tta,
-                   **kwargs)
+                   tta_shift=cfg.tta_shift, epoch_valid_limit=cfg.epoch_valid_limit, **kwargs)
 
     # ----------------------------------------------------------------------- the step
     def _autocast(self):
@@ -240,7 +271,10 @@ class Learner:
         s = self.state
         t0 = time.perf_counter()
         # TTA multiplies the evaluation's cost: pay it for the final epoch only, whose row is the result.
-        row = {"epoch": s.epoch, **self._evaluate(self.valid_dl, self.tta and s.done)}
+        row = {"epoch": s.epoch, **self._evaluate(self.valid_dl if s.done else self.epoch_valid_dl, self.tta and s.done)}
+        # The final evaluation's predictions are the run's result (preds.npz, summary.json): kept
+        # so that writing them does not pay for a second (TTA) pass over the validation set.
+        self.final_preds = self._last_eval if s.done else None
         losses = [b["loss"] for b in s.batches if b["epoch"] == s.epoch]
         row["train_loss"] = float(np.mean(losses)) if losses else math.nan
         row["lr"] = s.batches[-1]["lr"] if s.batches else math.nan
@@ -280,7 +314,7 @@ class Learner:
     def _log_probs(self, x: torch.Tensor, tta: bool) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return eval_log_probs(self._eval_module(), x, tta, self._autocast())
+        return eval_log_probs(self._eval_module(), x, tta, self._autocast(), self.tta_shift)
 
     @torch.no_grad()
     def _collect(self, dl, tta: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,6 +331,7 @@ class Learner:
 
     def _evaluate(self, dl, tta: bool) -> dict[str, float]:
         log_probs, targets = self._collect(dl, tta)
+        self._last_eval = (log_probs, targets)
         row = loss_and_accuracy(log_probs, targets)
         row.update({name: float(fn(log_probs, targets)) for name, fn in self.metrics.items()})
         return row

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from fitvision import __version__
 from fitvision.config import RECIPES, TrainConfig, get_recipe, updated
 from fitvision.errors import FitVisionError
 from fitvision.train.checkpoint import CHECKPOINT, seed_everything
-from fitvision.train.hooks import Checkpointer, EarlyStopping, Hook, Phases, TrainState, format_seconds
+from fitvision.train.hooks import Checkpointer, EarlyStopping, FreezeAfter, Hook, Phases, TrainState, format_seconds
 from fitvision.train.learner import Learner, loss_and_accuracy
 from fitvision.train.perf import keep_freed_memory
 from fitvision.train.precision import resolve_device, resolve_precision
@@ -39,13 +40,16 @@ DATA_INIT_IMAGES = 5000  # images a data-dependent init (whitening) looks at: en
 def resolve_recipe(name: str = "auto", data: str | None = None, model: str | None = None) -> tuple[TrainConfig, str]:
     """(config, one line saying which recipe and why). "auto" picks the speed recipe for the
     hardware found ("gpu" on CUDA, "cpu" otherwise) for CIFAR-size data and the speed recipe's own
-    model; another model or dataset gets "general" (Adam one-cycle, robust for any model)."""
+    model, "imagenette" for Imagenette/Imagewoof; another model or dataset gets "general" (Adam
+    one-cycle, robust for any model)."""
     if name == "auto":
         cuda = torch.cuda.is_available()
         want = "gpu" if cuda else "cpu"
         where = f"CUDA GPU {torch.cuda.get_device_name(0)}" if cuda else "no CUDA GPU, training on the CPU"
         speed = RECIPES[want]
-        if model and model != speed.model:
+        if data and Path(data).name.lower().startswith(("imagenette", "imagewoof")):
+            picked, where = "imagenette", "the recipe for Imagenette-size images (128 px)"
+        elif model and model != speed.model:
             picked, where = "general", f"the '{want}' recipe is tuned for {speed.model}, not {model}"
         elif data and not Path(data).name.lower().startswith("cifar"):
             picked, where = "general", f"the '{want}' recipe is tuned for CIFAR-size images"
@@ -98,7 +102,7 @@ def _stats(cfg: TrainConfig, train_x: np.ndarray):
 
 
 def _loaders(cfg: TrainConfig, ds, device: torch.device, notes: list[str]):
-    from fitvision.data.augment import eval_pipeline, train_pipeline
+    from fitvision.data.augment import ProgressiveResize, eval_pipeline, train_pipeline
     from fitvision.data.loader import DeviceLoader
 
     train_idx = _subset(len(ds.train_y), cfg.train_limit, cfg.seed)
@@ -115,8 +119,13 @@ def _loaders(cfg: TrainConfig, ds, device: torch.device, notes: list[str]):
     drop_last = len(train_y) % cfg.bs == 1
     if drop_last:
         notes.append("the last training batch would hold one image; dropped each epoch")
+    transform = train_pipeline(cfg.aug, size, mean, std)
+    if cfg.progressive_size and cfg.progressive_epochs:
+        transform = ProgressiveResize(transform, cfg.progressive_size, cfg.progressive_epochs)
+        sizes = [transform.size(e, size) for e in range(math.ceil(cfg.progressive_epochs))]
+        notes.append(f"progressive resizing: epochs 0-{len(sizes) - 1} at {', '.join(map(str, sizes))} px, then {size}")
     train_dl = DeviceLoader(train_x, train_y, cfg.bs, shuffle=True, drop_last=drop_last, seed=cfg.seed,
-                            device=str(device), transform=train_pipeline(cfg.aug, size, mean, std))
+                            device=str(device), transform=transform)
     valid_dl = DeviceLoader(valid_x, valid_y, cfg.bs * 2, device=str(device),
                             transform=eval_pipeline(size, mean, std))
     return train_dl, valid_dl, valid_idx, (list(mean), list(std)), size
@@ -161,6 +170,13 @@ def build(cfg: TrainConfig, hooks: list[Hook] | None = None, progress: bool = Tr
     seed_everything(cfg.seed)  # the model's init draws the same numbers whatever the data code drew
     model, kwargs, params = _model(cfg, ds.classes, device, train_dl, valid_dl.transform, notes)
     learn = Learner.from_config(cfg, model, train_dl, valid_dl, hooks=hooks or [], progress=progress)
+    if cfg.stem_bias_epochs:
+        stem = getattr(model, "stem_bias", None)
+        if stem is None:
+            raise FitVisionError(f"stem_bias_epochs needs a model with a data-initialised stem (speednet); "
+                                 f"{cfg.model} has none")
+        learn.hooks.append(FreezeAfter([stem], cfg.stem_bias_epochs))
+        notes.append(f"{cfg.model}: stem bias trained for the first {cfg.stem_bias_epochs:g} epochs only")
     meta = {"model": cfg.model, "model_kwargs": kwargs, "classes": list(ds.classes), "mean": mean, "std": std,
             "input_size": [size, size], "storage_size": cfg.storage_size, "fitvision_version": __version__}
     return Setup(cfg=cfg, learn=learn, classes=list(ds.classes), dataset=ds.name, location=ds.location,
@@ -186,7 +202,7 @@ def describe(s: Setup) -> list[str]:
     extras = [f"label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else "",
               f"biases at {cfg.bias_lr_mult:g}x lr" if cfg.bias_lr_mult != 1 else "",
               f"EMA {cfg.ema:g}" if cfg.ema else "", "lookahead" if cfg.lookahead else "",
-              "flip TTA at the end" if cfg.tta else ""]
+              ("flip + shifted-view" if cfg.tta_shift else "flip") + " TTA at the end" if cfg.tta else ""]
     if any(extras):
         lines.append("extras    " + ", ".join(e for e in extras if e))
     return lines + [f"note      {n}" for n in s.notes]
@@ -260,7 +276,8 @@ def _finish(s: Setup, run_dir: Path) -> dict[str, Any]:
     module = learn.ema.module if learn.ema is not None else learn.model
     save_model(run_dir, module, s.meta)
     write_tables(run_dir, state)
-    log_probs, targets = learn.get_log_preds(tta=cfg.tta)
+    final = learn.final_preds if state.done else None  # the last epoch's evaluation, when it was the final one
+    log_probs, targets = final if final is not None else learn.get_log_preds(tta=cfg.tta)
     np.savez(run_dir / "preds.npz", probs=log_probs.exp().numpy().astype(np.float32),
              targets=targets.numpy().astype(np.int64), indices=s.valid_indices.astype(np.int64))
     train_time = sum(row["train_seconds"] for row in state.history)
