@@ -19,7 +19,7 @@ from torch import nn
 
 from fitvision.errors import FitVisionError
 
-_BUILTIN_MODULES = ("fitvision.models.zoo", "fitvision.models.speednet")
+_BUILTIN_MODULES = ("fitvision.models.zoo", "fitvision.models.speednet", "fitvision.models.resnetd")
 _COMMON = ("num_classes", "in_channels", "width")
 _VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 

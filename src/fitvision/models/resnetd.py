@@ -1,0 +1,99 @@
+"""ImageNet-style XResNets (Bag of Tricks, He et al. 2019, "ResNet-D"): xresnet18/34/50.
+
+For Imagenette-size input (128-224 px). What differs from the original ResNet, each a public
+finding of that paper:
+
+- the stem is three 3x3 convs (stride 2, then 1, 1) instead of one 7x7, then a 3x3 max-pool;
+- a downsampling shortcut average-pools before its 1x1 conv, so it sees every input pixel;
+- in bottleneck blocks the stride sits on the 3x3 conv, not the first 1x1;
+- each residual branch's last BatchNorm starts at scale 0: every block begins as the identity.
+
+(``xresnet`` in the zoo is seed 004's small CIFAR/MNIST-size network, a different design.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fitvision.models.base import ImageClassifier
+from fitvision.models.init import kaiming_init
+from fitvision.models.layers import ConvBnAct, Flatten, scaled
+from fitvision.models.registry import register_model
+
+
+class ResBlock(nn.Module):
+    """Basic (3x3, 3x3) or bottleneck (1x1, 3x3, 1x1 to ``expansion`` x width) residual block."""
+
+    def __init__(self, c_in: int, width: int, stride: int = 1, expansion: int = 1):
+        super().__init__()
+        c_out = width * expansion
+        if expansion == 1:
+            layers = [ConvBnAct(c_in, width, 3, stride=stride, bias=False),
+                      ConvBnAct(width, c_out, 3, bias=False, act=False, zero_bn=True)]
+        else:
+            layers = [ConvBnAct(c_in, width, 1, bias=False),
+                      ConvBnAct(width, width, 3, stride=stride, bias=False),
+                      ConvBnAct(width, c_out, 1, bias=False, act=False, zero_bn=True)]
+        self.branch = nn.Sequential(*layers)
+        shortcut: list[nn.Module] = []
+        if stride != 1:
+            shortcut.append(nn.AvgPool2d(stride, ceil_mode=True))
+        if c_in != c_out:
+            shortcut.append(ConvBnAct(c_in, c_out, 1, bias=False, act=False))
+        self.shortcut = nn.Sequential(*shortcut)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.branch(x) + self.shortcut(x))
+
+
+class ResNetD(ImageClassifier):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, blocks: Sequence[int] = (2, 2, 2, 2),
+                 widths: Sequence[int] = (64, 128, 256, 512), stem: Sequence[int] = (32, 32, 64),
+                 expansion: int = 1, dropout: float = 0.0):
+        super().__init__()
+        s1, s2, s3 = stem
+        self.stem = nn.Sequential(ConvBnAct(in_channels, s1, stride=2, bias=False), ConvBnAct(s1, s2, bias=False),
+                                  ConvBnAct(s2, s3, bias=False), nn.MaxPool2d(3, stride=2, padding=1))
+        stages, c_in = [], s3
+        for i, (n, width) in enumerate(zip(blocks, widths)):
+            stride = 1 if i == 0 else 2
+            layers = []
+            for j in range(n):
+                layers.append(ResBlock(c_in, width, stride if j == 0 else 1, expansion))
+                c_in = width * expansion
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), Flatten(), nn.Dropout(dropout),
+                                        nn.Linear(c_in, num_classes))
+        self.num_classes = num_classes
+        kaiming_init(self, skip=[self.get_classifier()])
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+
+def _resnetd(blocks, expansion, num_classes, in_channels, width, dropout) -> ResNetD:
+    return ResNetD(num_classes, in_channels, blocks, tuple(scaled(c, width) for c in (64, 128, 256, 512)),
+                   tuple(scaled(c, width) for c in (32, 32, 64)), expansion, dropout)
+
+
+@register_model
+def xresnet18(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0) -> ResNetD:
+    """Bag-of-Tricks ResNet-D 18 (3-conv stem, avg-pool shortcuts) for 128-224 px images."""
+    return _resnetd((2, 2, 2, 2), 1, num_classes, in_channels, width, dropout)
+
+
+@register_model
+def xresnet34(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0) -> ResNetD:
+    """Bag-of-Tricks ResNet-D 34 (3-conv stem, avg-pool shortcuts) for 128-224 px images."""
+    return _resnetd((3, 4, 6, 3), 1, num_classes, in_channels, width, dropout)
+
+
+@register_model
+def xresnet50(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0) -> ResNetD:
+    """Bag-of-Tricks ResNet-D 50 (bottleneck blocks) for 128-224 px images."""
+    return _resnetd((3, 4, 6, 3), 4, num_classes, in_channels, width, dropout)

@@ -1,0 +1,44 @@
+"""The ImageNet-style XResNets (ResNet-D): structure, sizes and the identity start."""
+
+import pytest
+import torch
+
+from fitvision.models import count_params, create_model
+from fitvision.models.resnetd import ResBlock
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_parameter_counts_match_the_resnet_d_layouts():
+    # torchvision's resnet18/34/50 with 10 classes hold 11,181,642 / 21,289,802 / 23,528,522. The
+    # 3-conv stem (3->32->32->64, 28,768 parameters with its BatchNorms) replaces the 7x7 conv
+    # (9,536): +19,232 each; the avg-pool shortcuts add no parameters.
+    stem = 19_232
+    assert count_params(create_model("xresnet18")) == 11_181_642 + stem
+    assert count_params(create_model("xresnet34")) == 21_289_802 + stem
+    assert count_params(create_model("xresnet50")) == 23_528_522 + stem
+
+
+def test_blocks_start_as_their_shortcut():
+    torch.manual_seed(0)
+    for block in (ResBlock(16, 16), ResBlock(16, 32, stride=2), ResBlock(16, 8, stride=2, expansion=4)):
+        block.eval()
+        x = torch.randn(2, 16, 9, 9)
+        with torch.no_grad():
+            assert torch.equal(block(x), torch.relu(block.shortcut(x)))  # zero-initialised last BatchNorm
+
+
+def test_downsampling_shortcut_averages_before_its_1x1_conv():
+    block = ResBlock(8, 16, stride=2)
+    pool, proj = block.shortcut[0], block.shortcut[1][0]
+    assert isinstance(pool, torch.nn.AvgPool2d) and proj.kernel_size == (1, 1) and proj.stride == (1, 1)
+    bottleneck = ResBlock(8, 4, stride=2, expansion=4)
+    strides = [m.stride for m in bottleneck.branch.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert strides == [(1, 1), (2, 2), (1, 1)]  # the stride on the 3x3 conv
+
+
+def test_xresnet50_at_128px_downsamples_32x():
+    model = create_model("xresnet50", width=0.125).eval()
+    with torch.no_grad():
+        feats = model.forward_features(torch.randn(1, 3, 128, 128))
+    assert feats.shape == (1, 2048 // 8, 4, 4)
