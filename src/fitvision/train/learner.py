@@ -212,6 +212,7 @@ class Learner:
             raise FitVisionError("the training set holds less than one batch; lower the batch size (--bs)")
         sched = sched or {"lr": sched_const(self.lr)}
         self.state = TrainState(steps_per_epoch=n, total_steps=max(1, round(epochs * n)))
+        self.final_preds = None
         if resume_from is not None:
             self._resume(resume_from)
         self._warm_up()
@@ -271,10 +272,10 @@ class Learner:
         s = self.state
         t0 = time.perf_counter()
         # TTA multiplies the evaluation's cost: pay it for the final epoch only, whose row is the result.
-        row = {"epoch": s.epoch, **self._evaluate(self.valid_dl if s.done else self.epoch_valid_dl, self.tta and s.done)}
         # The final evaluation's predictions are the run's result (preds.npz, summary.json): kept
         # so that writing them does not pay for a second (TTA) pass over the validation set.
-        self.final_preds = self._last_eval if s.done else None
+        row = {"epoch": s.epoch, **self._evaluate(self.valid_dl if s.done else self.epoch_valid_dl,
+                                                  self.tta and s.done, keep=s.done)}
         losses = [b["loss"] for b in s.batches if b["epoch"] == s.epoch]
         row["train_loss"] = float(np.mean(losses)) if losses else math.nan
         row["lr"] = s.batches[-1]["lr"] if s.batches else math.nan
@@ -329,9 +330,11 @@ class Learner:
         log_probs, targets = zip(*pairs)
         return torch.cat(log_probs).cpu(), torch.cat(targets).cpu()
 
-    def _evaluate(self, dl, tta: bool) -> dict[str, float]:
+    def _evaluate(self, dl, tta: bool, keep: bool = False) -> dict[str, float]:
+        """The epoch row's metrics; ``keep`` stores the predictions as ``final_preds``."""
         log_probs, targets = self._collect(dl, tta)
-        self._last_eval = (log_probs, targets)
+        if keep:
+            self.final_preds = (log_probs, targets)
         row = loss_and_accuracy(log_probs, targets)
         row.update({name: float(fn(log_probs, targets)) for name, fn in self.metrics.items()})
         return row

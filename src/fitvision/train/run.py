@@ -276,8 +276,8 @@ def _finish(s: Setup, run_dir: Path) -> dict[str, Any]:
     module = learn.ema.module if learn.ema is not None else learn.model
     save_model(run_dir, module, s.meta)
     write_tables(run_dir, state)
-    final = learn.final_preds if state.done else None  # the last epoch's evaluation, when it was the final one
-    log_probs, targets = final if final is not None else learn.get_log_preds(tta=cfg.tta)
+    # The last epoch's full evaluation when this fit ran it, else (a resumed finished run) anew.
+    log_probs, targets = learn.final_preds or learn.get_log_preds(tta=cfg.tta)
     np.savez(run_dir / "preds.npz", probs=log_probs.exp().numpy().astype(np.float32),
              targets=targets.numpy().astype(np.int64), indices=s.valid_indices.astype(np.int64))
     train_time = sum(row["train_seconds"] for row in state.history)
