@@ -248,7 +248,7 @@ def test_unknown_optimizer_names_the_valid_ones():
     with pytest.raises(FitVisionError) as e:
         create_optimizer("adagrad", small_model().parameters(), lr=0.01)
     assert str(e.value) == (
-        "unknown optimizer 'adagrad' (valid optimizers: adam, adamw, ewma, lamb, momentum, nesterov, "
+        "unknown optimizer 'adagrad' (valid optimizers: adam, adamw, ewma, lamb, momentum, muon, nesterov, "
         "sgd, torch_adam, torch_adamw, torch_sgd)"
     )
     assert "sgd" in optimizer_names()

@@ -55,6 +55,9 @@ class TrainConfig:
     ema: float = 0.0  # EMA decay of weights per step; 0 = off
     lookahead: bool = False  # every 5 steps reset the weights to their running average (airbench)
     bias_lr_mult: float = 1.0  # lr multiplier for biases and norm shifts (the no-decay groups)
+    muon_lr: float = 0.0  # opt "muon": peak lr of the orthogonalised body weights; 0 = lr
+    muon_momentum: float = 0.0  # opt "muon": their momentum; 0 = momentum
+    muon_renorm: bool = False  # opt "muon": hold each body filter bank at norm sqrt(out) (convs before BatchNorm)
     stem_bias_epochs: float = 0.0  # train the data-initialised stem's bias (SpeedNet) only this many epochs; 0 = always
 
     # --- loop ---

@@ -24,6 +24,7 @@ from fitvision.optim.steppers import (
     l2_reg,
     lamb_step,
     momentum_step,
+    muon_step,
     nesterov_step,
     sgd_step,
     weight_decay,
@@ -53,6 +54,8 @@ RECIPES: dict[str, Callable[[str], list[Step]]] = {
     "ewma": lambda wd_mode: _with_wd([AverageGrad(dampening=True), StepCount()], debiased_momentum_step, wd_mode),
     "adam": lambda wd_mode: _with_wd(_adam_stats(), adam_step, wd_mode),
     "adamw": lambda wd_mode: _with_wd(_adam_stats(), adam_step, "decoupled"),
+    # Muon: Nesterov momentum, orthogonalised for the body's matrices and filters (see muon_step).
+    "muon": lambda wd_mode: _with_wd([AverageGrad(dampening=True)], muon_step, wd_mode),
     # LAMB's decay is part of its update (it enters the trust ratio), whatever wd_mode says.
     "lamb": lambda wd_mode: [*_adam_stats(), lamb_step],
 }
@@ -84,6 +87,10 @@ def create_optimizer(
         return _torch_optimizer(name, groups, lr, momentum, beta2, eps, wd_mode)
     for g in groups:
         g["wd"] = g.pop("weight_decay")
+        if name == "muon" and str(g.get("name", "")).startswith("head"):
+            # Muon is for hidden layers: the classifier maps features to classes, and its
+            # orthogonalised update would give every class the same step size.
+            g.setdefault("ortho", False)
     return Optimizer(groups, RECIPES[name](wd_mode), lr=lr, mom=momentum, sqr_mom=beta2, eps=eps)
 
 

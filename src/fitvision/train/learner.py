@@ -159,6 +159,12 @@ class Learner:
             for group in groups:  # biases and norm shifts: few numbers, they tolerate (and need) a higher lr
                 if group["name"].endswith("no_decay"):
                     group["lr_mult"] *= cfg.bias_lr_mult
+                elif group["name"] == "body" and cfg.opt == "muon":  # the orthogonalised weights
+                    group["lr_mult"] *= (cfg.muon_lr or cfg.lr) / cfg.lr
+                    group["mom"] = cfg.muon_momentum or cfg.momentum
+                    group["renorm"] = cfg.muon_renorm
+                    if cfg.muon_renorm:  # the norm is held fixed, so weight decay has nothing to do
+                        group["weight_decay"], group["wd_mult"] = 0.0, 0.0
             return create_optimizer(cfg.opt, groups, lr=cfg.lr, momentum=cfg.momentum,
                                     beta2=cfg.beta2, eps=cfg.eps, wd=cfg.wd, wd_mode=cfg.wd_mode)
 

@@ -1,0 +1,96 @@
+"""Muon: the orthogonalising stepper against torch.optim.Muon, and how fitvision routes it."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fitvision.config import TrainConfig
+from fitvision.optim import create_optimizer
+from fitvision.optim.steppers import orthogonalize
+from fitvision.train.learner import Learner
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_orthogonalize_puts_every_singular_value_near_one():
+    torch.manual_seed(0)
+    for shape in [(16, 40), (40, 16), (24, 24)]:
+        # singular values spread over a factor of 300
+        u, _, v = torch.linalg.svd(torch.randn(shape), full_matrices=False)
+        s = torch.logspace(-1.5, 1, min(shape))
+        out = orthogonalize(u @ torch.diag(s) @ v)
+        assert out.shape == shape and out.dtype == torch.float32
+        sv = torch.linalg.svdvals(out)
+        assert sv.min() > 0.65 and sv.max() < 1.25  # the quintic's band, not exactly 1
+        # and it keeps the singular vectors: out is close to u v^T
+        assert torch.nn.functional.cosine_similarity((u @ v).flatten(), out.flatten(), dim=0) > 0.97
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
+def test_matches_torch_optim_muon_bit_for_bit():
+    torch.manual_seed(0)
+    start = [torch.randn(16, 40), torch.randn(50, 12), torch.randn(8, 8)]
+    theirs = [w.clone().requires_grad_() for w in start]
+    ours = [w.clone().requires_grad_() for w in start]
+    ref = torch.optim.Muon(theirs, lr=0.02, momentum=0.9, weight_decay=0.1)
+    opt = create_optimizer("muon", ours, lr=0.02, momentum=0.9, wd=0.1, wd_mode="decoupled")
+    for _ in range(100):
+        grads = [torch.randn_like(w) for w in start]
+        for p, q, g in zip(theirs, ours, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        ref.step()
+        opt.step()
+    for p, q, w in zip(theirs, ours, start):
+        assert torch.equal(p, q)
+        assert (p - w).abs().max() > 0.1  # they moved
+
+
+def test_vectors_and_non_ortho_groups_take_torch_sgd_nesterov_steps():
+    torch.manual_seed(0)
+    vec, mat = torch.randn(30), torch.randn(10, 6)
+    theirs = [vec.clone().requires_grad_(), mat.clone().requires_grad_()]
+    ours = [vec.clone().requires_grad_(), mat.clone().requires_grad_()]
+    ref = torch.optim.SGD(theirs, lr=0.1, momentum=0.85, nesterov=True)
+    opt = create_optimizer("muon", [{"params": ours[:1]}, {"params": ours[1:], "name": "head"}],
+                           lr=0.1, momentum=0.85)
+    for _ in range(100):
+        grads = [torch.randn_like(w) for w in ours]
+        for p, q, g in zip(theirs, ours, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        ref.step()
+        opt.step()
+    for p, q in zip(theirs, ours):
+        # the same step through an EWMA buffer rescaled by 1/(1 - mom): equal up to rounding
+        assert (p - q).abs().max() < 1e-5
+        assert (p - vec if p.ndim == 1 else p - mat).abs().max() > 0.1
+
+
+def test_renorm_holds_the_filter_bank_norm_and_the_update_is_lr_sized():
+    torch.manual_seed(0)
+    w = (5 * torch.randn(32, 8, 3, 3)).requires_grad_()
+    opt = create_optimizer("muon", [{"params": [w], "renorm": True}], lr=0.05, momentum=0.0)
+    w.grad = torch.randn_like(w)
+    before = w.detach().clone()
+    opt.step()
+    rescaled = before * math.sqrt(32) / before.norm()
+    step = rescaled - w.detach()
+    # an orthogonalised 32 x 72 direction: 32 singular values near 1, so norm ~ lr * sqrt(32)
+    assert 0.6 * 0.05 * math.sqrt(32) < step.norm() < 1.25 * 0.05 * math.sqrt(32)
+    opt.step()  # the next step starts again from norm sqrt(32)
+    assert abs(w.norm().item() - math.sqrt(32)) < 0.05 * math.sqrt(32)
+
+
+def test_from_config_routes_body_filters_to_muon_and_the_rest_to_sgd():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 10))
+    cfg = TrainConfig(opt="muon", lr=1.5, momentum=0.85, wd=1e-3, muon_lr=0.24, muon_momentum=0.6,
+                      muon_renorm=True, bias_lr_mult=64, device="cpu", precision="fp32")
+    learner = Learner.from_config(cfg, model, [], [], progress=False)
+    groups = {g["name"]: g for g in learner.opt.param_groups}
+    body = groups["body"]
+    assert body["lr"] == pytest.approx(0.24) and body["mom"] == 0.6 and body["renorm"] and body["ortho"]
+    assert body["wd"] == 0.0  # renorm fixes the norm: decay would only fight it
+    assert groups["head"]["ortho"] is False and groups["head"]["lr"] == pytest.approx(1.5)
+    assert groups["body_no_decay"]["lr"] == pytest.approx(96.0) and groups["body_no_decay"]["mom"] == 0.85
