@@ -94,3 +94,13 @@ def test_from_config_routes_body_filters_to_muon_and_the_rest_to_sgd():
     assert body["wd"] == 0.0  # renorm fixes the norm: decay would only fight it
     assert groups["head"]["ortho"] is False and groups["head"]["lr"] == pytest.approx(1.5)
     assert groups["body_no_decay"]["lr"] == pytest.approx(96.0) and groups["body_no_decay"]["mom"] == 0.85
+
+
+def test_config_refuses_momentum_one_with_muon():
+    from fitvision.config import validate
+    from fitvision.errors import FitVisionError
+
+    with pytest.raises(FitVisionError) as e:
+        validate(TrainConfig(opt="muon", momentum=0.9, muon_momentum=1.0))
+    assert str(e.value) == "muon_momentum must be in [0, 1) with opt muon, got 1.0"
+    validate(TrainConfig(opt="nesterov", momentum=1.0))  # only muon divides by 1 - momentum

@@ -216,7 +216,7 @@ _CHOICES = {"precision": PRECISIONS, "wd_mode": ("l2", "decoupled"), "clip_mode"
 _POSITIVE = ("epochs", "bs", "lr", "width", "eps", "bias_lr_mult")
 _NON_NEGATIVE = ("size", "train_limit", "valid_limit", "wd", "clip", "label_smoothing", "ema", "early_stop",
                  "freeze_epochs", "checkpoint_every", "seed", "progressive_size", "progressive_epochs", "stem_bias_epochs",
-                 "tta_shift", "epoch_valid_limit")
+                 "tta_shift", "epoch_valid_limit", "muon_lr")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -229,6 +229,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise FitVisionError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
     if not 0 <= cfg.valid_pct < 1:
         raise FitVisionError(f"valid_pct must be in [0, 1), got {cfg.valid_pct!r}")
+    for name in ("momentum", "muon_momentum") if cfg.opt == "muon" else ():
+        if not 0 <= getattr(cfg, name) < 1:  # muon keeps an EWMA buffer and divides by 1 - momentum
+            raise FitVisionError(f"{name} must be in [0, 1) with opt muon, got {getattr(cfg, name)!r}")
     if cfg.ema >= 1:
         raise FitVisionError(f"ema must be < 1 (a decay per step), got {cfg.ema!r}")
     for name, valid in _CHOICES.items():
