@@ -172,8 +172,12 @@ RECIPES: dict[str, TrainConfig] = {
     # On top of airbench's set: progressive resizing (16 px growing to 32 by epoch 8: 13 epochs
     # for the compute of about 9.5), the stem bias trained for 3 epochs only, 6-view TTA, and
     # intermediate evaluations on 2,000 images.
+    # Third round (airbench94_muon's optimizer): the body's conv filters step with Muon (peak lr
+    # 0.24, momentum 0.6, each filter bank held at norm sqrt(out), so no weight decay on them) at
+    # batch 2000; the head and the biases keep Nesterov SGD at the same per-example settings.
     "cpu": TrainConfig(
-        model="speednet", width=0.75, epochs=13, bs=1024, opt="nesterov", lr=1.5, momentum=0.85, wd=1.33e-3,
+        model="speednet", width=0.75, epochs=13, bs=2000, opt="muon", muon_lr=0.24, muon_momentum=0.6,
+        muon_renorm=True, lr=1.5, momentum=0.85, wd=1.33e-3,
         wd_mode="l2", clip=0.0, sched="one_cycle_linear", pct_start=0.23, div_factor=5.0,
         final_div_factor=0.2 / 0.07, label_smoothing=0.2, bias_lr_mult=64.0, aug="crop_flip_alt",
         progressive_size=16, progressive_epochs=8, stem_bias_epochs=3, epoch_valid_limit=2000,
