@@ -149,3 +149,32 @@ def test_intermediate_evaluation_subset_is_spread_over_a_class_sorted_split():
     subset_labels = learn.epoch_valid_dl.labels
     assert len(subset_labels) == 50 and torch.equal(torch.bincount(subset_labels), torch.full((10,), 5))
     assert Learner(model, train, valid, epoch_valid_limit=5000, progress=False).epoch_valid_dl is valid
+
+
+def test_model_options_parse_and_unknown_ones_fail_before_any_work():
+    from fitvision.config import parse_model_options, validate
+
+    assert parse_model_options(" whiten=false, dirac=TRUE,depth=3,scale=0.5,act=relu ") == {
+        "whiten": False, "dirac": True, "depth": 3, "scale": 0.5, "act": "relu"}
+    assert parse_model_options("") == {}
+    with pytest.raises(FitVisionError) as e:
+        parse_model_options("dirac")
+    assert str(e.value) == "model_options must be name=value pairs separated by commas, got 'dirac'"
+    with pytest.raises(FitVisionError) as e:
+        validate(TrainConfig(model="speednet", model_options="whitening=false"))
+    assert str(e.value) == "model 'speednet' has no option(s) whitening (valid: whiten, dirac, bn_scale)"
+
+
+def test_speednet_ablation_switches():
+    torch.manual_seed(0)
+    plain = create_model("speednet", width=0.25)
+    off = create_model("speednet", width=0.25, whiten=False, dirac=False, bn_scale=True)
+    conv = plain.groups[1].conv1.weight  # 16 -> 64 channels: the first 16 filters are identities
+    assert torch.equal(conv[:16, :, 1, 1], torch.eye(16)) and torch.count_nonzero(conv[:16]) == 16
+    assert torch.count_nonzero(off.groups[1].conv1.weight[:16]) > 1000  # all kaiming noise
+    assert not plain.whiten.weight.requires_grad and off.whiten.weight.requires_grad
+    assert not plain.groups[0].norm1.weight.requires_grad and off.groups[0].norm1.weight.requires_grad
+    images = torch.randn(64, 3, 32, 32)
+    before = off.whiten.weight.detach().clone()
+    assert off.init_from_data(images) is False and torch.equal(off.whiten.weight, before)
+    assert plain.init_from_data(images) is True

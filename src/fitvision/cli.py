@@ -77,6 +77,7 @@ _TRAIN_FLAGS = [
     ("--data", "data", str, "dataset name, folder or archive (default cifar10)"),
     ("--model", "model", str, "architecture name (see `fitvision models`)"),
     ("--width", "width", float, "channel width multiplier"),
+    ("--model-options", "model_options", str, "extra model arguments, e.g. \"dirac=false,bn_scale=true\""),
     ("--epochs", "epochs", float, "number of epochs"),
     ("--bs", "bs", int, "batch size"),
     ("--lr", "lr", float, "peak learning rate"),

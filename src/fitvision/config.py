@@ -34,6 +34,7 @@ class TrainConfig:
     model: str = "resnet9"
     width: float = 1.0  # channel multiplier
     init: str = "default"  # "default" (kaiming / the model's own) or "lsuv"
+    model_options: str = ""  # extra model arguments "name=value,...", e.g. "dirac=false" for speednet
 
     # --- optimisation ---
     epochs: float = 16  # may be fractional (airbench-style schedules)
@@ -223,6 +224,29 @@ _NON_NEGATIVE = ("size", "train_limit", "valid_limit", "wd", "clip", "label_smoo
                  "tta_shift", "epoch_valid_limit", "muon_lr")
 
 
+def parse_model_options(text: str) -> dict[str, Any]:
+    """ "whiten=false,dirac=true,depth=3" -> {"whiten": False, "dirac": True, "depth": 3}: true/false
+    become booleans, numbers numbers, anything else stays a string."""
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise FitVisionError(f"model_options must be name=value pairs separated by commas, got {text!r}")
+        options[name.strip()] = _option_value(value.strip())
+    return options
+
+
+def _option_value(value: str) -> Any:
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Raise FitVisionError naming the first bad value; names are checked against the registries."""
     for name in _POSITIVE:
@@ -248,11 +272,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 def _validate_names(cfg: TrainConfig) -> None:
     from fitvision.data.augment import PRESETS
     from fitvision.models import list_models
+    from fitvision.models.registry import get_entry
     from fitvision.optim.factory import optimizer_names
     from fitvision.optim.schedules import SCHEDULES
 
     if cfg.model not in list_models():
         raise FitVisionError(f"unknown model '{cfg.model}' (valid: {', '.join(list_models())})")
+    entry = get_entry(cfg.model)
+    unknown = sorted(set(parse_model_options(cfg.model_options)) - set(entry.options()))
+    if unknown and not entry.takes_any_option():
+        raise FitVisionError(f"model '{cfg.model}' has no option(s) {', '.join(unknown)} "
+                             f"(valid: {', '.join(entry.options()) or 'none'})")
     if cfg.opt not in optimizer_names():
         raise FitVisionError(f"unknown optimizer '{cfg.opt}' (valid optimizers: {', '.join(optimizer_names())})")
     if cfg.sched not in SCHEDULES:

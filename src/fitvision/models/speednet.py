@@ -34,21 +34,21 @@ class Scale(nn.Module):
         return f"factor={self.factor}"
 
 
-def _batchnorm(channels: int) -> nn.BatchNorm2d:
+def _batchnorm(channels: int, train_scale: bool = False) -> nn.BatchNorm2d:
     # Running stats follow the weights quickly (momentum 0.4): the net changes fast at high lr.
     bn = nn.BatchNorm2d(channels, momentum=0.4, eps=1e-12)
-    bn.weight.requires_grad_(False)  # scale fixed at 1; the following conv's weights carry scale
+    bn.weight.requires_grad_(train_scale)  # by default fixed at 1: the next conv's weights carry scale
     return bn
 
 
 class ConvGroup(nn.Module):
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, bn_scale: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
         self.pool = nn.MaxPool2d(2)
-        self.norm1 = _batchnorm(c_out)
+        self.norm1 = _batchnorm(c_out, bn_scale)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.norm2 = _batchnorm(c_out)
+        self.norm2 = _batchnorm(c_out, bn_scale)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,31 +57,38 @@ class ConvGroup(nn.Module):
 
 
 class SpeedNet(ImageClassifier):
+    """``whiten``, ``dirac`` and ``bn_scale`` switch airbench's choices off (or on) one at a time,
+    for ablations: whiten=False makes the stem an ordinary trainable conv (default init, and
+    ``init_from_data`` leaves it alone), dirac=False drops the identity part of the conv init,
+    bn_scale=True lets BatchNorm's scales train."""
+
     def __init__(self, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, ...] = (64, 256, 256),
-                 whiten_kernel: int = 2, logit_scale: float = 1 / 9) -> None:
+                 whiten_kernel: int = 2, logit_scale: float = 1 / 9, whiten: bool = True, dirac: bool = True,
+                 bn_scale: bool = False) -> None:
         super().__init__()
-        self.whiten_kernel = whiten_kernel
+        self.whiten_kernel, self.data_init = whiten_kernel, whiten
         whiten_width = 2 * in_channels * whiten_kernel**2
         self.whiten = nn.Conv2d(in_channels, whiten_width, whiten_kernel, padding=0, bias=True)
-        self.whiten.weight.requires_grad_(False)
+        self.whiten.weight.requires_grad_(not whiten)
         self.act = nn.GELU()
         groups, c_in = [], whiten_width
         for width in widths:
-            groups.append(ConvGroup(c_in, width))
+            groups.append(ConvGroup(c_in, width, bn_scale))
             c_in = width
         self.groups = nn.Sequential(*groups)
         self.classifier = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), Scale(logit_scale),
                                         nn.Linear(c_in, num_classes, bias=False))
         self.num_classes = num_classes
-        self._identity_init()
+        self._identity_init(dirac)
 
-    def _identity_init(self) -> None:
+    def _identity_init(self, dirac: bool) -> None:
         for m in self.groups.modules():
             if isinstance(m, nn.Conv2d):
                 w = m.weight.data
                 nn.init.kaiming_normal_(w, nonlinearity="relu")
-                n = min(w.shape[0], w.shape[1])
-                nn.init.dirac_(w[:n])
+                if dirac:
+                    n = min(w.shape[0], w.shape[1])
+                    nn.init.dirac_(w[:n])
 
     @property
     def stem_bias(self) -> nn.Parameter:
@@ -92,12 +99,15 @@ class SpeedNet(ImageClassifier):
         return self.groups(self.act(self.whiten(x)))
 
     @torch.no_grad()
-    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> bool:
         """Set the whitening conv from normalised training images (B, C, H, W), a few thousand suffice.
 
         Each k x k patch is projected onto the eigenvectors of the patch covariance and divided by
         the square root of its eigenvalue; both signs are kept so GELU loses no information.
+        Returns False, changing nothing, for a net built with whiten=False.
         """
+        if not self.data_init:
+            return False
         k = self.whiten_kernel
         x = images.float()
         patches = x.unfold(2, k, 1).unfold(3, k, 1)  # B, C, H', W', k, k
@@ -109,10 +119,13 @@ class SpeedNet(ImageClassifier):
         filters = filters.reshape(-1, x.shape[1], k, k)
         self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
         self.whiten.bias.zero_()
+        return True
 
 
 @register_model
-def speednet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> SpeedNet:
+def speednet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, whiten: bool = True,
+             dirac: bool = True, bn_scale: bool = False) -> SpeedNet:
     """Airbench-style CIFAR net: whitened 2x2 stem, 3 conv groups (64-256-256), fast to train."""
     widths = tuple(scaled(c, width) for c in (64, 256, 256))
-    return SpeedNet(num_classes=num_classes, in_channels=in_channels, widths=widths)
+    return SpeedNet(num_classes=num_classes, in_channels=in_channels, widths=widths, whiten=whiten, dirac=dirac,
+                    bn_scale=bn_scale)

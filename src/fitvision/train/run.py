@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fitvision import __version__
-from fitvision.config import RECIPES, TrainConfig, get_recipe, updated
+from fitvision.config import RECIPES, TrainConfig, get_recipe, parse_model_options, updated
 from fitvision.errors import FitVisionError
 from fitvision.train.checkpoint import CHECKPOINT, seed_everything
 from fitvision.train.hooks import Checkpointer, EarlyStopping, FreezeAfter, Hook, Phases, TrainState, format_seconds
@@ -135,7 +135,8 @@ def _model(cfg: TrainConfig, classes: list[str], device: torch.device, train_dl,
            notes: list[str]):
     from fitvision.models import count_params, create_model, lsuv_init
 
-    kwargs = {"num_classes": len(classes), "in_channels": 3, "width": cfg.width}
+    kwargs = {"num_classes": len(classes), "in_channels": 3, "width": cfg.width,
+              **parse_model_options(cfg.model_options)}
     model = create_model(cfg.model, **kwargs).to(device)
     if cfg.init == "lsuv":
         batch = train_dl.transform(train_dl.images[: cfg.bs])  # one augmented batch, as training sees it
@@ -146,8 +147,8 @@ def _model(cfg: TrainConfig, classes: list[str], device: torch.device, train_dl,
     if hasattr(model, "init_from_data") and not cfg.init_from:
         # Data-dependent layers (SpeedNet's whitening stem) see un-augmented training images.
         images = train_dl.images[:DATA_INIT_IMAGES]
-        model.init_from_data(valid_transform(images))
-        notes.append(f"{cfg.model}: first layer initialised from {len(images):,} training images")
+        if model.init_from_data(valid_transform(images)) is not False:
+            notes.append(f"{cfg.model}: first layer initialised from {len(images):,} training images")
     if cfg.init_from:
         from fitvision.train.transfer import apply_init_from
 
