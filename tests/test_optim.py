@@ -179,7 +179,7 @@ def test_dampened_momentum_without_debias():
     torch.testing.assert_close(p.detach(), torch.tensor([-0.29], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("name", ["momentum", "adam", "lamb", "ewma"])
+@pytest.mark.parametrize("name", ["momentum", "adam", "lamb", "ewma", "muon"])
 def test_state_dict_round_trip_resumes_exactly(name):
     data = batches(20, seed=3)
     uninterrupted = small_model()
