@@ -178,3 +178,17 @@ def test_speednet_ablation_switches():
     before = off.whiten.weight.detach().clone()
     assert off.init_from_data(images) is False and torch.equal(off.whiten.weight, before)
     assert plain.init_from_data(images) is True
+
+
+def test_model_options_reach_the_model_and_model_json(tiny_speednet):
+    from dataclasses import replace
+
+    from fitvision.train.run import build
+
+    s = build(replace(tiny_speednet, model_options="whiten=false,bn_scale=true"), progress=False)
+    assert s.meta["model_kwargs"]["whiten"] is False and s.meta["model_kwargs"]["bn_scale"] is True
+    assert s.learn.model.whiten.weight.requires_grad  # an ordinary trainable stem
+    assert not any("initialised from" in note for note in s.notes)
+    default = build(tiny_speednet, progress=False)
+    assert "whiten" not in default.meta["model_kwargs"]
+    assert any("first layer initialised from" in note for note in default.notes)

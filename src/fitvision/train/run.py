@@ -191,10 +191,11 @@ def describe(s: Setup) -> list[str]:
     threads = f" ({torch.get_num_threads()} threads)" if learn.device.type == "cpu" else \
         f" ({torch.cuda.get_device_name(learn.device)})"
     clip = f"clip {cfg.clip:g} by {cfg.clip_mode}" if cfg.clip else "no clipping"
+    options = f" ({cfg.model_options})" if cfg.model_options else ""
     lines = [
         f"data      {s.dataset}: {s.num_train:,} train / {len(s.valid_indices):,} valid images, "
         f"{len(s.classes)} classes, {h}x{w} px, aug {cfg.aug} ({s.location})",
-        f"model     {cfg.model} width {cfg.width:g}: {s.params:,} parameters",
+        f"model     {cfg.model} width {cfg.width:g}{options}: {s.params:,} parameters",
         f"device    {learn.device}{threads}, precision {learn.precision}"
         + (", channels_last" if cfg.channels_last else "") + (", compiled" if cfg.compile else ""),
         f"optimiser {cfg.opt} lr {cfg.lr:g} ({cfg.sched}), wd {cfg.wd:g} ({cfg.wd_mode}), {clip}, "
