@@ -107,3 +107,15 @@ def test_config_refuses_momentum_one_with_muon():
         validate(TrainConfig(opt="muon", momentum=0.9, muon_momentum=1.0))
     assert str(e.value) == "muon_momentum must be in [0, 1) with opt muon, got 1.0"
     validate(TrainConfig(opt="nesterov", momentum=1.0))  # only muon divides by 1 - momentum
+
+
+def test_config_refuses_muon_momentum_under_a_momentum_schedule():
+    from fitvision.config import validate
+    from fitvision.errors import FitVisionError
+
+    with pytest.raises(FitVisionError) as e:
+        validate(TrainConfig(opt="muon", muon_momentum=0.6, sched="one_cycle"))
+    assert str(e.value) == ("muon_momentum cannot be used with sched one_cycle, which schedules the momentum; "
+                            "use one_cycle_linear or another schedule, or leave muon_momentum 0")
+    validate(TrainConfig(opt="muon", muon_momentum=0.6, sched="one_cycle_linear"))
+    validate(TrainConfig(opt="muon", sched="one_cycle"))  # every group follows the schedule's momentum

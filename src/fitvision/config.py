@@ -260,6 +260,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name in ("momentum", "muon_momentum") if cfg.opt == "muon" else ():
         if not 0 <= getattr(cfg, name) < 1:  # muon keeps an EWMA buffer and divides by 1 - momentum
             raise FitVisionError(f"{name} must be in [0, 1) with opt muon, got {getattr(cfg, name)!r}")
+    if cfg.opt == "muon" and cfg.muon_momentum and cfg.sched == "one_cycle":
+        # one_cycle sets every group's momentum each step, which would silently replace muon_momentum
+        raise FitVisionError("muon_momentum cannot be used with sched one_cycle, which schedules the momentum; "
+                             "use one_cycle_linear or another schedule, or leave muon_momentum 0")
     if cfg.ema >= 1:
         raise FitVisionError(f"ema must be < 1 (a decay per step), got {cfg.ema!r}")
     for name, valid in _CHOICES.items():
