@@ -276,17 +276,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 def _validate_names(cfg: TrainConfig) -> None:
     from fitvision.data.augment import PRESETS
     from fitvision.models import list_models
-    from fitvision.models.registry import get_entry
+    from fitvision.models.registry import check_options
     from fitvision.optim.factory import optimizer_names
     from fitvision.optim.schedules import SCHEDULES
 
     if cfg.model not in list_models():
         raise FitVisionError(f"unknown model '{cfg.model}' (valid: {', '.join(list_models())})")
-    entry = get_entry(cfg.model)
-    unknown = sorted(set(parse_model_options(cfg.model_options)) - set(entry.options()))
-    if unknown and not entry.takes_any_option():
-        raise FitVisionError(f"model '{cfg.model}' has no option(s) {', '.join(unknown)} "
-                             f"(valid: {', '.join(entry.options()) or 'none'})")
+    check_options(cfg.model, parse_model_options(cfg.model_options))
     if cfg.opt not in optimizer_names():
         raise FitVisionError(f"unknown optimizer '{cfg.opt}' (valid optimizers: {', '.join(optimizer_names())})")
     if cfg.sched not in SCHEDULES:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -80,14 +80,20 @@ def get_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-                 **kwargs) -> nn.Module:
-    """Build a registered model. Options a model does not take raise FitVisionError naming them."""
+def check_options(name: str, options: Iterable[str]) -> ModelEntry:
+    """The model's registry entry; FitVisionError naming the valid options if it does not take one of these."""
     entry = get_entry(name)
-    unknown = sorted(k for k in kwargs if k not in entry.options())
+    unknown = sorted(k for k in options if k not in entry.options())
     if unknown and not entry.takes_any_option():
         valid = ", ".join(entry.options()) or "none"
         raise FitVisionError(f"model '{name}' has no option(s) {', '.join(unknown)} (valid: {valid})")
+    return entry
+
+
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
+                 **kwargs) -> nn.Module:
+    """Build a registered model. Options a model does not take raise FitVisionError naming them."""
+    entry = check_options(name, kwargs)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise FitVisionError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not isinstance(in_channels, int) or in_channels < 1:
