@@ -378,3 +378,45 @@ def test_lookahead_pulls_weights_to_their_average_and_ends_there():
         model.weight.add_(5.0)
     la.step(model, 3, 3)  # last step, not due: the model ends at the average
     assert torch.allclose(model.weight, start + 31 / 32)
+
+
+def _conv_bn_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+
+
+def test_seed_recipe_decays_every_parameter_like_torch_adam():
+    """Seed 001 passes model.parameters() to torch.optim.Adam(weight_decay=1e-4): biases and
+    BatchNorm decay too. The seed recipe must take exactly that step."""
+    import copy
+    import dataclasses
+
+    from fitvision.config import get_recipe
+
+    cfg = dataclasses.replace(get_recipe("seed"), device="cpu")
+    ours, theirs = _conv_bn_net(), _conv_bn_net()
+    learner = Learner.from_config(cfg, ours, [], [], progress=False)
+    ref = torch.optim.Adam(theirs.parameters(), lr=cfg.lr, betas=(cfg.momentum, cfg.beta2), eps=cfg.eps,
+                           weight_decay=cfg.wd)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for p, q in zip(ours.parameters(), theirs.parameters()):
+            g = torch.randn(p.shape, generator=gen) * 1e-3  # small: the decay term is visible against it
+            p.grad, q.grad = g.clone(), copy.deepcopy(g)
+        learner.opt.step()
+        ref.step()
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-7), name
+
+
+def test_recipes_other_than_seed_keep_biases_and_norms_undecayed():
+    import dataclasses
+
+    from fitvision.config import get_recipe
+
+    for name in ("general", "cpu"):
+        cfg = dataclasses.replace(get_recipe(name), device="cpu", opt="adam")
+        groups = {g["name"]: g for g in Learner.from_config(cfg, _conv_bn_net(), [], [], progress=False).opt.param_groups}
+        assert groups["body_no_decay"]["wd"] == 0.0 and groups["head_no_decay"]["wd"] == 0.0, name
+        assert groups["body"]["wd"] == cfg.wd, name

@@ -46,6 +46,7 @@ class TrainConfig:
     eps: float = 1e-5  # Adam/LAMB epsilon
     wd: float = 1e-4  # weight decay
     wd_mode: str = "l2"  # "l2" (added to the gradient, as torch.optim.Adam) or "decoupled"
+    wd_bn_bias: bool = False  # also decay biases and norm scales/shifts (torch.optim's default; the seeds do)
     clip: float = 0.1  # gradient clipping threshold; 0 = off
     clip_mode: str = "value"  # "value" (the seeds) or "norm"
     sched: str = "one_cycle"  # schedule name, see fitvision.optim.schedules
@@ -158,7 +159,7 @@ RECIPES: dict[str, TrainConfig] = {
     # clip by value 0.1, batch 400, 16 epochs, reflect-pad crop + flip, the seeds' stats.
     "seed": TrainConfig(
         model="resnet9", epochs=16, bs=400, opt="adam", lr=0.01, momentum=0.9, beta2=0.999, eps=1e-8,
-        wd=1e-4, wd_mode="l2", pct_start=0.3,
+        wd=1e-4, wd_mode="l2", wd_bn_bias=True, pct_start=0.3,
         clip=0.1, clip_mode="value", sched="one_cycle", aug="crop_flip", normalize="cifar",
         precision="fp32", recipe="seed",
     ),
@@ -197,7 +198,8 @@ RECIPES["imagenette"] = TrainConfig(
     sched="one_cycle", pct_start=0.25, label_smoothing=0.1, normalize="auto", precision="auto", recipe="imagenette",
 )
 # Any model, any data: the seed's robust Adam one-cycle, in the hardware's best precision.
-RECIPES["general"] = dataclasses.replace(RECIPES["seed"], normalize="auto", precision="auto", recipe="general")
+RECIPES["general"] = dataclasses.replace(RECIPES["seed"], normalize="auto", precision="auto", wd_bn_bias=False,
+                                         recipe="general")
 # The cpu recipe at full width for a CUDA GPU (bf16 autocast). Not yet measured on a GPU: no
 # session so far had one; see docs/benchmarks.md.
 RECIPES["gpu"] = dataclasses.replace(RECIPES["cpu"], width=1.0, recipe="gpu")

@@ -159,6 +159,8 @@ class Learner:
             for group in groups:  # biases and norm shifts: few numbers, they tolerate (and need) a higher lr
                 if group["name"].endswith("no_decay"):
                     group["lr_mult"] *= cfg.bias_lr_mult
+                    if cfg.wd_bn_bias:  # torch.optim's (and the seeds') way: every parameter decays
+                        group["weight_decay"] = cfg.wd
                 elif group["name"] == "body" and cfg.opt == "muon":  # the orthogonalised weights
                     group["lr_mult"] *= (cfg.muon_lr or cfg.lr) / cfg.lr
                     group["mom"] = cfg.muon_momentum or cfg.momentum
