@@ -296,6 +296,20 @@ def test_eval_pipeline_is_deterministic_resize_and_normalize_and_chunking_is_inv
     assert torch.equal(tiny_chunks(x), pipe(x))
 
 
+def test_eval_crop_pct_keeps_the_centre_before_resizing():
+    x = torch.zeros(4, 3, 20, 20, dtype=torch.uint8)
+    x[:, :, 5:15, 5:15] = 200  # the central half of each side is bright, the border black
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    centre = A.eval_pipeline(16, mean, std, crop_pct=0.5)(x)
+    assert centre.shape == (4, 3, 16, 16) and torch.allclose(centre, torch.full_like(centre, 200 / 255))
+    whole = A.eval_pipeline(16, mean, std)(x)
+    assert whole.min() == 0  # without the crop the black border is still there
+    want = A.normalize(A.resize(A.center_crop(x, 17), 16), mean, std)  # 20 * 0.85 = 17 px
+    assert torch.allclose(A.eval_pipeline(16, mean, std, crop_pct=0.85)(x), want, atol=1e-6)
+    same_size = A.eval_pipeline(None, mean, std, crop_pct=0.5)(x)  # no size: back to the stored size
+    assert same_size.shape == (4, 3, 20, 20) and torch.allclose(same_size, torch.full_like(same_size, 200 / 255))
+
+
 @pytest.mark.parametrize("aug", ["crop_flip", "rrc_flip", "heavy"])
 def test_empty_batch_gives_empty_output(aug):
     out = A.train_pipeline(aug, 16, *A.CIFAR_STATS)(_batch(n=0, h=16, w=16), _gen(), 0)

@@ -117,6 +117,8 @@ def test_unknown_model_lists_the_registry(capsys, tmp_path):
     (["--opt", "nonsense"], "unknown optimizer 'nonsense' (valid optimizers: "),
     (["--precision", "fp8"], "unknown precision 'fp8' (valid: auto, fp32, bf16, fp16)"),
     (["--epochs", "-1"], "epochs must be > 0, got -1.0"),
+    (["--crop-pct", "0"], "crop_pct must be in (0, 1], got 0.0"),
+    (["--crop-pct", "1.2"], "crop_pct must be in (0, 1], got 1.2"),
 ])
 def test_bad_option_values(capsys, tmp_path, flags, message):
     pytest.importorskip("fitvision.train.run")

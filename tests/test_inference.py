@@ -169,3 +169,25 @@ def test_eval_reproduces_train_runs_val_acc_exactly(folder, tmp_path, capsys):
     counts = np.bincount(z["targets"][z["probs"].argmax(1) == z["targets"]], minlength=3)
     totals = np.bincount(z["targets"], minlength=3)
     assert result["per_class_acc"] == {c: counts[i] / totals[i] for i, c in enumerate(CLASSES) if totals[i]}
+
+
+def test_crop_pct_is_kept_in_the_run_and_used_by_eval(folder, tmp_path, capsys):
+    """A run trained with --crop-pct evaluates (eval, predict) on the same central crop."""
+    from fitvision.cli import main
+
+    out = tmp_path / "r"
+    assert main(["train", "--data", str(folder), "--model", "resnet9", "--width", "0.125", "--epochs", "1",
+                 "--bs", "8", "--crop-pct", "0.5", "--seed", "3", "--out", str(out)]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["crop_pct"] == 0.5
+    summary = json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["val_loss"] == summary["val_loss"]
+    run = inference.load_run(out, device="cpu")
+    x = torch.from_numpy(_images(2, 0, seed=5)).permute(0, 3, 1, 2)
+    x[:, :, 8:24, 8:24] = 0  # the centre black: only a pipeline that crops sees nothing else
+    seen = inference._eval_pipeline(run)(x)
+    assert seen.flatten(2).std(2).max() < 1e-6  # each channel one flat value: only the black centre
+    run.meta["crop_pct"] = 1.0
+    assert inference._eval_pipeline(run)(x).flatten(2).std(2).min() > 0.1  # the whole image: the border too

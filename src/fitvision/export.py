@@ -56,6 +56,8 @@ def export_metadata(meta: dict[str, Any], input_dtype: str) -> dict[str, str]:
         "input": f"RGB NCHW batch of shape (N, {len(meta['mean'])}, {h}, {w}), {scale}",
         "output": "class probabilities (N, num_classes), softmax applied",
         "input_size": json.dumps(list(meta["input_size"])),
+        # evaluation took the central crop_pct of each (square-stored) image before resizing to input_size
+        "crop_pct": json.dumps(meta.get("crop_pct", 1.0)),
         "mean": json.dumps(meta["mean"]),
         "std": json.dumps(meta["std"]),
         "model": meta["model"],

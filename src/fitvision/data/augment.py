@@ -599,6 +599,19 @@ def train_pipeline(aug: str, size, mean, std, dtype=torch.float32) -> Pipeline:
     return Pipeline(ops, mean, std, dtype)
 
 
-def eval_pipeline(size, mean, std, dtype=torch.float32) -> Pipeline:
-    """Deterministic: resize the shorter side to ``size``, centre crop, normalize."""
+def center_crop_resize(x: torch.Tensor, size=None, *, pct: float) -> torch.Tensor:
+    """Keep the central ``pct`` of each side, then resize to ``size`` (None: back to the input's
+    size). timm's ``crop_pct``: training crops (random-resized, scale < 1) show objects larger
+    than a whole image does, so evaluating on a central crop shows them at the size the net
+    learned them."""
+    H, W = x.shape[-2:]
+    x = center_crop(x, (max(1, round(H * pct)), max(1, round(W * pct))))
+    return resize_cover(x, size or (H, W))
+
+
+def eval_pipeline(size, mean, std, dtype=torch.float32, crop_pct: float = 1.0) -> Pipeline:
+    """Deterministic: keep the central ``crop_pct`` of each image (1: all of it), resize the
+    shorter side to ``size``, centre crop, normalize."""
+    if crop_pct < 1:
+        return Pipeline([Aug(center_crop_resize, size=size or None, pct=crop_pct)], mean, std, dtype)
     return Pipeline(_fit(size), mean, std, dtype)

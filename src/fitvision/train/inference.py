@@ -62,7 +62,8 @@ def _eval_pipeline(run: Run):
     from fitvision.data.augment import eval_pipeline
 
     h, w = run.meta["input_size"]
-    return eval_pipeline(h if h == w else (h, w), run.meta["mean"], run.meta["std"])
+    return eval_pipeline(h if h == w else (h, w), run.meta["mean"], run.meta["std"],
+                         crop_pct=run.meta.get("crop_pct", 1.0))  # runs before crop_pct: whole images
 
 
 def _autocast(run: Run):

@@ -124,10 +124,12 @@ def _loaders(cfg: TrainConfig, ds, device: torch.device, notes: list[str]):
         transform = ProgressiveResize(transform, cfg.progressive_size, cfg.progressive_epochs)
         sizes = [transform.size(e, size) for e in range(math.ceil(cfg.progressive_epochs))]
         notes.append(f"progressive resizing: epochs 0-{len(sizes) - 1} at {', '.join(map(str, sizes))} px, then {size}")
+    if cfg.crop_pct < 1:
+        notes.append(f"evaluation on the central {cfg.crop_pct:g} of each image, resized to {size} px")
     train_dl = DeviceLoader(train_x, train_y, cfg.bs, shuffle=True, drop_last=drop_last, seed=cfg.seed,
                             device=str(device), transform=transform)
     valid_dl = DeviceLoader(valid_x, valid_y, cfg.bs * 2, device=str(device),
-                            transform=eval_pipeline(size, mean, std))
+                            transform=eval_pipeline(size, mean, std, crop_pct=cfg.crop_pct))
     return train_dl, valid_dl, valid_idx, (list(mean), list(std)), size
 
 
@@ -179,7 +181,8 @@ def build(cfg: TrainConfig, hooks: list[Hook] | None = None, progress: bool = Tr
         learn.hooks.append(FreezeAfter([stem], cfg.stem_bias_epochs))
         notes.append(f"{cfg.model}: stem bias trained for the first {cfg.stem_bias_epochs:g} epochs only")
     meta = {"model": cfg.model, "model_kwargs": kwargs, "classes": list(ds.classes), "mean": mean, "std": std,
-            "input_size": [size, size], "storage_size": cfg.storage_size, "fitvision_version": __version__}
+            "input_size": [size, size], "storage_size": cfg.storage_size, "crop_pct": cfg.crop_pct,
+            "fitvision_version": __version__}
     return Setup(cfg=cfg, learn=learn, classes=list(ds.classes), dataset=ds.name, location=ds.location,
                  valid_indices=valid_idx, num_train=len(train_dl.labels), meta=meta, params=params, notes=notes)
 
