@@ -191,8 +191,8 @@ RECIPES: dict[str, TrainConfig] = {
 # Imagenette / Imagewoof (issue 9's leaderboard setting: 128 px, random init, no TTA): 128 px
 # random-resized crops (scale 0.35-1) + flip from the 160 px storage, the central 0.875 of the
 # stored image resized to 128 px at evaluation (+1.15 points over the whole image); ResNet-D 50
-# (xresnet50), Adam with decoupled weight decay, one-cycle, label smoothing 0.1. One 5-epoch run
-# so far (docs/benchmarks.md): 80.4%, under the 85.8% target; the 20-epoch runs need a GPU session.
+# (xresnet50), Adam with decoupled weight decay, one-cycle, label smoothing 0.1. 5 epochs, 3 seeds
+# (docs/benchmarks.md): 80.4%, under the 85.8% target; the 20-epoch runs need a GPU session.
 RECIPES["imagenette"] = TrainConfig(
     data="imagenette", size=128, storage_size=160, aug="rrc_flip", crop_pct=0.875, model="xresnet50", epochs=5, bs=64,
     opt="adam", lr=3e-3, momentum=0.9, beta2=0.99, eps=1e-6, wd=1e-2, wd_mode="decoupled", clip=0.0,
