@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from fitvision.errors import FitVisionError
 from fitvision.models import count_params, create_model
 from fitvision.models.resnetd import ResBlock
 
@@ -42,3 +43,19 @@ def test_xresnet50_at_128px_downsamples_32x():
     with torch.no_grad():
         feats = model.forward_features(torch.randn(1, 3, 128, 128))
     assert feats.shape == (1, 2048 // 8, 4, 4)
+
+
+def test_mish_replaces_every_relu_and_unknown_activations_fail():
+    relu = create_model("xresnet18", width=0.125)
+    mish = create_model("xresnet18", width=0.125, act="mish")
+    n_relu = sum(isinstance(m, torch.nn.ReLU) for m in relu.modules())
+    assert n_relu == 3 + 8 * 2  # the stem's three, then two per basic block
+    assert sum(isinstance(m, torch.nn.Mish) for m in mish.modules()) == n_relu
+    assert not any(isinstance(m, torch.nn.ReLU) for m in mish.modules())
+    assert count_params(mish) == count_params(relu)
+    block = ResBlock(16, 16, act_cls=torch.nn.Mish).eval()
+    x = torch.randn(2, 16, 5, 5)
+    with torch.no_grad():
+        assert torch.equal(block(x), torch.nn.functional.mish(block.shortcut(x)))
+    with pytest.raises(FitVisionError, match=r"^unknown activation 'swish' \(valid: relu, mish\)$"):
+        create_model("xresnet50", act="swish")

@@ -150,6 +150,7 @@ def test_cosine_warmup_closed_form():
         ("step", 0.01, 0.01 * 0.1**2),  # 16 epochs: drops after epochs 7 and 14
         ("one_cycle", 0.01 / 25, 0.01 / 25 / 1e4),
         ("one_cycle_linear", 0.01 / 25, 0.01 / 25 / 1e4),
+        ("flat_cos", 0.01, 0.01 / 25 / 1e4),
     ],
 )
 def test_create_schedule_names(name, start, end):
@@ -163,8 +164,8 @@ def test_create_schedule_unknown_name():
     with pytest.raises(FitVisionError) as e:
         create_schedule(TrainConfig(sched="poly"))
     assert str(e.value) == (
-        "unknown schedule 'poly' (valid schedules: constant, cosine, cosine_warmup, exponential, linear, "
-        "one_cycle, one_cycle_linear, step)"
+        "unknown schedule 'poly' (valid schedules: constant, cosine, cosine_warmup, exponential, flat_cos, "
+        "linear, one_cycle, one_cycle_linear, step)"
     )
 
 
@@ -175,6 +176,15 @@ def test_one_cycle_linear_is_a_triangle():
     assert sched(0.25) == pytest.approx(1.0)
     assert sched(0.625) == pytest.approx((1.0 + 0.07) / 2)  # half way down to 0.07
     assert sched(1.0) == pytest.approx(0.07)
+
+
+def test_flat_cos_holds_the_peak_then_follows_a_half_cosine():
+    sched = create_schedule(TrainConfig(sched="flat_cos", lr=1.0, pct_start=0.75, div_factor=1.0,
+                                        final_div_factor=1e5))["lr"]
+    assert sched(0.0) == sched(0.5) == sched(0.75) == 1.0
+    end = 1e-5
+    assert sched(0.875) == pytest.approx(end + (1.0 - end) * 0.5)  # half way through the cosine
+    assert sched(1.0) == pytest.approx(end)
 
 
 def test_step_pos_ends():

@@ -51,7 +51,7 @@ class TrainConfig:
     clip: float = 0.1  # gradient clipping threshold; 0 = off
     clip_mode: str = "value"  # "value" (the seeds) or "norm"
     sched: str = "one_cycle"  # schedule name, see fitvision.optim.schedules
-    pct_start: float = 0.25  # one-cycle warm-up fraction
+    pct_start: float = 0.25  # one-cycle warm-up fraction; flat_cos: the flat fraction (fastai: 0.75)
     div_factor: float = 25.0  # one-cycle: initial lr = lr / div_factor
     final_div_factor: float = 1e4  # one-cycle: final lr = initial lr / final_div_factor
     label_smoothing: float = 0.0

@@ -41,11 +41,13 @@ class ConvBnAct(nn.Sequential):
     ``bias=True`` keeps the conv bias the seed has (redundant before BatchNorm, but it is what
     gives ResNet9 its 6,575,370 parameters). ``act=False`` leaves the ReLU out, for the last
     conv of a residual branch; ``zero_bn`` starts its BatchNorm scale at 0 so the branch
-    begins as the identity (Bag of Tricks, "zero gamma").
+    begins as the identity (Bag of Tricks, "zero gamma"). ``act_cls`` swaps the ReLU for
+    another activation (e.g. ``nn.Mish``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 pool: bool = False, bias: bool = True, act: bool = True, zero_bn: bool = False):
+                 pool: bool = False, bias: bool = True, act: bool = True, zero_bn: bool = False,
+                 act_cls: type[nn.Module] = nn.ReLU):
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
                       padding=kernel_size // 2, bias=bias),
@@ -54,7 +56,7 @@ class ConvBnAct(nn.Sequential):
         if zero_bn:
             nn.init.zeros_(layers[1].weight)
         if act:
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(act_cls(inplace=True))
         if pool:
             layers.append(nn.MaxPool2d(2))
         super().__init__(*layers)

@@ -8,6 +8,9 @@ finding of that paper:
 - in bottleneck blocks the stride sits on the 3x3 conv, not the first 1x1;
 - each residual branch's last BatchNorm starts at scale 0: every block begins as the identity.
 
+``act="mish"`` replaces every ReLU with Mish (x * tanh(softplus(x)), Misra 2019), as the fastai
+Imagenette leaderboard's entries since 2019 do.
+
 (``xresnet`` in the zoo is seed 004's small CIFAR/MNIST-size network, a different design.)
 """
 
@@ -18,24 +21,35 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from fitvision.errors import FitVisionError
 from fitvision.models.base import ImageClassifier
 from fitvision.models.init import kaiming_init
 from fitvision.models.layers import ConvBnAct, Flatten, scaled
 from fitvision.models.registry import register_model
 
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "mish": nn.Mish}
+
+
+def activation_class(name: str) -> type[nn.Module]:
+    if name not in ACTIVATIONS:
+        raise FitVisionError(f"unknown activation '{name}' (valid: {', '.join(ACTIVATIONS)})")
+    return ACTIVATIONS[name]
+
+
 class ResBlock(nn.Module):
     """Basic (3x3, 3x3) or bottleneck (1x1, 3x3, 1x1 to ``expansion`` x width) residual block."""
 
-    def __init__(self, c_in: int, width: int, stride: int = 1, expansion: int = 1):
+    def __init__(self, c_in: int, width: int, stride: int = 1, expansion: int = 1,
+                 act_cls: type[nn.Module] = nn.ReLU):
         super().__init__()
         c_out = width * expansion
         if expansion == 1:
-            layers = [ConvBnAct(c_in, width, 3, stride=stride, bias=False),
+            layers = [ConvBnAct(c_in, width, 3, stride=stride, bias=False, act_cls=act_cls),
                       ConvBnAct(width, c_out, 3, bias=False, act=False, zero_bn=True)]
         else:
-            layers = [ConvBnAct(c_in, width, 1, bias=False),
-                      ConvBnAct(width, width, 3, stride=stride, bias=False),
+            layers = [ConvBnAct(c_in, width, 1, bias=False, act_cls=act_cls),
+                      ConvBnAct(width, width, 3, stride=stride, bias=False, act_cls=act_cls),
                       ConvBnAct(width, c_out, 1, bias=False, act=False, zero_bn=True)]
         self.branch = nn.Sequential(*layers)
         shortcut: list[nn.Module] = []
@@ -44,7 +58,7 @@ class ResBlock(nn.Module):
         if c_in != c_out:
             shortcut.append(ConvBnAct(c_in, c_out, 1, bias=False, act=False))
         self.shortcut = nn.Sequential(*shortcut)
-        self.act = nn.ReLU(inplace=True)
+        self.act = act_cls(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.branch(x) + self.shortcut(x))
@@ -53,17 +67,19 @@ class ResBlock(nn.Module):
 class ResNetD(ImageClassifier):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, blocks: Sequence[int] = (2, 2, 2, 2),
                  widths: Sequence[int] = (64, 128, 256, 512), stem: Sequence[int] = (32, 32, 64),
-                 expansion: int = 1, dropout: float = 0.0):
+                 expansion: int = 1, dropout: float = 0.0, act: str = "relu"):
         super().__init__()
+        act_cls = activation_class(act)
         s1, s2, s3 = stem
-        self.stem = nn.Sequential(ConvBnAct(in_channels, s1, stride=2, bias=False), ConvBnAct(s1, s2, bias=False),
-                                  ConvBnAct(s2, s3, bias=False), nn.MaxPool2d(3, stride=2, padding=1))
+        self.stem = nn.Sequential(ConvBnAct(in_channels, s1, stride=2, bias=False, act_cls=act_cls),
+                                  ConvBnAct(s1, s2, bias=False, act_cls=act_cls),
+                                  ConvBnAct(s2, s3, bias=False, act_cls=act_cls), nn.MaxPool2d(3, stride=2, padding=1))
         stages, c_in = [], s3
         for i, (n, width) in enumerate(zip(blocks, widths)):
             stride = 1 if i == 0 else 2
             layers = []
             for j in range(n):
-                layers.append(ResBlock(c_in, width, stride if j == 0 else 1, expansion))
+                layers.append(ResBlock(c_in, width, stride if j == 0 else 1, expansion, act_cls))
                 c_in = width * expansion
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
@@ -76,24 +92,27 @@ class ResNetD(ImageClassifier):
         return self.stages(self.stem(x))
 
 
-def _resnetd(blocks, expansion, num_classes, in_channels, width, dropout) -> ResNetD:
+def _resnetd(blocks, expansion, num_classes, in_channels, width, dropout, act) -> ResNetD:
     return ResNetD(num_classes, in_channels, blocks, tuple(scaled(c, width) for c in (64, 128, 256, 512)),
-                   tuple(scaled(c, width) for c in (32, 32, 64)), expansion, dropout)
+                   tuple(scaled(c, width) for c in (32, 32, 64)), expansion, dropout, act)
 
 
 @register_model
-def xresnet18(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0) -> ResNetD:
+def xresnet18(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0,
+               act: str = "relu") -> ResNetD:
     """Bag-of-Tricks ResNet-D 18 (3-conv stem, avg-pool shortcuts) for 128-224 px images."""
-    return _resnetd((2, 2, 2, 2), 1, num_classes, in_channels, width, dropout)
+    return _resnetd((2, 2, 2, 2), 1, num_classes, in_channels, width, dropout, act)
 
 
 @register_model
-def xresnet34(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0) -> ResNetD:
+def xresnet34(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0,
+               act: str = "relu") -> ResNetD:
     """Bag-of-Tricks ResNet-D 34 (3-conv stem, avg-pool shortcuts) for 128-224 px images."""
-    return _resnetd((3, 4, 6, 3), 1, num_classes, in_channels, width, dropout)
+    return _resnetd((3, 4, 6, 3), 1, num_classes, in_channels, width, dropout, act)
 
 
 @register_model
-def xresnet50(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0) -> ResNetD:
+def xresnet50(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0,
+               act: str = "relu") -> ResNetD:
     """Bag-of-Tricks ResNet-D 50 (bottleneck blocks) for 128-224 px images."""
-    return _resnetd((3, 4, 6, 3), 4, num_classes, in_channels, width, dropout)
+    return _resnetd((3, 4, 6, 3), 4, num_classes, in_channels, width, dropout, act)

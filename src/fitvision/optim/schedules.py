@@ -16,8 +16,8 @@ from typing import Any
 from fitvision.errors import FitVisionError
 
 Schedule = Callable[[float], float]
-SCHEDULES = ("constant", "cosine", "cosine_warmup", "exponential", "linear", "one_cycle", "one_cycle_linear",
-             "step")
+SCHEDULES = ("constant", "cosine", "cosine_warmup", "exponential", "flat_cos", "linear", "one_cycle",
+             "one_cycle_linear", "step")
 
 # The seeds' StepLR (seed 002): divide by 10 every 7 epochs.
 STEP_EPOCHS = 7
@@ -139,6 +139,13 @@ def one_cycle_linear(max_lr: float, pct_start: float, div_factor: float, final_d
                           [sched_lin(initial, max_lr), sched_lin(max_lr, initial / final_div_factor)])
 
 
+def flat_cos(lr: float, pct_flat: float, end: float = 0.0) -> Schedule:
+    """Constant at lr for pct_flat of training, then cosine down to end (fastai's fit_flat_cos,
+    used with Ranger on the Imagenette leaderboard). No warm-up: an optimizer with its own
+    (RAdam's rectification, Adam's bias correction) needs none."""
+    return combine_scheds([pct_flat, 1 - pct_flat], [sched_const(lr), sched_cos(lr, end)])
+
+
 def create_schedule(cfg: Any, total_steps: int | None = None) -> dict[str, Schedule | None]:
     """{"lr": fn, "mom": fn or None} for a fitvision.config.TrainConfig (cfg.sched, cfg.lr,
     cfg.pct_start, cfg.div_factor, cfg.final_div_factor, cfg.epochs). Pass the run's number of
@@ -152,6 +159,8 @@ def create_schedule(cfg: Any, total_steps: int | None = None) -> dict[str, Sched
         fn = sched_cos(lr, 0.0)
     elif name == "cosine_warmup":
         fn = cosine_warmup(lr, cfg.pct_start, start=lr / cfg.div_factor, end=0.0)
+    elif name == "flat_cos":  # pct_start is the flat part here
+        fn = flat_cos(lr, cfg.pct_start, end=lr / cfg.div_factor / cfg.final_div_factor)
     elif name == "linear":
         fn = sched_lin(lr, 0.0)
     elif name == "constant":
