@@ -59,3 +59,20 @@ def test_mish_replaces_every_relu_and_unknown_activations_fail():
         assert torch.equal(block(x), torch.nn.functional.mish(block.shortcut(x)))
     with pytest.raises(FitVisionError, match=r"^unknown activation 'swish' \(valid: relu, mish\)$"):
         create_model("xresnet50", act="swish")
+
+
+def test_blur_stem_pool_low_passes_before_subsampling():
+    from fitvision.models.resnetd import BlurPool
+
+    pool = BlurPool(2)
+    flat = torch.full((1, 2, 8, 8), 3.0)
+    assert torch.allclose(pool(flat), torch.full((1, 2, 4, 4), 3.0))  # the filter sums to 1
+    stripes = torch.zeros(1, 2, 8, 8)
+    stripes[..., 1::2] = 1.0  # the highest horizontal frequency: plain subsampling sees all 0s
+    assert torch.equal(stripes[..., ::2, ::2], torch.zeros(1, 2, 4, 4))
+    assert torch.allclose(pool(stripes), torch.full((1, 2, 4, 4), 0.5))  # blurred to its mean
+    plain, blur = create_model("xresnet18", width=0.125), create_model("xresnet18", width=0.125, blur=True)
+    assert count_params(blur) == count_params(plain)  # the filter is fixed, not a parameter
+    assert set(blur.state_dict()) == set(plain.state_dict())  # weights load either way
+    with torch.no_grad():
+        assert blur.eval().forward_features(torch.randn(1, 3, 128, 128)).shape == (1, 64, 4, 4)

@@ -9,7 +9,9 @@ finding of that paper:
 - each residual branch's last BatchNorm starts at scale 0: every block begins as the identity.
 
 ``act="mish"`` replaces every ReLU with Mish (x * tanh(softplus(x)), Misra 2019), as the fastai
-Imagenette leaderboard's entries since 2019 do.
+Imagenette leaderboard's entries since 2019 do. ``blur=True`` makes the stem's max-pool
+anti-aliased (Zhang 2019, "Making Convolutional Networks Shift-Invariant Again"): the max is
+taken densely (stride 1) and the map is then low-pass filtered before it is subsampled.
 
 (``xresnet`` in the zoo is seed 004's small CIFAR/MNIST-size network, a different design.)
 """
@@ -35,6 +37,27 @@ def activation_class(name: str) -> type[nn.Module]:
     if name not in ACTIVATIONS:
         raise FitVisionError(f"unknown activation '{name}' (valid: {', '.join(ACTIVATIONS)})")
     return ACTIVATIONS[name]
+
+
+class BlurPool(nn.Module):
+    """Subsample by ``stride`` after a fixed 3x3 binomial low-pass filter ([1, 2, 1] outer
+    itself, / 16), per channel, reflect-padded: a stride-2 step that does not alias."""
+
+    def __init__(self, channels: int, stride: int = 2):
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = (k[:, None] * k[None, :]) / 16
+        self.register_buffer("kernel", k.expand(channels, 1, 3, 3).clone(), persistent=False)
+        self.stride, self.channels = stride, channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        return nn.functional.conv2d(x, self.kernel.to(x.dtype), stride=self.stride, groups=self.channels)
+
+
+def max_blur_pool(channels: int) -> nn.Sequential:
+    """The anti-aliased version of a 3x3 stride-2 max-pool: dense max, then BlurPool."""
+    return nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), BlurPool(channels, 2))
 
 
 class ResBlock(nn.Module):
@@ -67,13 +90,14 @@ class ResBlock(nn.Module):
 class ResNetD(ImageClassifier):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, blocks: Sequence[int] = (2, 2, 2, 2),
                  widths: Sequence[int] = (64, 128, 256, 512), stem: Sequence[int] = (32, 32, 64),
-                 expansion: int = 1, dropout: float = 0.0, act: str = "relu"):
+                 expansion: int = 1, dropout: float = 0.0, act: str = "relu", blur: bool = False):
         super().__init__()
         act_cls = activation_class(act)
         s1, s2, s3 = stem
+        pool = max_blur_pool(s3) if blur else nn.MaxPool2d(3, stride=2, padding=1)
         self.stem = nn.Sequential(ConvBnAct(in_channels, s1, stride=2, bias=False, act_cls=act_cls),
                                   ConvBnAct(s1, s2, bias=False, act_cls=act_cls),
-                                  ConvBnAct(s2, s3, bias=False, act_cls=act_cls), nn.MaxPool2d(3, stride=2, padding=1))
+                                  ConvBnAct(s2, s3, bias=False, act_cls=act_cls), pool)
         stages, c_in = [], s3
         for i, (n, width) in enumerate(zip(blocks, widths)):
             stride = 1 if i == 0 else 2
@@ -92,27 +116,27 @@ class ResNetD(ImageClassifier):
         return self.stages(self.stem(x))
 
 
-def _resnetd(blocks, expansion, num_classes, in_channels, width, dropout, act) -> ResNetD:
+def _resnetd(blocks, expansion, num_classes, in_channels, width, dropout, act, blur) -> ResNetD:
     return ResNetD(num_classes, in_channels, blocks, tuple(scaled(c, width) for c in (64, 128, 256, 512)),
-                   tuple(scaled(c, width) for c in (32, 32, 64)), expansion, dropout, act)
+                   tuple(scaled(c, width) for c in (32, 32, 64)), expansion, dropout, act, blur)
 
 
 @register_model
 def xresnet18(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0,
-               act: str = "relu") -> ResNetD:
+               act: str = "relu", blur: bool = False) -> ResNetD:
     """Bag-of-Tricks ResNet-D 18 (3-conv stem, avg-pool shortcuts) for 128-224 px images."""
-    return _resnetd((2, 2, 2, 2), 1, num_classes, in_channels, width, dropout, act)
+    return _resnetd((2, 2, 2, 2), 1, num_classes, in_channels, width, dropout, act, blur)
 
 
 @register_model
 def xresnet34(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0,
-               act: str = "relu") -> ResNetD:
+               act: str = "relu", blur: bool = False) -> ResNetD:
     """Bag-of-Tricks ResNet-D 34 (3-conv stem, avg-pool shortcuts) for 128-224 px images."""
-    return _resnetd((3, 4, 6, 3), 1, num_classes, in_channels, width, dropout, act)
+    return _resnetd((3, 4, 6, 3), 1, num_classes, in_channels, width, dropout, act, blur)
 
 
 @register_model
 def xresnet50(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0,
-               act: str = "relu") -> ResNetD:
+               act: str = "relu", blur: bool = False) -> ResNetD:
     """Bag-of-Tricks ResNet-D 50 (bottleneck blocks) for 128-224 px images."""
-    return _resnetd((3, 4, 6, 3), 4, num_classes, in_channels, width, dropout, act)
+    return _resnetd((3, 4, 6, 3), 4, num_classes, in_channels, width, dropout, act, blur)
