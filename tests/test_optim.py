@@ -66,6 +66,8 @@ PARITY = [
     ("nesterov", lambda g: torch.optim.SGD(g, lr=0.05, momentum=0.9, nesterov=True)),
     ("adam", lambda g: torch.optim.Adam(g, lr=0.05, betas=(0.9, 0.99), eps=1e-5, foreach=True)),
     ("adamw", lambda g: torch.optim.AdamW(g, lr=0.05, betas=(0.9, 0.99), eps=1e-5, foreach=True)),
+    # 100 steps at beta2 0.99: steps 1-5 are the un-rectified momentum steps, the rest rectified
+    ("radam", lambda g: torch.optim.RAdam(g, lr=0.05, betas=(0.9, 0.99), eps=1e-5, foreach=True)),
 ]
 
 
@@ -179,7 +181,7 @@ def test_dampened_momentum_without_debias():
     torch.testing.assert_close(p.detach(), torch.tensor([-0.29], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("name", ["momentum", "adam", "lamb", "ewma", "muon"])
+@pytest.mark.parametrize("name", ["momentum", "adam", "radam", "lamb", "ewma", "muon"])
 def test_state_dict_round_trip_resumes_exactly(name):
     data = batches(20, seed=3)
     uninterrupted = small_model()
@@ -249,7 +251,7 @@ def test_unknown_optimizer_names_the_valid_ones():
         create_optimizer("adagrad", small_model().parameters(), lr=0.01)
     assert str(e.value) == (
         "unknown optimizer 'adagrad' (valid optimizers: adam, adamw, ewma, lamb, momentum, muon, nesterov, "
-        "sgd, torch_adam, torch_adamw, torch_sgd)"
+        "radam, sgd, torch_adam, torch_adamw, torch_sgd)"
     )
     assert "sgd" in optimizer_names()
 

@@ -81,7 +81,7 @@ _TRAIN_FLAGS = [
     ("--epochs", "epochs", float, "number of epochs"),
     ("--bs", "bs", int, "batch size"),
     ("--lr", "lr", float, "peak learning rate"),
-    ("--opt", "opt", str, "optimizer: sgd, nesterov, adam, adamw, lamb, ..."),
+    ("--opt", "opt", str, "optimizer: sgd, nesterov, adam, adamw, radam, lamb, ..."),
     ("--wd", "wd", float, "weight decay"),
     ("--clip", "clip", float, "gradient clipping threshold (0 = off)"),
     ("--sched", "sched", str, "schedule: one_cycle, cosine, linear, constant, step, ..."),

@@ -26,6 +26,7 @@ from fitvision.optim.steppers import (
     momentum_step,
     muon_step,
     nesterov_step,
+    radam_step,
     sgd_step,
     weight_decay,
 )
@@ -54,6 +55,8 @@ RECIPES: dict[str, Callable[[str], list[Step]]] = {
     "ewma": lambda wd_mode: _with_wd([AverageGrad(dampening=True), StepCount()], debiased_momentum_step, wd_mode),
     "adam": lambda wd_mode: _with_wd(_adam_stats(), adam_step, wd_mode),
     "adamw": lambda wd_mode: _with_wd(_adam_stats(), adam_step, "decoupled"),
+    # Rectified Adam: Adam with a warm-up that follows from beta2 (torch.optim.RAdam).
+    "radam": lambda wd_mode: _with_wd(_adam_stats(), radam_step, wd_mode),
     # Muon: Nesterov momentum, orthogonalised for the body's matrices and filters (see muon_step).
     "muon": lambda wd_mode: _with_wd([AverageGrad(dampening=True)], muon_step, wd_mode),
     # LAMB's decay is part of its update (it enters the trust ratio), whatever wd_mode says.

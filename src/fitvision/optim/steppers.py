@@ -166,6 +166,43 @@ def adam_step(
     torch._foreach_addcdiv_(ps, grad_avg, denom, [-lr / debias(mom, mom_damp, s) for s in step])
 
 
+@with_defaults(eps=1e-5)
+def radam_step(
+    ps: Tensors,
+    lr: float,
+    mom: float,
+    mom_damp: float,
+    sqr_mom: float,
+    sqr_damp: float,
+    step: list[int],
+    grad_avg: Tensors,
+    sqr_avg: Tensors,
+    eps: float,
+    **kwargs: Any,
+) -> None:
+    """RAdam (Liu et al. 2019; torch.optim.RAdam's update): while too few squared gradients have
+    been averaged for their variance to be trusted (rho_t <= 5), step along the debiased momentum
+    alone; after that, Adam's step scaled by the rectifier r_t, which grows towards 1. This is a
+    warm-up derived from beta2, so a schedule that starts at its peak lr does not blow up."""
+    rho_inf = 2 / (1 - sqr_mom) - 1
+    rect_scales, plain_scales = [], []
+    for s in step:
+        bc1, bc2 = debias(mom, mom_damp, s), debias(sqr_mom, sqr_damp, s)
+        rho = rho_inf - 2 * s * sqr_mom**s / bc2
+        r = ((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)) ** 0.5 if rho > 5 else 0
+        rect_scales.append(bc2**0.5 * (lr * r / bc1) * -1)
+        plain_scales.append(0.0 if r > 0 else -lr / bc1)
+    # One multiplier per element for both cases, in torch's order of ops so results agree:
+    # rectified, scale * sqrt(bc2) / (sqrt(v) + eps); plain, (sqrt(v) + eps) / 0 = inf, whose
+    # reciprocal 0 leaves just the momentum scale. eps goes on before the debiasing factor.
+    mult = torch._foreach_sqrt(sqr_avg)
+    torch._foreach_add_(mult, eps)
+    torch._foreach_div_(mult, rect_scales)
+    torch._foreach_reciprocal_(mult)
+    torch._foreach_add_(mult, plain_scales)
+    torch._foreach_addcmul_(ps, grad_avg, mult)
+
+
 @with_defaults(eps=1e-6, wd=0.0, max_trust=10.0)
 def lamb_step(
     ps: Tensors,
