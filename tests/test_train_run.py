@@ -168,6 +168,7 @@ def test_resolve_recipe():
     cfg, why = resolve_recipe("auto", data="imagenette")
     assert why == "recipe auto -> imagenette: the recipe for Imagenette-size images (128 px)"
     assert (cfg.recipe, cfg.size, cfg.storage_size, cfg.aug, cfg.tta) == ("imagenette", 128, 160, "rrc_flip", False)
+    assert (cfg.model, cfg.model_options, cfg.sched, cfg.pct_start) == ("xresnet50", "act=mish", "flat_cos", 0.72)
     with pytest.raises(FitVisionError, match=r"unknown recipe 'fastest' \(valid recipes: auto, "):
         resolve_recipe("fastest")
     assert isinstance(cfg, TrainConfig)
@@ -204,3 +205,19 @@ def test_real_pipeline_resumes_mid_epoch_exactly(real_env, tmp_path):
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["val_acc"] for r in full.state.history] == [r["val_acc"] for r in resumed.state.history]
+
+
+def test_recipe_model_options_follow_the_model_the_user_picks():
+    """The imagenette recipe's act=mish is for xresnets: another xresnet keeps it, a model without
+    that option drops it (and trains), and options the user gives are never touched."""
+    from fitvision.cli import build_parser, train_config_from_args
+
+    def config(*argv):
+        return train_config_from_args(build_parser().parse_args(["train", "--data", "imagenette", *argv]))[0]
+
+    assert config().model_options == "act=mish"
+    assert config("--model", "xresnet18").model_options == "act=mish"
+    assert config("--model", "resnet9").model_options == ""
+    assert config("--model", "xresnet18", "--model-options", "blur=true").model_options == "blur=true"
+    with pytest.raises(FitVisionError, match=r"^model 'resnet9' has no option\(s\) act "):
+        config("--model", "resnet9", "--model-options", "act=mish")

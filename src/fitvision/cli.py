@@ -120,7 +120,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 def train_config_from_args(args):
     """Recipe, then config file, then flags: later ones win."""
     from fitvision.config import load_config_file, updated, validate
-    from fitvision.train.run import resolve_recipe
+    from fitvision.train.run import recipe_model_options, resolve_recipe
 
     overrides = load_config_file(args.config) if args.config else {}
     recipe = args.recipe or overrides.pop("recipe", None) or "auto"
@@ -130,6 +130,8 @@ def train_config_from_args(args):
     flags = {dest: getattr(args, dest) for _, dest, _, _ in _TRAIN_FLAGS}
     flags.update({dest: getattr(args, dest) for _, dest, _ in _TRAIN_SWITCHES})
     cfg = updated(cfg, {k: v for k, v in flags.items() if v is not None})
+    if "model_options" not in overrides and args.model_options is None:
+        cfg = updated(cfg, {"model_options": recipe_model_options(cfg.model, cfg.model_options)})
     return validate(cfg), why
 
 

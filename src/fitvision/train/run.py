@@ -67,6 +67,21 @@ def resolve_recipe(name: str = "auto", data: str | None = None, model: str | Non
     return cfg, why
 
 
+def recipe_model_options(model: str, options: str) -> str:
+    """A recipe's model_options when the run trains another model: kept if that model takes
+    them all (xresnet18 in the imagenette recipe keeps act=mish), dropped otherwise, so that
+    `--model resnet9` with a recipe tuned for xresnet50 trains rather than fails."""
+    from fitvision.models.registry import get_entry
+
+    try:
+        entry = get_entry(model)
+    except FitVisionError:
+        return options  # an unknown model: validate() names it
+    wanted = parse_model_options(options)
+    fits = entry.takes_any_option() or all(k in entry.options() for k in wanted)
+    return options if fits else ""
+
+
 # --------------------------------------------------------------------------- setup
 @dataclass
 class Setup:
