@@ -8,6 +8,7 @@ from PIL import Image
 
 from fitvision.cli import main
 from fitvision.data import readers
+from fitvision.data.classnames import readable
 from fitvision.data.decode import load_dataset
 
 
@@ -63,6 +64,9 @@ def test_imagenette_layout_from_the_real_archive(data_dir):
     assert (len(layout.train), len(layout.valid)) == (9469, 3925)
     assert layout.classes == sorted(layout.classes) and len(layout.classes) == 10
     assert layout.classes[0] == "n01440764"
+    # every folder is one of the ids fitvision names (load_dataset shows the names)
+    assert readable(layout.classes) == ["tench", "English springer", "cassette player", "chain saw", "church",
+                                        "French horn", "garbage truck", "gas pump", "golf ball", "parachute"]
 
 
 def test_cifar10_info_from_the_real_archive(data_dir, monkeypatch, capsys):

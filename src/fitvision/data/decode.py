@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fitvision.data import cache, readers
+from fitvision.data import cache, classnames, readers
 from fitvision.data.items import random_splitter
 from fitvision.data.readers import DataWarning
 from fitvision.data.sources import dataset_name, resolve
@@ -283,7 +283,7 @@ def load_dataset(name_or_path, storage_size: int = 160, valid_pct: float = 0.0, 
         loaded = _build(source, folder, storage_size, name, source_fp)
     meta, arrays = loaded
     _report_skipped(meta, source, strict)
-    ds = Dataset(name=name, classes=list(meta["classes"]), location=str(source),
+    ds = Dataset(name=name, classes=classnames.readable(list(meta["classes"])), location=str(source),
                  image_size=list(arrays["train_x"].shape[1:3]), **arrays)
     if valid_pct > 0:
         train_idx, valid_idx = random_splitter(valid_pct, seed)(range(len(ds.train_y)))

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from fitvision.data.classnames import readable
 from fitvision.errors import FitVisionError
 
 PREDICT_BATCH = 256  # images per forward pass in predict_files; also the decode chunk
@@ -33,7 +34,8 @@ class Run:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.meta["classes"])
+        # Runs from before readable names stored Imagenette's WordNet ids: show them as names too.
+        return readable(list(self.meta["classes"]))
 
 
 def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> Run:

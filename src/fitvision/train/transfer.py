@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fitvision.data.classnames import same_classes
 from fitvision.errors import FitVisionError
 
 BODY_LR_MULT = 0.1  # body lr = this x head lr once a pretrained body is unfrozen
@@ -109,7 +110,7 @@ def apply_init_from(model: nn.Module, cfg_or_run_dir, classes: list[str] | None 
     head = final_layer_name(model) + "."
     dest = model.state_dict()
     _check_compatible(run_dir, meta, cfg, source, dest, head)
-    keep_head = classes is not None and list(classes) == list(meta["classes"]) and all(
+    keep_head = classes is not None and same_classes(classes, meta["classes"]) and all(
         source.get(k) is not None and source[k].shape == v.shape for k, v in dest.items() if k.startswith(head))
     state = {k: v for k, v in source.items() if k in dest and (keep_head or not k.startswith(head))}
     with torch.no_grad():
