@@ -76,3 +76,42 @@ def test_blur_stem_pool_low_passes_before_subsampling():
     assert set(blur.state_dict()) == set(plain.state_dict())  # weights load either way
     with torch.no_grad():
         assert blur.eval().forward_features(torch.randn(1, 3, 128, 128)).shape == (1, 64, 4, 4)
+
+
+def test_self_attention_starts_as_identity_and_computes_the_gram_product():
+    from fitvision.models.resnetd import SimpleSelfAttention
+
+    torch.manual_seed(0)
+    sa = SimpleSelfAttention(6).eval()
+    x = torch.randn(2, 6, 5, 4)
+    with torch.no_grad():
+        assert torch.equal(sa(x), x)  # gamma starts at 0
+        sa.gamma.fill_(0.3)
+        w = sa.conv.weight[:, :, 0]  # the spectrally normalised 1x1 weight: largest singular value 1
+        assert torch.linalg.matrix_norm(w, ord=2).item() == pytest.approx(1.0, abs=1e-3)
+        flat = x.reshape(2, 6, 20)
+        expected = x + 0.3 * ((flat @ flat.transpose(1, 2)) @ (w @ flat)).reshape(2, 6, 5, 4)
+        assert torch.allclose(sa(x), expected, atol=1e-5)
+
+
+def test_sa_option_adds_one_attention_in_the_first_stage():
+    from fitvision.models.init import lsuv_init
+    from fitvision.models.resnetd import SimpleSelfAttention
+
+    plain, sa = create_model("xresnet50", width=0.125), create_model("xresnet50", width=0.125, sa=True)
+    where = [n for n, m in sa.named_modules() if isinstance(m, SimpleSelfAttention)]
+    assert where == ["stages.0.2.branch.3"]  # the last of the first stage's three blocks
+    c = 256 // 8
+    assert count_params(sa) == count_params(plain) + c * c + 1  # the 1x1 weight and gamma
+    sa.train()
+    for m in sa.modules():  # leave the zero-initialised start, where the branch (and so gamma's gradient) is 0
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(m.weight)
+    out = sa(torch.randn(2, 3, 64, 64))
+    out.sum().backward()
+    attention = sa.get_submodule(where[0])
+    assert attention.conv.parametrizations.weight.original.grad is not None
+    assert attention.gamma.grad is not None and attention.gamma.grad.abs().item() > 0
+    # LSUV leaves the spectrally normalised weight alone (it sets its own scale) and still runs.
+    names = [name for name, _, _ in lsuv_init(create_model("xresnet18", width=0.125, sa=True), torch.randn(8, 3, 32, 32))]
+    assert names and not any("branch.2" in name for name in names)

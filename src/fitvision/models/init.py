@@ -129,9 +129,11 @@ def lsuv_init(model: nn.Module, batch, tol: float = 1e-3, max_iters: int = 10) -
         with torch.no_grad():
             # Left alone: layers whose weights the model keeps fixed (requires_grad False), and
             # bias-free layers feeding BatchNorm: their mean cannot move, and the BatchNorm already
-            # gives its output zero mean and unit variance whatever their scale.
+            # gives its output zero mean and unit variance whatever their scale; and layers whose
+            # weight a parametrization computes (spectral norm: it sets the scale itself).
             layers = [(n, m) for n, m, feeds_bn in _forward_order(model, x)
-                      if m.weight.requires_grad and not (feeds_bn and m.bias is None)]
+                      if not nn.utils.parametrize.is_parametrized(m, "weight")
+                      and m.weight.requires_grad and not (feeds_bn and m.bias is None)]
             return [(name, *_lsuv_layer(model, layer, x, name, tol, max_iters)) for name, layer in layers]
     finally:
         with torch.no_grad():

@@ -12,6 +12,8 @@ finding of that paper:
 Imagenette leaderboard's entries since 2019 do. ``blur=True`` makes the stem's max-pool
 anti-aliased (Zhang 2019, "Making Convolutional Networks Shift-Invariant Again"): the max is
 taken densely (stride 1) and the map is then low-pass filtered before it is subsampled.
+``sa=True`` adds simple self-attention (Doria 2019, in the leaderboard's entries since then) to
+the last block of the first stage: see ``SimpleSelfAttention``.
 
 (``xresnet`` in the zoo is seed 004's small CIFAR/MNIST-size network, a different design.)
 """
@@ -60,11 +62,38 @@ def max_blur_pool(channels: int) -> nn.Sequential:
     return nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), BlurPool(channels, 2))
 
 
+class SimpleSelfAttention(nn.Module):
+    """Self-attention for the cost of a 1x1 conv and two (C x C)-sized matrix products.
+
+    With the map flattened to x (C channels x N positions): x + gamma * (x x^T)(W x). The Gram
+    matrix x x^T (C x C) says which channels fire together across the whole image, so every
+    position gets a global view; products in that order never form the N x N matrix of ordinary
+    attention (N = 1,024 at 32x32). gamma starts at 0, so the block starts as it was without it;
+    W is a 1x1 conv under spectral normalisation, which bounds its scale against the Gram
+    matrix's growth.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        conv = nn.Conv1d(channels, channels, 1, bias=False)
+        nn.init.kaiming_normal_(conv.weight)
+        self.conv = nn.utils.parametrizations.spectral_norm(conv)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        flat = x.reshape(b, c, h * w)
+        gram = torch.bmm(flat, flat.transpose(1, 2))
+        out = torch.bmm(gram, self.conv(flat))
+        return x + self.gamma * out.reshape(b, c, h, w)
+
+
 class ResBlock(nn.Module):
-    """Basic (3x3, 3x3) or bottleneck (1x1, 3x3, 1x1 to ``expansion`` x width) residual block."""
+    """Basic (3x3, 3x3) or bottleneck (1x1, 3x3, 1x1 to ``expansion`` x width) residual block,
+    with self-attention on the residual branch's output when ``sa``."""
 
     def __init__(self, c_in: int, width: int, stride: int = 1, expansion: int = 1,
-                 act_cls: type[nn.Module] = nn.ReLU):
+                 act_cls: type[nn.Module] = nn.ReLU, sa: bool = False):
         super().__init__()
         c_out = width * expansion
         if expansion == 1:
@@ -74,6 +103,8 @@ class ResBlock(nn.Module):
             layers = [ConvBnAct(c_in, width, 1, bias=False, act_cls=act_cls),
                       ConvBnAct(width, width, 3, stride=stride, bias=False, act_cls=act_cls),
                       ConvBnAct(width, c_out, 1, bias=False, act=False, zero_bn=True)]
+        if sa:
+            layers.append(SimpleSelfAttention(c_out))
         self.branch = nn.Sequential(*layers)
         shortcut: list[nn.Module] = []
         if stride != 1:
@@ -90,7 +121,8 @@ class ResBlock(nn.Module):
 class ResNetD(ImageClassifier):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, blocks: Sequence[int] = (2, 2, 2, 2),
                  widths: Sequence[int] = (64, 128, 256, 512), stem: Sequence[int] = (32, 32, 64),
-                 expansion: int = 1, dropout: float = 0.0, act: str = "relu", blur: bool = False):
+                 expansion: int = 1, dropout: float = 0.0, act: str = "relu", blur: bool = False,
+                 sa: bool = False):
         super().__init__()
         act_cls = activation_class(act)
         s1, s2, s3 = stem
@@ -103,7 +135,9 @@ class ResNetD(ImageClassifier):
             stride = 1 if i == 0 else 2
             layers = []
             for j in range(n):
-                layers.append(ResBlock(c_in, width, stride if j == 0 else 1, expansion, act_cls))
+                # As in fastai's xresnet: attention once, in the first stage's last block.
+                attend = sa and i == 0 and j == n - 1
+                layers.append(ResBlock(c_in, width, stride if j == 0 else 1, expansion, act_cls, attend))
                 c_in = width * expansion
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
@@ -116,27 +150,27 @@ class ResNetD(ImageClassifier):
         return self.stages(self.stem(x))
 
 
-def _resnetd(blocks, expansion, num_classes, in_channels, width, dropout, act, blur) -> ResNetD:
+def _resnetd(blocks, expansion, num_classes, in_channels, width, dropout, act, blur, sa) -> ResNetD:
     return ResNetD(num_classes, in_channels, blocks, tuple(scaled(c, width) for c in (64, 128, 256, 512)),
-                   tuple(scaled(c, width) for c in (32, 32, 64)), expansion, dropout, act, blur)
+                   tuple(scaled(c, width) for c in (32, 32, 64)), expansion, dropout, act, blur, sa)
 
 
 @register_model
 def xresnet18(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0,
-               act: str = "relu", blur: bool = False) -> ResNetD:
+               act: str = "relu", blur: bool = False, sa: bool = False) -> ResNetD:
     """Bag-of-Tricks ResNet-D 18 (3-conv stem, avg-pool shortcuts) for 128-224 px images."""
-    return _resnetd((2, 2, 2, 2), 1, num_classes, in_channels, width, dropout, act, blur)
+    return _resnetd((2, 2, 2, 2), 1, num_classes, in_channels, width, dropout, act, blur, sa)
 
 
 @register_model
 def xresnet34(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0,
-               act: str = "relu", blur: bool = False) -> ResNetD:
+               act: str = "relu", blur: bool = False, sa: bool = False) -> ResNetD:
     """Bag-of-Tricks ResNet-D 34 (3-conv stem, avg-pool shortcuts) for 128-224 px images."""
-    return _resnetd((3, 4, 6, 3), 1, num_classes, in_channels, width, dropout, act, blur)
+    return _resnetd((3, 4, 6, 3), 1, num_classes, in_channels, width, dropout, act, blur, sa)
 
 
 @register_model
 def xresnet50(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0,
-               act: str = "relu", blur: bool = False) -> ResNetD:
+               act: str = "relu", blur: bool = False, sa: bool = False) -> ResNetD:
     """Bag-of-Tricks ResNet-D 50 (bottleneck blocks) for 128-224 px images."""
-    return _resnetd((3, 4, 6, 3), 4, num_classes, in_channels, width, dropout, act, blur)
+    return _resnetd((3, 4, 6, 3), 4, num_classes, in_channels, width, dropout, act, blur, sa)
