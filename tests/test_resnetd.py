@@ -52,13 +52,15 @@ def test_mish_replaces_every_relu_and_unknown_activations_fail():
     assert n_relu == 3 + 8 * 2  # the stem's three, then two per basic block
     assert sum(isinstance(m, torch.nn.Mish) for m in mish.modules()) == n_relu
     assert not any(isinstance(m, torch.nn.ReLU) for m in mish.modules())
+    silu = create_model("xresnet18", width=0.125, act="silu")
+    assert sum(isinstance(m, torch.nn.SiLU) for m in silu.modules()) == n_relu
     assert count_params(mish) == count_params(relu)
     block = ResBlock(16, 16, act_cls=torch.nn.Mish).eval()
     x = torch.randn(2, 16, 5, 5)
     with torch.no_grad():
         assert torch.equal(block(x), torch.nn.functional.mish(block.shortcut(x)))
-    with pytest.raises(FitVisionError, match=r"^unknown activation 'swish' \(valid: relu, mish\)$"):
-        create_model("xresnet50", act="swish")
+    with pytest.raises(FitVisionError, match=r"^unknown activation 'elu' \(valid: relu, mish, silu\)$"):
+        create_model("xresnet50", act="elu")
 
 
 def test_blur_stem_pool_low_passes_before_subsampling():
