@@ -94,6 +94,12 @@ def test_self_attention_starts_as_identity_and_computes_the_gram_product():
         flat = x.reshape(2, 6, 20)
         expected = x + 0.3 * ((flat @ flat.transpose(1, 2)) @ (w @ flat)).reshape(2, 6, 5, 4)
         assert torch.allclose(sa(x), expected, atol=1e-5)
+        # fp16 input whose Gram entries pass fp16's range (20 positions x 100^2 each): finite
+        big = torch.full((1, 6, 5, 4), 100.0, dtype=torch.float16)
+        sa.gamma.fill_(1e-6)
+        assert sa(big).dtype == torch.float16 and torch.isfinite(sa(big).float()).all()
+        flat = big.float().reshape(1, 6, 20)
+        assert torch.isinf((flat.half() @ flat.half().transpose(1, 2))).all()  # what a plain fp16 product gives
 
 
 def test_sa_option_adds_one_attention_in_the_first_stage():

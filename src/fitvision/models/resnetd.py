@@ -83,6 +83,14 @@ class SimpleSelfAttention(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float16:
+            # Each Gram entry sums N products and can pass fp16's largest value (65,504): work in
+            # fp32 (bf16 has fp32's range, so bf16 autocast keeps its fast path).
+            with torch.autocast(x.device.type, enabled=False):
+                return self._attend(x.float()).to(x.dtype)
+        return self._attend(x)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         flat = x.reshape(b, c, h * w)
         gram = torch.bmm(flat, flat.transpose(1, 2))
