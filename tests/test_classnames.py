@@ -73,3 +73,11 @@ def test_other_classes_are_still_refused(tmp_path):
                {**json.loads((run_dir / "model.json").read_text()), "model_kwargs": {"num_classes": 2, "width": 0.125}})
     with pytest.raises(FitVisionError, match=r"has classes \['ant', 'bee'\], the model was trained on \['tench', "):
         inference.evaluate_run(inference.load_run(run_dir, device="cpu"))
+
+
+def test_report_of_a_run_that_stored_ids_shows_names(tmp_path):
+    from fitvision.report.html import render_run_report
+
+    run_dir = make_fake_run(tmp_path / "run", classes=IMAGENETTE_IDS, data=str(tmp_path / "absent"))
+    page = render_run_report(run_dir).read_text()
+    assert "golf ball" in page and "n03445777" not in page

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from fitvision.data.classnames import readable
 from fitvision.errors import FitVisionError
 from fitvision.train.modelfile import read_json
 
@@ -61,6 +62,14 @@ def read_preds(run_dir: Path) -> dict[str, np.ndarray] | None:
         return {k: z[k] for k in ("probs", "targets", "indices")}
 
 
+def _read_meta(run_dir: Path) -> dict[str, Any]:
+    """model.json, its classes as the data shows them now (WordNet ids of older runs as names)."""
+    meta = read_json(run_dir / "model.json")
+    if meta.get("classes"):
+        meta["classes"] = readable(meta["classes"])
+    return meta
+
+
 def per_class_accuracy(probs: np.ndarray, targets: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
     """[{"class", "count", "correct", "acc"}] in class order; acc is None for a class with no images."""
     preds = probs.argmax(1)
@@ -100,7 +109,7 @@ def render_plots(run_dir: str | Path, dataset=None) -> list[str]:
     if batches:
         moms = [b["mom"] for b in batches] if "mom" in batches[0] else None
         plots.plot_lr([b["lr"] for b in batches], out / "lr.png", moms)
-    meta = read_json(run_dir / "model.json")
+    meta = _read_meta(run_dir)
     preds = read_preds(run_dir)
     if preds is None or not meta.get("classes"):
         return notes + ["No predictions saved (preds.npz): confusion matrix and mistakes not drawn."]
@@ -153,7 +162,7 @@ def write_report(run_dir: str | Path, notes: list[str] | None = None) -> Path:
         notes = render_plots(run_dir)
     summary = read_json(run_dir / "summary.json")
     config = read_json(run_dir / "config.json")
-    meta = read_json(run_dir / "model.json")
+    meta = _read_meta(run_dir)
     history = read_csv(run_dir / "history.csv")
     preds = read_preds(run_dir)
     plots_dir = run_dir / "plots"
