@@ -168,7 +168,7 @@ def test_resolve_recipe():
     cfg, why = resolve_recipe("auto", data="imagenette")
     assert why == "recipe auto -> imagenette: the recipe for Imagenette-size images (128 px)"
     assert (cfg.recipe, cfg.size, cfg.storage_size, cfg.aug, cfg.tta) == ("imagenette", 128, 160, "rrc_flip", False)
-    assert (cfg.model, cfg.model_options, cfg.sched, cfg.pct_start) == ("xresnet50", "act=mish", "flat_cos", 0.72)
+    assert (cfg.model, cfg.model_options, cfg.sched, cfg.pct_start) == ("xresnet50", "", "one_cycle", 0.25)
     with pytest.raises(FitVisionError, match=r"unknown recipe 'fastest' \(valid recipes: auto, "):
         resolve_recipe("fastest")
     assert isinstance(cfg, TrainConfig)
@@ -207,10 +207,18 @@ def test_real_pipeline_resumes_mid_epoch_exactly(real_env, tmp_path):
     assert [r["val_acc"] for r in full.state.history] == [r["val_acc"] for r in resumed.state.history]
 
 
-def test_recipe_model_options_follow_the_model_the_user_picks():
-    """The imagenette recipe's act=mish is for xresnets: another xresnet keeps it, a model without
-    that option drops it (and trains), and options the user gives are never touched."""
+def test_recipe_model_options_follow_the_model_the_user_picks(monkeypatch):
+    """A recipe's model options (say act=mish for xresnets) stay for a model that takes them, are
+    dropped for one that does not (which then trains), and options the user gives are never touched."""
+    import dataclasses
+
     from fitvision.cli import build_parser, train_config_from_args
+    from fitvision.config import RECIPES
+    from fitvision.train.run import recipe_model_options
+
+    assert recipe_model_options("xresnet18", "act=mish,sa=true") == "act=mish,sa=true"
+    assert recipe_model_options("resnet9", "act=mish") == ""
+    monkeypatch.setitem(RECIPES, "imagenette", dataclasses.replace(RECIPES["imagenette"], model_options="act=mish"))
 
     def config(*argv):
         return train_config_from_args(build_parser().parse_args(["train", "--data", "imagenette", *argv]))[0]

@@ -69,7 +69,7 @@ def resolve_recipe(name: str = "auto", data: str | None = None, model: str | Non
 
 def recipe_model_options(model: str, options: str) -> str:
     """A recipe's model_options when the run trains another model: kept if that model takes
-    them all (xresnet18 in the imagenette recipe keeps act=mish), dropped otherwise, so that
+    them all (xresnet18 keeps an xresnet50 recipe's act=mish), dropped otherwise, so that
     `--model resnet9` with a recipe tuned for xresnet50 trains rather than fails."""
     from fitvision.models.registry import get_entry
 
