@@ -144,6 +144,40 @@ def test_storage_size_resize_and_crop(tmp_path):
         decode_image(tmp_path / "missing.png")
 
 
+def test_squish_keeps_the_whole_picture(tmp_path):
+    arr = np.zeros((200, 400, 3), np.uint8)
+    arr[:, :100, 0] = 255  # red left quarter, blue right quarter: both lost to a centre crop
+    arr[:, 300:, 2] = 255
+    path = _save(tmp_path / "wide.png", Image.fromarray(arr))
+    cropped = decode_image(path, storage_size=40)
+    assert cropped[..., 0].max() == 0 and cropped[..., 2].max() == 0
+    out = decode_image(path, storage_size=40, resize_method="squish")
+    assert out.shape == (40, 40, 3)
+    assert out[:, :9, 0].min() > 250 and out[:, 31:, 2].min() > 250  # the quarters are 10 px wide now
+    assert out[:, 11:29].max() < 5  # and the black middle is still black
+    with pytest.raises(FitVisionError, match=r"^unknown resize_method 'pad' \(valid: crop, squish\)$"):
+        decode_image(path, resize_method="pad")
+
+
+def test_resize_method_has_its_own_cache_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    wide = np.zeros((30, 60, 3), np.uint8)
+    wide[:, :15] = 255  # white left quarter
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            _save(root / split / c / "0.png", Image.fromarray(wide))
+    crop = load_dataset(root, storage_size=30)
+    squish = load_dataset(root, storage_size=30, resize_method="squish")
+    names = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(names) == 2 and sum("-s30-squish-" in n for n in names) == 1
+    assert crop.train_x.max() == 0 and squish.train_x[:, :, :6].min() > 250
+    np.testing.assert_array_equal(squish.valid_x[0], decode_image(root / "test" / "a" / "0.png", storage_size=30,
+                                                                  resize_method="squish"))
+    again = load_dataset(root, storage_size=30)  # the default is found again, not rebuilt
+    assert isinstance(again.train_x, np.memmap) and again.train_x.max() == 0
+
+
 def _split_folder(root: Path, n_train=4, n_valid=2, classes=("a", "b"), size=40) -> Path:
     for split, n in (("train", n_train), ("test", n_valid)):
         for c in classes:

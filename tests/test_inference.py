@@ -116,6 +116,24 @@ def test_predict_batches_give_the_same_answers(tmp_path, run, monkeypatch):
                                rtol=1e-5)
 
 
+def test_predict_squares_images_as_training_did(tmp_path, run):
+    from dataclasses import replace
+
+    from fitvision.data.decode import decode_image
+
+    wide = np.concatenate([_images(1, 0, seed=5)[0], _images(1, 2, seed=6)[0]], axis=1)  # 32x64, two halves
+    path = tmp_path / "wide.png"
+    Image.fromarray(wide).save(path)
+    squished = decode_image(path, resize_method="squish")
+    assert squished.shape == (32, 32, 3) and not np.array_equal(squished, decode_image(path))
+    for method, decoded in (("crop", decode_image(path)), ("squish", squished)):
+        r = replace(run, meta={**run.meta, "resize_method": method}) if method == "squish" else run
+        assert r.resize_method == method  # a run without the key (older runs) cropped
+        (got,) = inference.predict_files(r, [path], topk=3)
+        np.testing.assert_allclose([t["prob"] for t in got["top"]],
+                                   np.sort(_reference_probs(run, decoded[None]))[0, ::-1], rtol=1e-4, atol=1e-6)
+
+
 def test_evaluate_run_matches_a_hand_computation(run, folder):
     from fitvision.data.decode import load_dataset
 

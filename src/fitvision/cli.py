@@ -88,6 +88,7 @@ _TRAIN_FLAGS = [
     ("--aug", "aug", str, "augmentation preset"),
     ("--size", "size", int, "training input size in pixels"),
     ("--crop-pct", "crop_pct", float, "evaluate on the central fraction of each image (default 1)"),
+    ("--resize-method", "resize_method", str, "how images become stored squares: crop (centre) or squish"),
     ("--train-limit", "train_limit", int, "use at most N training images"),
     ("--valid-limit", "valid_limit", int, "evaluate on at most N validation images"),
     ("--valid-pct", "valid_pct", float, "validation fraction for unsplit data"),

@@ -21,7 +21,8 @@ class TrainConfig:
     # --- data ---
     data: str = "cifar10"  # catalog name, folder or archive of class folders
     size: int = 0  # training input size in px; 0 = the dataset's storage size
-    storage_size: int = 160  # decode size for images larger than 32 px (shorter side, centre crop)
+    storage_size: int = 160  # decode size for images larger than 32 px (shorter side)
+    resize_method: str = "crop"  # stored squares: "crop" the centre, or "squish" the whole picture
     train_limit: int = 0  # use only the first N training images (after a seeded shuffle); 0 = all
     valid_limit: int = 0  # evaluate on at most N validation images; 0 = all
     valid_pct: float = 0.0  # carve a validation split from unsplit data (or from train, for tuning)
@@ -222,7 +223,7 @@ def field_names() -> list[str]:
 # Checked before any work starts, so a typo fails in a second, not after the data is decoded.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _CHOICES = {"precision": PRECISIONS, "wd_mode": ("l2", "decoupled"), "clip_mode": ("value", "norm"),
-            "normalize": ("auto", "cifar"), "init": ("default", "lsuv")}
+            "normalize": ("auto", "cifar"), "init": ("default", "lsuv"), "resize_method": ("crop", "squish")}
 _POSITIVE = ("epochs", "bs", "lr", "width", "eps", "bias_lr_mult")
 _NON_NEGATIVE = ("size", "train_limit", "valid_limit", "wd", "clip", "label_smoothing", "ema", "early_stop",
                  "freeze_epochs", "checkpoint_every", "seed", "progressive_size", "progressive_epochs", "stem_bias_epochs",

@@ -1,4 +1,4 @@
-"""The decoded-array cache: one folder per (source, storage size), written atomically.
+"""The decoded-array cache: one folder per (source, storage size, resize method), written atomically.
 
 A folder holds `<split>_x.npy` / `<split>_y.npy` and `meta.json` (classes, source
 fingerprint, storage size, counts, shapes). It is built under a temporary name and
@@ -41,11 +41,14 @@ def fingerprint(source: Path) -> dict:
     return {"path": str(source), "files": digest.hexdigest()}
 
 
-def cache_folder(name: str, source_fp: dict, storage_size: int) -> Path:
-    key = json.dumps({"source": source_fp, "storage_size": storage_size, "format": FORMAT_VERSION},
-                     sort_keys=True)
+def cache_folder(name: str, source_fp: dict, storage_size: int, resize_method: str = "crop") -> Path:
+    key = {"source": source_fp, "storage_size": storage_size, "format": FORMAT_VERSION}
+    if resize_method != "crop":  # (the default stays out of the key, so existing caches stay valid)
+        key["resize_method"] = resize_method
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "data"
-    return cache_dir() / f"{slug}-s{storage_size}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    method = "" if resize_method == "crop" else f"-{resize_method}"
+    return cache_dir() / f"{slug}-s{storage_size}{method}-{digest}"
 
 
 def load(folder: Path) -> tuple[dict, dict[str, np.ndarray]] | None:

@@ -31,6 +31,7 @@ from fitvision.errors import FitVisionError
 CHUNK = 256  # images per task sent to a decode worker
 SNIFF = 64  # images whose header sizes choose the dataset's storage side
 MIN_PARALLEL = 2000  # below this, starting worker processes costs more than it saves
+RESIZE_METHODS = ("crop", "squish")  # how a non-square image becomes a stored square
 
 
 @dataclass
@@ -69,11 +70,14 @@ def _to_rgb(img):
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def _square(img, side: int) -> np.ndarray:
+def _square(img, side: int, resize_method: str = "crop") -> np.ndarray:
     from PIL import Image
 
     w, h = img.size
-    if (w, h) != (side, side):
+    if (w, h) != (side, side) and resize_method == "squish":
+        # the whole picture, aspect ratio given up: nothing at the edges is lost
+        img = img.resize((side, side), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    elif (w, h) != (side, side):
         s = min(w, h)
         left, top = (w - s) // 2, (h - s) // 2
         # crop first: resizing with a box would let the filter reach into the cropped-off border
@@ -93,7 +97,12 @@ def _refuse_bombs():
         yield
 
 
-def _decode(src, side: int | None, storage_size: int) -> np.ndarray:
+def check_resize_method(resize_method: str) -> None:
+    if resize_method not in RESIZE_METHODS:
+        raise FitVisionError(f"unknown resize_method '{resize_method}' (valid: {', '.join(RESIZE_METHODS)})")
+
+
+def _decode(src, side: int | None, storage_size: int, resize_method: str = "crop") -> np.ndarray:
     """One image to uint8 (side, side, 3); side=None picks min(storage_size, shorter side)."""
     from PIL import ImageOps
 
@@ -103,28 +112,29 @@ def _decode(src, side: int | None, storage_size: int) -> np.ndarray:
         if img.format == "JPEG":
             img.draft("RGB", (side, side))  # decode at a reduced DCT scale when much larger than side
         ImageOps.exif_transpose(img, in_place=True)
-        return _square(_to_rgb(img), side)
+        return _square(_to_rgb(img), side, resize_method)
 
 
-def decode_image(path, storage_size: int = 160) -> np.ndarray:
+def decode_image(path, storage_size: int = 160, resize_method: str = "crop") -> np.ndarray:
     """uint8 (H, W, 3) exactly as training data is decoded; for prediction."""
+    check_resize_method(resize_method)
     try:
         with _refuse_bombs():
-            return _decode(str(path), None, storage_size)
+            return _decode(str(path), None, storage_size, resize_method)
     except FileNotFoundError:
         raise FitVisionError(f"image not found: {path}") from None
     except Exception as e:  # every Pillow failure means the same thing to the user
         raise FitVisionError(f"cannot read image {path}: {e}") from None
 
 
-def _decode_chunk(chunk: list, side: int, storage_size: int):
+def _decode_chunk(chunk: list, side: int, storage_size: int, resize_method: str):
     """Worker task: (indices decoded, stacked images, [(index, reason)] for bad ones)."""
     ok, bad = [], []
     out = np.empty((len(chunk), side, side, 3), dtype=np.uint8)
     with _refuse_bombs():
         for idx, src in chunk:
             try:
-                out[len(ok)] = _decode(src, side, storage_size)
+                out[len(ok)] = _decode(src, side, storage_size, resize_method)
                 ok.append(idx)
             except Exception as e:  # noqa: BLE001 - a bad image is skipped, whatever Pillow raised
                 bad.append((idx, f"{type(e).__name__}: {e}"))
@@ -166,25 +176,26 @@ def _chunks(stream, size: int):
         yield chunk
 
 
-def _decode_stream(stream, side: int, storage_size: int, n: int):
+def _decode_stream(stream, side: int, storage_size: int, resize_method: str, n: int):
     """Yield worker results for the (index, bytes|path) stream; parallel when large."""
     workers = _workers()
     if workers == 1 or n < MIN_PARALLEL or multiprocessing.current_process().daemon:
         # (a daemon process, e.g. a DataLoader worker, may not start children)
         for chunk in _chunks(stream, CHUNK):
-            yield _decode_chunk(chunk, side, storage_size)
+            yield _decode_chunk(chunk, side, storage_size, resize_method)
         return
     with multiprocessing.get_context(_start_method()).Pool(workers) as pool:
         pending: deque = deque()
         for chunk in _chunks(stream, CHUNK):
-            pending.append(pool.apply_async(_decode_chunk, (chunk, side, storage_size)))
+            pending.append(pool.apply_async(_decode_chunk, (chunk, side, storage_size, resize_method)))
             if len(pending) >= 3 * workers:  # bounded: never read the whole archive ahead
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
 
 
-def _decode_images(source: readers.Source, splits: dict[str, list[str]], storage_size: int, writer, label: str):
+def _decode_images(source: readers.Source, splits: dict[str, list[str]], storage_size: int, resize_method: str,
+                   writer, label: str):
     """Decode each split's files into a cache array: ({split: array}, {split: keep mask}, {file: reason})."""
     from tqdm import tqdm
 
@@ -199,7 +210,7 @@ def _decode_images(source: readers.Source, splits: dict[str, list[str]], storage
     with tqdm(total=len(names), desc=f"decoding {label}", unit="img", file=sys.stderr, disable=None,
               leave=False) as bar:
         for idxs, images, errors in _decode_stream(itertools.chain(first, stream), side, storage_size,
-                                                   len(names)):
+                                                   resize_method, len(names)):
             for k, split in enumerate(splits):
                 sel = (idxs >= starts[k]) & (idxs < starts[k + 1])
                 xs[split][idxs[sel] - starts[k]] = images[sel]
@@ -209,10 +220,11 @@ def _decode_images(source: readers.Source, splits: dict[str, list[str]], storage
     return xs, keep, bad
 
 
-def _build_folders(source: readers.Source, storage_size: int, writer, label: str):
+def _build_folders(source: readers.Source, storage_size: int, resize_method: str, writer, label: str):
     layout = readers.folder_layout(source)
     readers.warn_empty(source, layout)
     xs, keep, bad = _decode_images(source, {"train": layout.train, "valid": layout.valid}, storage_size,
+                                  resize_method,
                                    writer, label)
     if not keep["train"].any():
         raise FitVisionError(f"none of the {len(layout.train)} training images in {source} could be decoded "
@@ -228,7 +240,7 @@ def _build_folders(source: readers.Source, storage_size: int, writer, label: str
     return layout.classes, arrays, sorted(bad.items())
 
 
-def _build(path: Path, folder: Path, storage_size: int, label: str, source_fp: dict):
+def _build(path: Path, folder: Path, storage_size: int, resize_method: str, label: str, source_fp: dict):
     source = readers.Source(path)
     writer = cache.CacheWriter(folder)
     try:
@@ -237,8 +249,8 @@ def _build(path: Path, folder: Path, storage_size: int, label: str, source_fp: d
             classes, tx, ty, vx, vy = readers.read_cifar(source, meta_name)
             arrays, skipped = {"train_x": tx, "train_y": ty, "valid_x": vx, "valid_y": vy}, []
         else:
-            classes, arrays, skipped = _build_folders(source, storage_size, writer, label)
-        meta = {"classes": classes, "source": source_fp, "storage_size": storage_size,
+            classes, arrays, skipped = _build_folders(source, storage_size, resize_method, writer, label)
+        meta = {"classes": classes, "source": source_fp, "storage_size": storage_size, "resize_method": resize_method,
                 "counts": {"train": len(arrays["train_y"]), "valid": len(arrays["valid_y"])},
                 "skipped": [{"file": f, "reason": why} for f, why in skipped]}
         writer.commit(arrays, meta)
@@ -264,23 +276,27 @@ def _report_skipped(meta: dict, source, strict: bool) -> None:
 
 # --------------------------------------------------------------------------- public
 def load_dataset(name_or_path, storage_size: int = 160, valid_pct: float = 0.0, seed: int = 0,
-                 strict: bool = False) -> Dataset:
+                 strict: bool = False, resize_method: str = "crop") -> Dataset:
     """Decoded train/valid arrays (memory-mapped from the cache after the first call).
 
+    Images larger than storage_size are stored as squares of that side: "crop" keeps the
+    central square of the shorter side, "squish" the whole picture with its aspect ratio
+    given up (fastai's ResizeMethod names; CIFAR's arrays are stored as they are).
     valid_pct > 0 carves a seeded random validation split from the training images (the whole
     data set when unsplit); an existing valid/test split is then not used.
     """
     if storage_size < 8:
         raise FitVisionError(f"storage_size must be at least 8 pixels, got {storage_size}")
+    check_resize_method(resize_method)
     if not 0.0 <= valid_pct < 1.0:
         raise FitVisionError(f"valid_pct must be in [0, 1), got {valid_pct}")
     source = resolve(name_or_path)
     name = dataset_name(name_or_path)
     source_fp = cache.fingerprint(source)
-    folder = cache.cache_folder(name, source_fp, storage_size)
+    folder = cache.cache_folder(name, source_fp, storage_size, resize_method)
     loaded = cache.load(folder)
     if loaded is None:
-        loaded = _build(source, folder, storage_size, name, source_fp)
+        loaded = _build(source, folder, storage_size, resize_method, name, source_fp)
     meta, arrays = loaded
     _report_skipped(meta, source, strict)
     ds = Dataset(name=name, classes=classnames.readable(list(meta["classes"])), location=str(source),

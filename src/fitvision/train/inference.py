@@ -37,6 +37,11 @@ class Run:
         # Runs from before readable names stored Imagenette's WordNet ids: show them as names too.
         return readable(list(self.meta["classes"]))
 
+    @property
+    def resize_method(self) -> str:
+        # how training made its images square (runs from before the option all cropped)
+        return str(self.meta.get("resize_method", "crop"))
+
 
 def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> Run:
     """Load model.safetensors + model.json (and config.json when present) onto a device."""
@@ -105,7 +110,8 @@ def evaluate_run(run, data: str | None = None, tta: bool | None = None) -> dict[
     if data is None and "data" not in cfg:
         raise FitVisionError(f"{run.path} has no config.json saying which data it was trained on; pass --data")
     ds = load_dataset(data or cfg["data"], storage_size=int(cfg.get("storage_size", run.meta["storage_size"])),
-                      valid_pct=float(cfg.get("valid_pct", 0.0)), seed=int(cfg.get("seed", 0)))
+                      valid_pct=float(cfg.get("valid_pct", 0.0)), seed=int(cfg.get("seed", 0)),
+                      resize_method=run.resize_method)
     if list(ds.classes) != run.classes:
         raise FitVisionError(f"{data or cfg['data']} has classes {ds.classes}, the model was trained on {run.classes}")
     # The validation subset train_run drew (valid_limit), with its seed.
@@ -147,14 +153,14 @@ def predict_files(run, files: Iterable[str | Path], topk: int = 3) -> list[dict[
         raise FitVisionError(f"topk must be at least 1, got {topk}")
     topk = min(topk, len(run.classes))
     pipe = _eval_pipeline(run)
-    storage_size = int(run.meta["storage_size"])
+    storage = (int(run.meta["storage_size"]), run.resize_method)
     chunks = [files[i:i + PREDICT_BATCH] for i in range(0, len(files), PREDICT_BATCH)]
     results: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=_threads()) as pool:
-        pending = [pool.submit(_decode, f, storage_size) for f in chunks[0]] if chunks else []
+        pending = [pool.submit(_decode, f, *storage) for f in chunks[0]] if chunks else []
         for k, chunk in enumerate(chunks):
             decoded = [fut.result() for fut in pending]
-            pending = [pool.submit(_decode, f, storage_size) for f in chunks[k + 1]] if k + 1 < len(chunks) else []
+            pending = [pool.submit(_decode, f, *storage) for f in chunks[k + 1]] if k + 1 < len(chunks) else []
             results += _predict_chunk(run, pipe, chunk, decoded, topk)
     return results
 
@@ -174,12 +180,12 @@ def _predict_chunk(run: Run, pipe, chunk: list[str], decoded: list, topk: int) -
     return out
 
 
-def _decode(path: str, storage_size: int) -> np.ndarray | str:
+def _decode(path: str, storage_size: int, resize_method: str) -> np.ndarray | str:
     """uint8 (H, W, 3) decoded as training decoded it, or the reason it could not be."""
     from fitvision.data.decode import decode_image
 
     try:
-        return decode_image(path, storage_size=storage_size)
+        return decode_image(path, storage_size=storage_size, resize_method=resize_method)
     except FitVisionError as e:
         return str(e)
 

@@ -183,7 +183,8 @@ def build(cfg: TrainConfig, hooks: list[Hook] | None = None, progress: bool = Tr
     device = resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, device=str(device), precision=resolve_precision(cfg.precision, device))
     notes: list[str] = []
-    ds = load_dataset(cfg.data, storage_size=cfg.storage_size, valid_pct=cfg.valid_pct, seed=cfg.seed)
+    ds = load_dataset(cfg.data, storage_size=cfg.storage_size, valid_pct=cfg.valid_pct, seed=cfg.seed,
+                      resize_method=cfg.resize_method)
     train_dl, valid_dl, valid_idx, (mean, std), size = _loaders(cfg, ds, device, notes)
     seed_everything(cfg.seed)  # the model's init draws the same numbers whatever the data code drew
     model, kwargs, params = _model(cfg, ds.classes, device, train_dl, valid_dl.transform, notes)
@@ -196,7 +197,8 @@ def build(cfg: TrainConfig, hooks: list[Hook] | None = None, progress: bool = Tr
         learn.hooks.append(FreezeAfter([stem], cfg.stem_bias_epochs))
         notes.append(f"{cfg.model}: stem bias trained for the first {cfg.stem_bias_epochs:g} epochs only")
     meta = {"model": cfg.model, "model_kwargs": kwargs, "classes": list(ds.classes), "mean": mean, "std": std,
-            "input_size": [size, size], "storage_size": cfg.storage_size, "crop_pct": cfg.crop_pct,
+            "input_size": [size, size], "storage_size": cfg.storage_size,
+            "resize_method": cfg.resize_method, "crop_pct": cfg.crop_pct,
             "fitvision_version": __version__}
     return Setup(cfg=cfg, learn=learn, classes=list(ds.classes), dataset=ds.name, location=ds.location,
                  valid_indices=valid_idx, num_train=len(train_dl.labels), meta=meta, params=params, notes=notes)
