@@ -109,7 +109,7 @@ def test_unknown_model_lists_the_registry(capsys, tmp_path):
 
     line = _fail(capsys, ["train", "--model", "resnet10", "--data", str(tmp_path / "nodata"), "--out",
                           str(tmp_path / "r")])
-    assert line == f"error: unknown model 'resnet10' (valid: {', '.join(list_models())})"
+    assert line == f"error: unknown model 'resnet10' (valid: {', '.join(list_models())}, or timm:NAME / torchvision:NAME)"
 
 
 # --------------------------------------------------------------------------- option values

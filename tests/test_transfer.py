@@ -238,3 +238,80 @@ def test_external_model_head_sized_for_new_classes(lib):
     model = external_model(f"{lib}:resnet18", 3, pretrained=False).eval()
     assert model(torch.rand(2, 3, 64, 64)).shape == (2, 3)
     assert model.get_submodule(final_layer_name(model)).out_features == 3
+
+
+def _fake_timm(monkeypatch) -> list:
+    """A stand-in for timm (not installable here: it needs torchvision): create_model builds a
+    small network whose "pretrained" weights are fixed numbers a fresh init never draws."""
+    import importlib.machinery
+    import sys
+    import types
+
+    built = []
+
+    def create_model(name, pretrained=False, num_classes=1000):
+        if name != "tinynet":
+            raise RuntimeError(f"Unknown model ({name})\nsecond line of the library's message")
+        built.append(pretrained)
+        net = TinyNet(num_classes)
+        if pretrained:
+            with torch.no_grad():
+                net.body[0].weight.copy_(torch.linspace(-0.5, 0.5, net.body[0].weight.numel()).view_as(
+                    net.body[0].weight))
+        return net
+
+    timm = types.ModuleType("timm")
+    timm.__spec__ = importlib.machinery.ModuleSpec("timm", None)
+    timm.create_model = create_model
+    monkeypatch.setitem(sys.modules, "timm", timm)
+    return built
+
+
+def test_cli_trains_evaluates_and_predicts_a_timm_model(tmp_path, monkeypatch, capsys):
+    """--model timm:NAME: pretrained body frozen with --freeze, saved, rebuilt without a download."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from fitvision.cli import main
+    from synthetic_images import make_image_folder
+
+    built = _fake_timm(monkeypatch)
+    data = make_image_folder(tmp_path / "data", ["r", "g", "b"], 16, 4)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--model", "timm:tinynet", "--freeze", "--bs", "8", "--epochs", "1",
+                 "--precision", "fp32", "--device", "cpu", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "model     timm:tinynet: 339 parameters" in out
+    assert "note      timm:tinynet: pretrained weights, final layer new for 3 classes" in out
+    weights = load_file(str(run / "model.safetensors"))
+    pretrained = torch.linspace(-0.5, 0.5, 8 * 3 * 3 * 3).view(8, 3, 3, 3)
+    assert torch.equal(weights["body.0.weight"], pretrained)  # loaded, then frozen for the run
+    assert json.loads((run / "model.json").read_text())["model_kwargs"] == {"num_classes": 3}
+    assert built == [True]
+    summary = json.loads((run / "summary.json").read_text())
+    assert main(["eval", str(run), "--json"]) == 0  # rebuilt from model.json: the architecture only
+    assert built == [True, False]  # no second download
+    assert json.loads(capsys.readouterr().out)["val_acc"] == pytest.approx(summary["val_acc"], abs=1e-6)
+    image = next((data / "valid" / "g").iterdir())
+    assert main(["predict", str(run), str(image)]) == 0 and built == [True, False, False]
+    assert capsys.readouterr().out.startswith(f"{image}: ")
+
+
+def test_timm_model_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    from fitvision.cli import main
+    from synthetic_images import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", ["r", "g"], 4, 2)
+    common = ["--data", str(data), "--epochs", "1", "--device", "cpu"]
+    _fake_timm(monkeypatch)
+    assert main(["train", *common, "--model", "timm:tinynet", "--model-options", "drop=0.1",
+                 "--out", str(tmp_path / "a")]) == 1
+    assert capsys.readouterr().err == ("error: model 'timm:tinynet' is built by its library as it is: "
+                                       "model_options and width apply to fitvision's own models only\n")
+    assert main(["train", *common, "--model", "timm:nosuchnet", "--out", str(tmp_path / "b")]) == 1
+    assert capsys.readouterr().err == ("error: model 'timm:nosuchnet' could not be built with its pretrained "
+                                       "weights by timm: RuntimeError: Unknown model (nosuchnet)\n")
+    assert main(["train", *common, "--model", "keras:resnet", "--out", str(tmp_path / "c")]) == 1
+    assert capsys.readouterr().err == "error: external model 'keras:resnet' must be timm:NAME or torchvision:NAME\n"
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()  # refused before any work

@@ -289,9 +289,18 @@ def _validate_names(cfg: TrainConfig) -> None:
     from fitvision.optim.factory import optimizer_names
     from fitvision.optim.schedules import SCHEDULES
 
-    if cfg.model not in list_models():
-        raise FitVisionError(f"unknown model '{cfg.model}' (valid: {', '.join(list_models())})")
-    check_options(cfg.model, parse_model_options(cfg.model_options))
+    if ":" in cfg.model:  # timm:NAME / torchvision:NAME, pretrained (fitvision.train.transfer)
+        from fitvision.train.transfer import check_external
+
+        check_external(cfg.model)
+        if cfg.model_options or cfg.width != 1.0:
+            raise FitVisionError(f"model '{cfg.model}' is built by its library as it is: "
+                                 "model_options and width apply to fitvision's own models only")
+    elif cfg.model not in list_models():
+        raise FitVisionError(f"unknown model '{cfg.model}' (valid: {', '.join(list_models())}, "
+                             "or timm:NAME / torchvision:NAME)")
+    else:
+        check_options(cfg.model, parse_model_options(cfg.model_options))
     if cfg.opt not in optimizer_names():
         raise FitVisionError(f"unknown optimizer '{cfg.opt}' (valid optimizers: {', '.join(optimizer_names())})")
     if cfg.sched not in SCHEDULES:

@@ -82,7 +82,12 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     weights = run_dir / WEIGHTS
     if not weights.is_file():
         raise FitVisionError(f"{run_dir} has no {WEIGHTS}")
-    model = create_model(meta["model"], **meta["model_kwargs"])
+    if ":" in meta["model"]:  # timm:NAME / torchvision:NAME: the architecture only, our weights below
+        from fitvision.train.transfer import external_model
+
+        model = external_model(meta["model"], pretrained=False, **meta["model_kwargs"])
+    else:
+        model = create_model(meta["model"], **meta["model_kwargs"])
     try:
         state = load_file(str(weights), device="cpu")
     except Exception as e:  # safetensors raises its own types for corrupt headers

@@ -29,6 +29,7 @@ from fitvision.train.hooks import Checkpointer, EarlyStopping, FreezeAfter, Hook
 from fitvision.train.learner import Learner, loss_and_accuracy
 from fitvision.train.perf import keep_freed_memory
 from fitvision.train.precision import resolve_device, resolve_precision
+from fitvision.train.transfer import external_model, is_external
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds")
 BATCH_COLUMNS = ("step", "epoch", "lr", "mom", "loss")
@@ -73,6 +74,8 @@ def recipe_model_options(model: str, options: str) -> str:
     `--model resnet9` with a recipe tuned for xresnet50 trains rather than fails."""
     from fitvision.models.registry import get_entry
 
+    if is_external(model):
+        return ""  # built by its library as it is
     try:
         entry = get_entry(model)
     except FitVisionError:
@@ -152,9 +155,14 @@ def _model(cfg: TrainConfig, classes: list[str], device: torch.device, train_dl,
            notes: list[str]):
     from fitvision.models import count_params, create_model, lsuv_init
 
-    kwargs = {"num_classes": len(classes), "in_channels": 3, "width": cfg.width,
-              **parse_model_options(cfg.model_options)}
-    model = create_model(cfg.model, **kwargs).to(device)
+    if is_external(cfg.model):  # a pretrained timm/torchvision network; model.json says how to rebuild it
+        kwargs = {"num_classes": len(classes)}
+        model = external_model(cfg.model, pretrained=True, **kwargs).to(device)
+        notes.append(f"{cfg.model}: pretrained weights, final layer new for {len(classes)} classes")
+    else:
+        kwargs = {"num_classes": len(classes), "in_channels": 3, "width": cfg.width,
+                  **parse_model_options(cfg.model_options)}
+        model = create_model(cfg.model, **kwargs).to(device)
     if cfg.init == "lsuv":
         batch = train_dl.transform(train_dl.images[: cfg.bs])  # one augmented batch, as training sees it
         lsuv_init(model, batch)
@@ -212,10 +220,11 @@ def describe(s: Setup) -> list[str]:
         f" ({torch.cuda.get_device_name(learn.device)})"
     clip = f"clip {cfg.clip:g} by {cfg.clip_mode}" if cfg.clip else "no clipping"
     options = f" ({cfg.model_options})" if cfg.model_options else ""
+    width = "" if is_external(cfg.model) else f" width {cfg.width:g}"
     lines = [
         f"data      {s.dataset}: {s.num_train:,} train / {len(s.valid_indices):,} valid images, "
         f"{len(s.classes)} classes, {h}x{w} px, aug {cfg.aug} ({s.location})",
-        f"model     {cfg.model} width {cfg.width:g}{options}: {s.params:,} parameters",
+        f"model     {cfg.model}{width}{options}: {s.params:,} parameters",
         f"device    {learn.device}{threads}, precision {learn.precision}"
         + (", channels_last" if cfg.channels_last else "") + (", compiled" if cfg.compile else ""),
         f"optimiser {cfg.opt} lr {cfg.lr:g} ({cfg.sched}), wd {cfg.wd:g} ({cfg.wd_mode}), {clip}, "

@@ -36,9 +36,11 @@ def fine_tune_phases(cfg) -> list[Phase]:
     """The phases a TrainConfig asks for; a plain run is one unfrozen phase at body_lr_mult 1.
 
     ``freeze_epochs`` K > 0 (with or without ``freeze``): the head alone for K epochs, then all.
-    ``freeze`` alone: the head alone for the whole run.
+    ``freeze`` alone: the head alone for the whole run. A pretrained body (``init_from``, or a
+    timm/torchvision model) trains at BODY_LR_MULT x the head's lr once unfrozen.
     """
-    unfrozen = Phase(cfg.epochs, False, BODY_LR_MULT if cfg.init_from else 1.0)
+    pretrained = bool(cfg.init_from) or is_external(cfg.model)
+    unfrozen = Phase(cfg.epochs, False, BODY_LR_MULT if pretrained else 1.0)
     if cfg.freeze_epochs < 0:
         raise FitVisionError(f"--freeze-epochs must be 0 or more, got {cfg.freeze_epochs}")
     if cfg.freeze_epochs == 0:
@@ -123,12 +125,13 @@ def apply_init_from(model: nn.Module, cfg_or_run_dir, classes: list[str] | None 
 EXTERNAL_LIBRARIES = ("timm", "torchvision")
 
 
-def external_model(spec: str, num_classes: int, pretrained: bool = True) -> nn.Module:
-    """A pretrained timm or torchvision network as a body, its final layer sized for num_classes.
+def is_external(model_name: str) -> bool:
+    """A "library:NAME" model (timm or torchvision) rather than one of fitvision's registry."""
+    return ":" in model_name
 
-    ``spec`` is "timm:NAME" or "torchvision:NAME". Optional: neither library is a dependency.
-    The result works with param_groups/freeze (head = its final nn.Linear) and a Learner.
-    """
+
+def check_external(spec: str) -> None:
+    """FitVisionError unless ``spec`` is timm:NAME or torchvision:NAME with that library installed."""
     import importlib.util
 
     lib, _, name = spec.partition(":")
@@ -136,6 +139,29 @@ def external_model(spec: str, num_classes: int, pretrained: bool = True) -> nn.M
         raise FitVisionError(f"external model '{spec}' must be timm:NAME or torchvision:NAME")
     if importlib.util.find_spec(lib) is None:
         raise FitVisionError(f"model '{spec}' needs {lib}, which is not installed: pip install {lib}")
+
+
+def external_model(spec: str, num_classes: int, pretrained: bool = True) -> nn.Module:
+    """A pretrained timm or torchvision network as a body, its final layer sized for num_classes.
+
+    ``spec`` is "timm:NAME" or "torchvision:NAME". Optional: neither library is a dependency.
+    The result works with param_groups/freeze (head = its final nn.Linear) and a Learner.
+    A saved run rebuilds it with pretrained=False: its own weights replace the downloaded ones.
+    """
+    check_external(spec)
+    lib, _, name = spec.partition(":")
+    try:
+        return _build_external(lib, name, num_classes, pretrained)
+    except FitVisionError:
+        raise
+    except Exception as e:  # unknown name, no network for the weights, ...: the library's words
+        what = "with its pretrained weights " if pretrained else ""
+        first = (str(e).strip().splitlines() or [""])[0]  # one line: hub errors run to many
+        raise FitVisionError(f"model '{spec}' could not be built {what}by {lib}: "
+                             f"{type(e).__name__}: {first}") from None
+
+
+def _build_external(lib: str, name: str, num_classes: int, pretrained: bool) -> nn.Module:
     if lib == "timm":
         import timm
 
