@@ -75,7 +75,7 @@ def cmd_models(args) -> int:
 _TRAIN_FLAGS = [
     # flag, config field, type, help
     ("--data", "data", str, "dataset name, folder or archive (default cifar10)"),
-    ("--model", "model", str, "architecture name (see `fitvision models`)"),
+    ("--model", "model", str, "architecture name (see `fitvision models`), or timm:NAME / torchvision:NAME"),
     ("--width", "width", float, "channel width multiplier"),
     ("--model-options", "model_options", str, "extra model arguments, e.g. \"dirac=false,bn_scale=true\""),
     ("--epochs", "epochs", float, "number of epochs"),
