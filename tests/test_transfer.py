@@ -309,6 +309,10 @@ def test_timm_model_errors_are_one_line(tmp_path, monkeypatch, capsys):
                  "--out", str(tmp_path / "a")]) == 1
     assert capsys.readouterr().err == ("error: model 'timm:tinynet' is built by its library as it is: "
                                        "model_options and width apply to fitvision's own models only\n")
+    from fitvision.cli import build_parser, train_config_from_args
+
+    cfg, _ = train_config_from_args(build_parser().parse_args(["train", "--recipe", "cpu", "--model", "timm:tinynet"]))
+    assert cfg.width == 1.0  # the recipe's 0.75 was for speednet
     assert main(["train", *common, "--model", "timm:nosuchnet", "--out", str(tmp_path / "b")]) == 1
     assert capsys.readouterr().err == ("error: model 'timm:nosuchnet' could not be built with its pretrained "
                                        "weights by timm: RuntimeError: Unknown model (nosuchnet)\n")

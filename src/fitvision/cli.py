@@ -122,6 +122,7 @@ def train_config_from_args(args):
     """Recipe, then config file, then flags: later ones win."""
     from fitvision.config import load_config_file, updated, validate
     from fitvision.train.run import recipe_model_options, resolve_recipe
+    from fitvision.train.transfer import is_external
 
     overrides = load_config_file(args.config) if args.config else {}
     recipe = args.recipe or overrides.pop("recipe", None) or "auto"
@@ -133,6 +134,8 @@ def train_config_from_args(args):
     cfg = updated(cfg, {k: v for k, v in flags.items() if v is not None})
     if "model_options" not in overrides and args.model_options is None:
         cfg = updated(cfg, {"model_options": recipe_model_options(cfg.model, cfg.model_options)})
+    if is_external(cfg.model) and "width" not in overrides and args.width is None:
+        cfg = updated(cfg, {"width": 1.0})  # a recipe's width sizes its own network, not a library's
     return validate(cfg), why
 
 
