@@ -131,7 +131,7 @@ def test_predict_squares_images_as_training_did(tmp_path, run):
         assert r.resize_method == method  # a run without the key (older runs) cropped
         (got,) = inference.predict_files(r, [path], topk=3)
         np.testing.assert_allclose([t["prob"] for t in got["top"]],
-                                   np.sort(_reference_probs(run, decoded[None]))[0, ::-1], rtol=1e-4, atol=1e-6)
+                                   np.sort(_reference_probs(run, np.array(decoded)[None]))[0, ::-1], rtol=1e-4, atol=1e-6)
 
 
 def test_evaluate_run_matches_a_hand_computation(run, folder):
