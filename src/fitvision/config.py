@@ -290,9 +290,9 @@ def _validate_names(cfg: TrainConfig) -> None:
     from fitvision.optim.factory import optimizer_names
     from fitvision.optim.schedules import SCHEDULES
 
-    if ":" in cfg.model:  # timm:NAME / torchvision:NAME, pretrained (fitvision.train.transfer)
-        from fitvision.train.transfer import check_external
+    from fitvision.train.transfer import check_external, is_external
 
+    if is_external(cfg.model):  # timm:NAME / torchvision:NAME, pretrained
         check_external(cfg.model)
         if cfg.model_options or cfg.width != 1.0:
             raise FitVisionError(f"model '{cfg.model}' is built by its library as it is: "

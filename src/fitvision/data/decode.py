@@ -74,10 +74,12 @@ def _square(img, side: int, resize_method: str = "crop") -> np.ndarray:
     from PIL import Image
 
     w, h = img.size
-    if (w, h) != (side, side) and resize_method == "squish":
+    if (w, h) == (side, side):
+        return np.asarray(img, dtype=np.uint8)
+    if resize_method == "squish":
         # the whole picture, aspect ratio given up: nothing at the edges is lost
         img = img.resize((side, side), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    elif (w, h) != (side, side):
+    else:
         s = min(w, h)
         left, top = (w - s) // 2, (h - s) // 2
         # crop first: resizing with a box would let the filter reach into the cropped-off border
@@ -224,8 +226,7 @@ def _build_folders(source: readers.Source, storage_size: int, resize_method: str
     layout = readers.folder_layout(source)
     readers.warn_empty(source, layout)
     xs, keep, bad = _decode_images(source, {"train": layout.train, "valid": layout.valid}, storage_size,
-                                  resize_method,
-                                   writer, label)
+                                   resize_method, writer, label)
     if not keep["train"].any():
         raise FitVisionError(f"none of the {len(layout.train)} training images in {source} could be decoded "
                              f"(first: {next(iter(bad.items()))})")

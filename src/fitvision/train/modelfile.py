@@ -76,15 +76,14 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the architecture from model.json and load model.safetensors into it."""
     from fitvision.models import create_model
+    from fitvision.train.transfer import external_model, is_external
 
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
     weights = run_dir / WEIGHTS
     if not weights.is_file():
         raise FitVisionError(f"{run_dir} has no {WEIGHTS}")
-    if ":" in meta["model"]:  # timm:NAME / torchvision:NAME: the architecture only, our weights below
-        from fitvision.train.transfer import external_model
-
+    if is_external(meta["model"]):  # timm:NAME / torchvision:NAME: the architecture only, our weights below
         model = external_model(meta["model"], pretrained=False, **meta["model_kwargs"])
     else:
         model = create_model(meta["model"], **meta["model_kwargs"])
