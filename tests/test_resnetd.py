@@ -123,3 +123,35 @@ def test_sa_option_adds_one_attention_in_the_first_stage():
     # LSUV leaves the spectrally normalised weight alone (it sets its own scale) and still runs.
     names = [name for name, _, _ in lsuv_init(create_model("xresnet18", width=0.125, sa=True), torch.randn(8, 3, 32, 32))]
     assert names and not any("branch.2" in name for name in names)
+
+
+def test_resnext_blocks_group_a_hidden_width_of_4_per_64_channels_per_group():
+    model = create_model("xse_resnext12")
+    convs = [m for m in model.stages.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    # one block per stage, 64..512 channels: the grouped 3x3 widens to 32 x (4 per 64), the next narrows back
+    assert [(c.in_channels, c.out_channels, c.groups) for c in convs] == [
+        (64, 128, 32), (128, 64, 1), (64, 256, 32), (256, 128, 1),
+        (128, 512, 32), (512, 256, 1), (256, 1024, 32), (1024, 512, 1)]
+    assert [len(stage) for stage in model.stages] == [1, 1, 1, 1]
+    # groups/se are options of every xresnet; their defaults leave xresnet18 as it was
+    assert count_params(create_model("xresnet18", groups=1, se=0)) == count_params(create_model("xresnet18"))
+    bottleneck = create_model("xresnet50", width=0.125, groups=4)
+    assert {m.groups for m in bottleneck.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)} == {1, 4}
+    with pytest.raises(FitVisionError, match=r"^groups must be >= 1 and se >= 0, got groups=0, se=16$"):
+        create_model("xse_resnext12", groups=0)
+
+
+def test_squeeze_excite_gates_each_channel_by_its_global_mean():
+    from fitvision.models.resnetd import SqueezeExcite
+
+    torch.manual_seed(0)
+    se = SqueezeExcite(8, reduction=4).eval()
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        down, up = se.gate[1], se.gate[3]
+        assert (down.out_channels, up.out_channels) == (2, 8)
+        gate = torch.sigmoid(up(torch.relu(down(x.mean((2, 3), keepdim=True)))))
+        assert torch.allclose(se(x), x * gate, atol=1e-6)
+        # every block of xse_resnext12 ends its branch with one, before the residual sum
+        blocks = [m for m in create_model("xse_resnext12").modules() if isinstance(m, ResBlock)]
+        assert len(blocks) == 4 and all(isinstance(b.branch[-1], SqueezeExcite) for b in blocks)

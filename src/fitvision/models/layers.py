@@ -42,15 +42,15 @@ class ConvBnAct(nn.Sequential):
     gives ResNet9 its 6,575,370 parameters). ``act=False`` leaves the ReLU out, for the last
     conv of a residual branch; ``zero_bn`` starts its BatchNorm scale at 0 so the branch
     begins as the identity (Bag of Tricks, "zero gamma"). ``act_cls`` swaps the ReLU for
-    another activation (e.g. ``nn.Mish``).
+    another activation (e.g. ``nn.Mish``); ``groups`` makes the conv grouped (ResNeXt).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  pool: bool = False, bias: bool = True, act: bool = True, zero_bn: bool = False,
-                 act_cls: type[nn.Module] = nn.ReLU):
+                 act_cls: type[nn.Module] = nn.ReLU, groups: int = 1):
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                      padding=kernel_size // 2, bias=bias),
+                      padding=kernel_size // 2, bias=bias, groups=groups),
             nn.BatchNorm2d(out_channels),
         ]
         if zero_bn:

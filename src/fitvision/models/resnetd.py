@@ -13,13 +13,17 @@ Imagenette leaderboard's entries since 2019 do; ``act="silu"`` with SiLU. ``blur
 anti-aliased (Zhang 2019, "Making Convolutional Networks Shift-Invariant Again"): the max is
 taken densely (stride 1) and the map is then low-pass filtered before it is subsampled.
 ``sa=True`` adds simple self-attention (Doria 2019, in the leaderboard's entries since then) to
-the last block of the first stage: see ``SimpleSelfAttention``.
+the last block of the first stage: see ``SimpleSelfAttention``. ``groups=G`` turns each block
+into a ResNeXt block (Xie et al. 2017): its 3x3 conv is split into G groups over a hidden width
+of G x (4 per 64 output channels); ``se=R`` adds squeeze-and-excitation (Hu et al. 2018) with
+reduction R to every block. ``xse_resnext12`` combines both with one block per stage.
 
 (``xresnet`` in the zoo is seed 004's small CIFAR/MNIST-size network, a different design.)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -98,21 +102,43 @@ class SimpleSelfAttention(nn.Module):
         return x + self.gamma * out.reshape(b, c, h, w)
 
 
+class SqueezeExcite(nn.Module):
+    """Rescale each channel by a gate computed from the whole map's channel means: pool,
+    1x1 conv down by ``reduction``, activation, 1x1 conv back up, sigmoid."""
+
+    def __init__(self, channels: int, reduction: int, act_cls: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), act_cls(inplace=True),
+                                  nn.Conv2d(hidden, channels, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
 class ResBlock(nn.Module):
     """Basic (3x3, 3x3) or bottleneck (1x1, 3x3, 1x1 to ``expansion`` x width) residual block,
-    with self-attention on the residual branch's output when ``sa``."""
+    with squeeze-and-excitation (reduction ``se``) and self-attention on the residual branch's
+    output when asked. ``groups`` > 1: a ResNeXt block, whose first 3x3 conv is grouped over a
+    hidden width of ``groups`` x (4 per 64 of ``width``), ResNeXt's "32x4d" rule."""
 
     def __init__(self, c_in: int, width: int, stride: int = 1, expansion: int = 1,
-                 act_cls: type[nn.Module] = nn.ReLU, sa: bool = False):
+                 act_cls: type[nn.Module] = nn.ReLU, sa: bool = False, groups: int = 1, se: int = 0):
         super().__init__()
         c_out = width * expansion
+        hidden = width if groups == 1 else max(1, width * 4 // 64) * groups
+        # At small widths (width < 1) the input may have fewer channels than groups: use the
+        # largest group count that divides it (it also divides hidden, a multiple of groups).
+        groups = math.gcd(groups, c_in)
         if expansion == 1:
-            layers = [ConvBnAct(c_in, width, 3, stride=stride, bias=False, act_cls=act_cls),
-                      ConvBnAct(width, c_out, 3, bias=False, act=False, zero_bn=True)]
+            layers = [ConvBnAct(c_in, hidden, 3, stride=stride, bias=False, act_cls=act_cls, groups=groups),
+                      ConvBnAct(hidden, c_out, 3, bias=False, act=False, zero_bn=True)]
         else:
-            layers = [ConvBnAct(c_in, width, 1, bias=False, act_cls=act_cls),
-                      ConvBnAct(width, width, 3, stride=stride, bias=False, act_cls=act_cls),
-                      ConvBnAct(width, c_out, 1, bias=False, act=False, zero_bn=True)]
+            layers = [ConvBnAct(c_in, hidden, 1, bias=False, act_cls=act_cls),
+                      ConvBnAct(hidden, hidden, 3, stride=stride, bias=False, act_cls=act_cls, groups=groups),
+                      ConvBnAct(hidden, c_out, 1, bias=False, act=False, zero_bn=True)]
+        if se:
+            layers.append(SqueezeExcite(c_out, se, act_cls))
         if sa:
             layers.append(SimpleSelfAttention(c_out))
         self.branch = nn.Sequential(*layers)
@@ -132,8 +158,10 @@ class ResNetD(ImageClassifier):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, blocks: Sequence[int] = (2, 2, 2, 2),
                  widths: Sequence[int] = (64, 128, 256, 512), stem: Sequence[int] = (32, 32, 64),
                  expansion: int = 1, dropout: float = 0.0, act: str = "relu", blur: bool = False,
-                 sa: bool = False):
+                 sa: bool = False, groups: int = 1, se: int = 0):
         super().__init__()
+        if groups < 1 or se < 0:
+            raise FitVisionError(f"groups must be >= 1 and se >= 0, got groups={groups}, se={se}")
         act_cls = activation_class(act)
         s1, s2, s3 = stem
         pool = max_blur_pool(s3) if blur else nn.MaxPool2d(3, stride=2, padding=1)
@@ -147,7 +175,7 @@ class ResNetD(ImageClassifier):
             for j in range(n):
                 # As in fastai's xresnet: attention once, in the first stage's last block.
                 attend = sa and i == 0 and j == n - 1
-                layers.append(ResBlock(c_in, width, stride if j == 0 else 1, expansion, act_cls, attend))
+                layers.append(ResBlock(c_in, width, stride if j == 0 else 1, expansion, act_cls, attend, groups, se))
                 c_in = width * expansion
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
@@ -160,27 +188,35 @@ class ResNetD(ImageClassifier):
         return self.stages(self.stem(x))
 
 
-def _resnetd(blocks, expansion, num_classes, in_channels, width, dropout, act, blur, sa) -> ResNetD:
+def _resnetd(blocks, expansion, num_classes, in_channels, width, dropout, act, blur, sa, groups=1, se=0) -> ResNetD:
     return ResNetD(num_classes, in_channels, blocks, tuple(scaled(c, width) for c in (64, 128, 256, 512)),
-                   tuple(scaled(c, width) for c in (32, 32, 64)), expansion, dropout, act, blur, sa)
+                   tuple(scaled(c, width) for c in (32, 32, 64)), expansion, dropout, act, blur, sa, groups, se)
 
 
 @register_model
 def xresnet18(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0,
-               act: str = "relu", blur: bool = False, sa: bool = False) -> ResNetD:
+              act: str = "relu", blur: bool = False, sa: bool = False, groups: int = 1, se: int = 0) -> ResNetD:
     """Bag-of-Tricks ResNet-D 18 (3-conv stem, avg-pool shortcuts) for 128-224 px images."""
-    return _resnetd((2, 2, 2, 2), 1, num_classes, in_channels, width, dropout, act, blur, sa)
+    return _resnetd((2, 2, 2, 2), 1, num_classes, in_channels, width, dropout, act, blur, sa, groups, se)
 
 
 @register_model
 def xresnet34(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0,
-               act: str = "relu", blur: bool = False, sa: bool = False) -> ResNetD:
+              act: str = "relu", blur: bool = False, sa: bool = False, groups: int = 1, se: int = 0) -> ResNetD:
     """Bag-of-Tricks ResNet-D 34 (3-conv stem, avg-pool shortcuts) for 128-224 px images."""
-    return _resnetd((3, 4, 6, 3), 1, num_classes, in_channels, width, dropout, act, blur, sa)
+    return _resnetd((3, 4, 6, 3), 1, num_classes, in_channels, width, dropout, act, blur, sa, groups, se)
 
 
 @register_model
 def xresnet50(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0,
-               act: str = "relu", blur: bool = False, sa: bool = False) -> ResNetD:
+              act: str = "relu", blur: bool = False, sa: bool = False, groups: int = 1, se: int = 0) -> ResNetD:
     """Bag-of-Tricks ResNet-D 50 (bottleneck blocks) for 128-224 px images."""
-    return _resnetd((3, 4, 6, 3), 4, num_classes, in_channels, width, dropout, act, blur, sa)
+    return _resnetd((3, 4, 6, 3), 4, num_classes, in_channels, width, dropout, act, blur, sa, groups, se)
+
+
+@register_model
+def xse_resnext12(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0,
+                  act: str = "relu", blur: bool = False, sa: bool = False, groups: int = 32, se: int = 16) -> ResNetD:
+    """SE-ResNeXt with one basic block per stage (12 weight layers; the 5-epoch Imagenette
+    leaderboard's "mini net" design): grouped 3x3 convs (32 groups) and squeeze-and-excitation."""
+    return _resnetd((1, 1, 1, 1), 1, num_classes, in_channels, width, dropout, act, blur, sa, groups, se)
