@@ -127,6 +127,23 @@ def test_bad_option_values(capsys, tmp_path, flags, message):
     assert not (tmp_path / "r").exists()  # rejected before any work
 
 
+@pytest.mark.parametrize("config, message", [
+    ({"pct_start": 0.0}, "pct_start must be in (0, 1) with sched one_cycle, got 0.0"),
+    ({"sched": "flat_cos", "pct_start": 1.0}, "pct_start must be in (0, 1) with sched flat_cos, got 1.0"),
+    ({"label_smoothing": 1.5}, "label_smoothing must be in [0, 1), got 1.5"),
+    ({"opt": "adam", "beta2": 1.0}, "beta2 must be in [0, 1), got 1.0"),
+    ({"opt": "sgd", "momentum": 1.5}, "momentum must be in [0, 1), got 1.5"),
+    ({"sched": "exponential", "div_factor": 0}, "div_factor must be > 0, got 0.0"),
+])
+def test_out_of_range_config_values_fail_before_any_work(capsys, tmp_path, config, message):
+    pytest.importorskip("fitvision.train.run")
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(config))
+    line = _fail(capsys, ["train", "--config", str(cfg), "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r")])
+    assert line == f"error: {message}"
+    assert not (tmp_path / "r").exists()
+
+
 def test_unknown_config_key(capsys, tmp_path):
     pytest.importorskip("fitvision.train.run")
     from fitvision.config import field_names

@@ -62,6 +62,10 @@ def test_index_and_func_splitters():
         index_splitter([6])(items)
     vowels = func_splitter(lambda c: True if c in "ae" else (None if c == "f" else False))
     assert split_items(items, vowels) == (list("bcd"), list("ae"))
+    # numpy bools (a DataFrame's is_valid column) and 1/0 split the same way, not leave items out
+    flags = np.array([c in "ae" for c in items])
+    assert split_items(items, func_splitter(lambda c: flags["abcdef".index(c)])) == (list("bcdf"), list("ae"))
+    assert split_items(items, func_splitter(lambda c: int(c in "ae"))) == (list("bcdf"), list("ae"))
 
 
 def test_regex_and_func_labellers():

@@ -226,7 +226,7 @@ def field_names() -> list[str]:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _CHOICES = {"precision": PRECISIONS, "wd_mode": ("l2", "decoupled"), "clip_mode": ("value", "norm"),
             "normalize": ("auto", "cifar"), "init": ("default", "lsuv"), "resize_method": ("crop", "squish")}
-_POSITIVE = ("epochs", "bs", "lr", "width", "eps", "bias_lr_mult")
+_POSITIVE = ("epochs", "bs", "lr", "width", "eps", "bias_lr_mult", "div_factor", "final_div_factor")
 _NON_NEGATIVE = ("size", "train_limit", "valid_limit", "wd", "clip", "label_smoothing", "ema", "early_stop",
                  "freeze_epochs", "checkpoint_every", "seed", "progressive_size", "progressive_epochs", "stem_bias_epochs",
                  "tta_shift", "epoch_valid_limit", "muon_lr")
@@ -272,6 +272,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         # one_cycle sets every group's momentum each step, which would silently replace muon_momentum
         raise FitVisionError("muon_momentum cannot be used with sched one_cycle, which schedules the momentum; "
                              "use one_cycle_linear or another schedule, or leave muon_momentum 0")
+    # Fractions and decays outside these ranges fail only later (a schedule, the loss) or turn
+    # the loss to NaN mid-run (beta2 = 1 makes Adam's debiasing divide by 0): catch them here.
+    if cfg.sched in ("one_cycle", "one_cycle_linear", "cosine_warmup", "flat_cos") and not 0 < cfg.pct_start < 1:
+        raise FitVisionError(f"pct_start must be in (0, 1) with sched {cfg.sched}, got {cfg.pct_start!r}")
+    for name in ("momentum", "beta2", "label_smoothing"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise FitVisionError(f"{name} must be in [0, 1), got {getattr(cfg, name)!r}")
     if not 0 < cfg.crop_pct <= 1:
         raise FitVisionError(f"crop_pct must be in (0, 1], got {cfg.crop_pct!r}")
     if cfg.ema >= 1:

@@ -71,11 +71,13 @@ def _as_index(mask: Sequence[bool]) -> np.ndarray:
 
 
 def func_splitter(fn: Callable[[PurePath], bool | None]) -> Splitter:
-    """fn(item) -> True for valid, False for train, None to leave the item out."""
+    """fn(item) -> True for valid, False for train, None to leave the item out. Any value with a
+    truth value counts (numpy's bools from a DataFrame column, 1/0): only None leaves an item out."""
 
     def split(items):
         flags = [fn(item) for item in items]
-        return _as_index([f is False for f in flags]), _as_index([f is True for f in flags])
+        return (_as_index([f is not None and not f for f in flags]),
+                _as_index([f is not None and bool(f) for f in flags]))
 
     return split
 
