@@ -162,6 +162,18 @@ def test_evaluate_run_other_data_must_have_the_same_classes(run, tmp_path):
         inference.evaluate_run(run, data=str(tmp_path))
 
 
+def test_evaluate_run_scores_other_data_on_its_own_validation_split(run, folder, tmp_path, monkeypatch):
+    # a run that carved 20% of an unsplit folder for validation, evaluated on split data
+    monkeypatch.setattr(run, "config", {**run.config, "valid_pct": 0.2, "valid_limit": 5})
+    assert inference.evaluate_run(run, data=str(folder))["num_valid"] == 21  # all of valid/ (7 x 3)
+    unsplit = tmp_path / "unsplit"
+    for c, name in enumerate(CLASSES):  # no valid/: the run's valid_pct carves one, as training did
+        (unsplit / name).mkdir(parents=True)
+        for i, img in enumerate(_images(10, 2 - c, seed=c)):
+            Image.fromarray(img).save(unsplit / name / f"{i}.png")
+    assert inference.evaluate_run(run, data=str(unsplit))["num_valid"] == 6  # 20% of 30
+
+
 def test_eval_reproduces_train_runs_val_acc_exactly(folder, tmp_path, capsys):
     """The acceptance check in small: `fitvision eval RUN` == summary.json, to the last bit."""
     pytest.importorskip("fitvision.train.run")

@@ -271,6 +271,12 @@ def test_early_stopping_from_history():
         hook.on_epoch_end(state)
         assert state.stop == (epoch == 3)
     assert state.stop_reason == "early stop: val_loss has not improved for 2 epochs (best 0.8000 at epoch 1)"
+    # a NaN epoch is never the best: the loss improving after it does not stop the run
+    state = TrainState()
+    for epoch, loss in enumerate([float("nan"), 2.0, 1.5]):
+        state.history.append({"epoch": epoch, "val_loss": loss, "val_acc": 0.5})
+        EarlyStopping(patience=1).on_epoch_end(state)
+    assert not state.stop
     learn = make_learner(hooks=[EarlyStopping(patience=0)])
     learn.fit_one_cycle(5)
     assert len(learn.state.history) == 1 and learn.state.step == 9 and learn.state.done

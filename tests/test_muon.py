@@ -106,7 +106,8 @@ def test_config_refuses_momentum_one_with_muon():
     with pytest.raises(FitVisionError) as e:
         validate(TrainConfig(opt="muon", momentum=0.9, muon_momentum=1.0))
     assert str(e.value) == "muon_momentum must be in [0, 1) with opt muon, got 1.0"
-    validate(TrainConfig(opt="nesterov", momentum=1.0))  # only muon divides by 1 - momentum
+    with pytest.raises(FitVisionError, match=r"^momentum must be in \[0, 1\), got 1.0$"):
+        validate(TrainConfig(opt="nesterov", momentum=1.0))  # a momentum of 1 never forgets: any optimiser
 
 
 def test_config_refuses_muon_momentum_under_a_momentum_schedule():

@@ -8,6 +8,8 @@ A hook stops training by setting ``state.stop``.
 
 from __future__ import annotations
 
+import math
+
 import sys
 import time
 from dataclasses import dataclass, field
@@ -155,8 +157,12 @@ class EarlyStopping(Hook):
 
     def on_epoch_end(self, state: TrainState) -> None:
         values = [row[self.monitor] for row in state.history]
-        best = min(values) if self.monitor == "val_loss" else max(values)
-        best_epoch = values.index(best)
+        finite = [i for i, v in enumerate(values) if math.isfinite(v)]  # a NaN epoch is never the best
+        if not finite:
+            return
+        pick = min if self.monitor == "val_loss" else max
+        best_epoch = pick(finite, key=lambda i: values[i])  # the first of equal values, as list.index
+        best = values[best_epoch]
         if len(values) - 1 - best_epoch >= self.patience:
             state.stop = True
             state.stop_reason = (f"early stop: {self.monitor} has not improved for {self.patience} epochs "

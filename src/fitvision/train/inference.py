@@ -109,13 +109,18 @@ def evaluate_run(run, data: str | None = None, tta: bool | None = None) -> dict[
     tta = bool(cfg.get("tta", False)) if tta is None else tta
     if data is None and "data" not in cfg:
         raise FitVisionError(f"{run.path} has no config.json saying which data it was trained on; pass --data")
-    ds = load_dataset(data or cfg["data"], storage_size=int(cfg.get("storage_size", run.meta["storage_size"])),
-                      valid_pct=float(cfg.get("valid_pct", 0.0)), seed=int(cfg.get("seed", 0)),
+    storage = int(cfg.get("storage_size", run.meta["storage_size"]))
+    valid_pct, seed = float(cfg.get("valid_pct", 0.0)), int(cfg.get("seed", 0))
+    # Other data is scored on its own validation split; the run's valid_pct carves one only
+    # where it has none (an unsplit folder), as training would.
+    ds = load_dataset(data or cfg["data"], storage_size=storage, valid_pct=0.0 if data else valid_pct, seed=seed,
                       resize_method=run.resize_method)
+    if data and len(ds.valid_y) == 0 and valid_pct > 0:
+        ds = load_dataset(data, storage_size=storage, valid_pct=valid_pct, seed=seed, resize_method=run.resize_method)
     if list(ds.classes) != run.classes:
         raise FitVisionError(f"{data or cfg['data']} has classes {ds.classes}, the model was trained on {run.classes}")
-    # The validation subset train_run drew (valid_limit), with its seed.
-    idx = _subset(len(ds.valid_y), int(cfg.get("valid_limit", 0)), int(cfg.get("seed", 0)) + 1)
+    # The run's own data: the validation subset train_run drew (valid_limit), with its seed.
+    idx = _subset(len(ds.valid_y), 0 if data else int(cfg.get("valid_limit", 0)), seed + 1)
     if len(idx) == 0:
         raise FitVisionError(f"{data or cfg['data']} has no validation images")
     images = ds.valid_x if len(idx) == len(ds.valid_y) else ds.valid_x[idx]
