@@ -243,6 +243,21 @@ def test_valid_pct_on_unsplit_folders(tmp_path):
     assert sorted(map(bytes, combined)) == sorted(map(bytes, whole.train_x.reshape(20, -1)))
 
 
+def test_images_one_level_too_deep_are_refused_not_merged(tmp_path):
+    root = tmp_path / "wrong"
+    for cls in ("cat", "dog"):
+        for i in range(2):
+            _save(root / cls / "sub" / f"{i}.png", _rgb(8, 8))
+    with pytest.raises(FitVisionError, match=r"^.*wrong: images in folders named 'sub' under cat, dog would merge "
+                                             r"into one class 'sub' \(an image's class is the folder holding it\); "
+                                             r"expected class folders: "):
+        load_dataset(root)
+    nested = tmp_path / "breeds"  # deeper folders with distinct names are classes of their own
+    for path in ("cats/tabby", "cats/siamese", "dogs/pug"):
+        _save(nested / path / "0.png", _rgb(8, 8))
+    assert load_dataset(nested).classes == ["pug", "siamese", "tabby"]
+
+
 def test_empty_class_warns_and_no_images_errors(tmp_path):
     root = _split_folder(tmp_path / "ds", n_train=2, n_valid=1)
     (root / "train" / "empty").mkdir()

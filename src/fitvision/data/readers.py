@@ -144,6 +144,7 @@ def folder_layout(source: Source) -> FolderLayout:
         class_roots = ["train"] + ([valid_name] if valid_name else [])
     else:
         keep = [i for i, p in enumerate(rel) if len(p.parts) >= 2]
+        _refuse_merged_classes(source, [rel[i] for i in keep])
         train_idx, valid_idx = np.asarray(keep, dtype=np.int64), np.zeros(0, dtype=np.int64)
         class_roots = [""]
     if len(train_idx) == 0:
@@ -157,6 +158,20 @@ def folder_layout(source: Source) -> FolderLayout:
         valid=[images[i] for i in valid_idx], valid_y=vocab.encode(valid_labels),
         split=split, empty_classes=_empty_classes(dirs, prefix, class_roots, {str(p.parent) for p in rel}),
     )
+
+
+def _refuse_merged_classes(source, rel: list[PurePosixPath]) -> None:
+    """An image's class is the folder holding it. Images one level too deep (cat/sub/1.jpg,
+    dog/sub/2.jpg) would all land in one class "sub": refuse that rather than train on it."""
+    tops: dict[str, set[str]] = {}
+    for p in rel:
+        tops.setdefault(p.parent.name, set()).add(p.parts[0])
+    merged = sorted((label, sorted(where)) for label, where in tops.items() if len(where) > 1)
+    if merged:
+        label, where = merged[0]
+        raise FitVisionError(f"{source}: images in folders named '{label}' under {', '.join(where[:3])}"
+                             f"{', ...' if len(where) > 3 else ''} would merge into one class '{label}' (an image's "
+                             f"class is the folder holding it); expected {LAYOUT_HELP}")
 
 
 def _empty_classes(dirs: set[str], prefix: str, class_roots: list[str], populated: set[str]) -> list[str]:
