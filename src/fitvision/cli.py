@@ -139,11 +139,25 @@ def train_config_from_args(args):
     return validate(cfg), why
 
 
+def _refuse_resume_overrides(args) -> None:
+    """--resume continues a run as its config.json says; any other option would be dropped
+    without a word (an epoch count, a learning rate), so name them and stop instead."""
+    given = [flag for flag, dest, _, _ in _TRAIN_FLAGS if dest != "out" and getattr(args, dest) is not None]
+    given += [flag for flag, dest, _ in _TRAIN_SWITCHES if dest != "resume" and getattr(args, dest) is not None]
+    given += [flag for flag in ("--recipe", "--config") if getattr(args, flag[2:]) is not None]
+    if given:
+        raise FitVisionError(f"--resume continues the run in --out exactly as its config.json says; drop "
+                             f"{', '.join(given)} (to train on with other settings, start a new run from its "
+                             "weights with --init-from RUN)")
+
+
 def cmd_train(args) -> int:
     from fitvision.train.run import train_run
 
+    if args.resume:
+        _refuse_resume_overrides(args)
     cfg, why = train_config_from_args(args)
-    print(why)
+    print(f"resuming {args.out} with the settings in its config.json" if args.resume else why)
     train_run(cfg)
     return 0
 
