@@ -261,6 +261,14 @@ def test_bad_options_are_named():
         create_model("cnn", width=0)
     with pytest.raises(FitVisionError, match=r"^num_classes must be a positive integer, got 0$"):
         create_model("cnn", num_classes=0)
+    # values are checked against the option's default: "whiten=maybe" must not build a whitening net
+    with pytest.raises(FitVisionError, match=r"^model 'speednet' option whiten takes true or false, got 'maybe'$"):
+        create_model("speednet", whiten="maybe")
+    with pytest.raises(FitVisionError, match=r"^model 'xresnet18' option se takes an integer, got 'abc'$"):
+        create_model("xresnet18", se="abc")
+    with pytest.raises(FitVisionError, match=r"^model 'xresnet18' option groups takes an integer, got True$"):
+        create_model("xresnet18", groups=True)
+    assert count_params(create_model("xresnet18", width=0.125, dropout=1)) > 0  # an int where a float goes
 
 
 def test_register_model(monkeypatch):

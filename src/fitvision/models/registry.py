@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +41,9 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+# An option's default says what it takes (a float option accepts an int: "drop=1").
+_OPTION_KINDS: dict[type, tuple[type | tuple[type, ...], str]] = {
+    bool: (bool, "true or false"), int: (int, "an integer"), float: ((int, float), "a number"), str: (str, "a word")}
 
 
 def register_model(builder: Callable[..., nn.Module] | None = None, *, name: str | None = None):
@@ -87,6 +90,16 @@ def check_options(name: str, options: Iterable[str]) -> ModelEntry:
     if unknown and not entry.takes_any_option():
         valid = ", ".join(entry.options()) or "none"
         raise FitVisionError(f"model '{name}' has no option(s) {', '.join(unknown)} (valid: {valid})")
+    if isinstance(options, Mapping):  # values too: "whiten=maybe" must not build a model that whitens
+        params = inspect.signature(entry.builder).parameters
+        for key, value in options.items():
+            default = params[key].default if key in params else inspect.Parameter.empty
+            if type(default) not in _OPTION_KINDS:  # no default, or None: anything goes to the builder
+                continue
+            expected, words = _OPTION_KINDS[type(default)]
+            # a bool is an int to Python, but "true" is no layer count
+            if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+                raise FitVisionError(f"model '{name}' option {key} takes {words}, got {value!r}")
     return entry
 
 
