@@ -13,6 +13,7 @@ import io
 import itertools
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
 import warnings
@@ -178,6 +179,12 @@ def _chunks(stream, size: int):
         yield chunk
 
 
+def _ignore_ctrl_c() -> None:
+    """Decode workers leave Ctrl-C to the parent, which stops the pool and prints one line; a
+    worker interrupted itself would print its own traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _decode_stream(stream, side: int, storage_size: int, resize_method: str, n: int):
     """Yield worker results for the (index, bytes|path) stream; parallel when large."""
     workers = _workers()
@@ -186,7 +193,7 @@ def _decode_stream(stream, side: int, storage_size: int, resize_method: str, n: 
         for chunk in _chunks(stream, CHUNK):
             yield _decode_chunk(chunk, side, storage_size, resize_method)
         return
-    with multiprocessing.get_context(_start_method()).Pool(workers) as pool:
+    with multiprocessing.get_context(_start_method()).Pool(workers, initializer=_ignore_ctrl_c) as pool:
         pending: deque = deque()
         for chunk in _chunks(stream, CHUNK):
             pending.append(pool.apply_async(_decode_chunk, (chunk, side, storage_size, resize_method)))
