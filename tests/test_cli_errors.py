@@ -119,6 +119,11 @@ def test_unknown_model_lists_the_registry(capsys, tmp_path):
     (["--epochs", "-1"], "epochs must be > 0, got -1.0"),
     (["--crop-pct", "0"], "crop_pct must be in (0, 1], got 0.0"),
     (["--crop-pct", "1.2"], "crop_pct must be in (0, 1], got 1.2"),
+    # set-up problems that train_run found only after making the run directory
+    (["--device", "tpu"], "unknown device 'tpu' (valid: auto, cpu, cuda, cuda:N)"),
+    (["--device", "cpu", "--precision", "fp16"], "precision fp16 needs a CUDA GPU (GradScaler)"),
+    (["--epochs", "2", "--freeze-epochs", "2"], "--freeze-epochs 2 leaves no epoch of the 2 to train"),
+    (["--init-from", "no/such/run"], "run directory not found: no/such/run"),
 ])
 def test_bad_option_values(capsys, tmp_path, flags, message):
     pytest.importorskip("fitvision.train.run")

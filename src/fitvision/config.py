@@ -287,7 +287,21 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if getattr(cfg, name) not in valid:
             raise FitVisionError(f"unknown {name} '{getattr(cfg, name)}' (valid: {', '.join(valid)})")
     _validate_names(cfg)
+    _validate_setup(cfg)
     return cfg
+
+
+def _validate_setup(cfg: TrainConfig) -> None:
+    """What train_run would refuse only after making the run directory: the device, the
+    precision on it, the fine-tuning phases and the run --init-from names."""
+    from fitvision.train.modelfile import read_meta
+    from fitvision.train.precision import resolve_device, resolve_precision
+    from fitvision.train.transfer import fine_tune_phases
+
+    resolve_precision(cfg.precision, resolve_device(cfg.device))
+    fine_tune_phases(cfg)
+    if cfg.init_from:
+        read_meta(cfg.init_from)
 
 
 def _validate_names(cfg: TrainConfig) -> None:
