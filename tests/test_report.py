@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from fakerun import CLASSES, fake_dataset, make_fake_run
+from fitvision.errors import FitVisionError
 from fitvision.report import html as report_html
 from fitvision.report import plots
 
@@ -140,6 +141,13 @@ def test_show_dataset_on_a_folder(tmp_path):
     px = np.asarray(Image.open(out).convert("RGB")).reshape(-1, 3)
     assert int(np.all(px == [255, 0, 0], axis=1).sum()) > 100 * 100
     assert int(np.all(px == [0, 0, 255], axis=1).sum()) > 100 * 100
+    # no suffix: a .png, and the path returned (and printed by the CLI) is the file written
+    assert plots.show_dataset(str(root), tmp_path / "plain", n=2) == tmp_path / "plain.png"
+    assert (tmp_path / "plain.png").is_file() and not (tmp_path / "plain").exists()
+    with pytest.raises(FitVisionError, match=r"^cannot write .*grid\.xyz: unknown image format '\.xyz' \(valid: .*\.png"):
+        plots.show_dataset(str(root), tmp_path / "grid.xyz", n=2)
+    with pytest.raises(FitVisionError, match=r"^.* is a folder; give a file name such as .*batch\.png$"):
+        plots.show_dataset(str(root), tmp_path, n=2)
 
 
 def test_show_dataset_augmented_round_trips_to_images(tmp_path):

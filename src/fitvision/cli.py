@@ -51,8 +51,8 @@ def cmd_datasets(args) -> int:
     if args.action == "show":
         from fitvision.report.plots import show_dataset
 
-        out = args.out or "batch.png"
-        show_dataset(args.target, out, augment=args.augment, n=args.n, seed=args.seed, storage_size=args.size)
+        out = show_dataset(args.target, args.out or "batch.png", augment=args.augment, n=args.n, seed=args.seed,
+                           storage_size=args.size)
         print(f"wrote {out}")
         return 0
     raise FitVisionError(f"unknown datasets action '{args.action}' (valid: info, show)")
@@ -332,9 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as e:  # a bug, but the user still gets one line unless debugging
-        if os.environ.get("FITVISION_DEBUG") == "1":
+        debug = os.environ.get("FITVISION_DEBUG") == "1"
+        if debug:
             traceback.print_exc()
-        print(f"error: {type(e).__name__}: {e} (set FITVISION_DEBUG=1 for the traceback)", file=sys.stderr)
+        hint = "" if debug else " (set FITVISION_DEBUG=1 for the traceback)"
+        print(f"error: {type(e).__name__}: {e}{hint}", file=sys.stderr)
         return 1
 
 

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from fitvision.errors import FitVisionError
+
 DPI = 100
 RED, GREEN, BLUE, ORANGE = "#d62728", "#2ca02c", "#1f77b4", "#ff7f0e"
 
@@ -26,7 +28,16 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: str | Path) -> Path:
+    """Save as the path's format (no suffix: .png, as matplotlib would); return where it went."""
     path = Path(path)
+    if path.is_dir():
+        raise FitVisionError(f"{path} is a folder; give a file name such as {path / 'batch.png'}")
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    formats = fig.canvas.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise FitVisionError(f"cannot write {path}: unknown image format '{path.suffix}' "
+                             f"(valid: {', '.join('.' + f for f in sorted(formats))})")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, facecolor="white")
     return path
@@ -217,7 +228,6 @@ def show_dataset(
 ) -> Path:
     """`fitvision datasets show`: a labelled grid of training images, optionally as training sees them."""
     from fitvision.data.decode import load_dataset
-    from fitvision.errors import FitVisionError
 
     if n < 1:
         raise FitVisionError(f"--n must be at least 1, got {n}")
