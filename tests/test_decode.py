@@ -258,6 +258,19 @@ def test_images_one_level_too_deep_are_refused_not_merged(tmp_path):
     assert load_dataset(nested).classes == ["pug", "siamese", "tabby"]
 
 
+def test_archive_made_from_inside_its_folder_has_no_empty_class_dot(tmp_path):
+    import tarfile
+
+    for cls in ("a", "b"):
+        for i in range(2):
+            _save(tmp_path / "src" / cls / f"{i}.png", _rgb(8, 8))
+    with tarfile.open(tmp_path / "x.tar.gz", "w:gz") as tar:  # as `tar czf x.tar.gz .`: members "./a/0.png"
+        tar.add(tmp_path / "src", arcname=".")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # before the fix: "1 class folder(s) ... hold no images ...: ."
+        assert load_dataset(tmp_path / "x.tar.gz").classes == ["a", "b"]
+
+
 def test_empty_class_warns_and_no_images_errors(tmp_path):
     root = _split_folder(tmp_path / "ds", n_train=2, n_valid=1)
     (root / "train" / "empty").mkdir()

@@ -69,7 +69,8 @@ class Source:
         else:
             members = extract.list_members(path)
         self.files = [m.name for m in members if m.kind == "file"]
-        self.dirs = {m.name for m in members if m.kind == "dir"} | {posixpath.dirname(f) for f in self.files}
+        # "." is the archive's own root (`tar czf x.tgz .` lists it as "./"), not a class folder
+        self.dirs = ({m.name for m in members if m.kind == "dir"} | {posixpath.dirname(f) for f in self.files}) - {".", ""}
 
     def __str__(self) -> str:
         return str(self.path)
