@@ -271,6 +271,18 @@ def test_archive_made_from_inside_its_folder_has_no_empty_class_dot(tmp_path):
         assert load_dataset(tmp_path / "x.tar.gz").classes == ["a", "b"]
 
 
+def test_no_decodable_training_image_is_one_readable_error(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / "bad" / cls).mkdir(parents=True)
+        (tmp_path / "bad" / cls / "x.jpg").write_bytes(b"not a picture")
+    with pytest.raises(FitVisionError, match=r"^none of the 2 training images in .*bad could be decoded "
+                                             r"\(first: a/x\.jpg: UnidentifiedImageError: "
+                                             r"cannot identify image file '.*x\.jpg'\)$"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_dataset(tmp_path / "bad")
+
+
 def test_empty_class_warns_and_no_images_errors(tmp_path):
     root = _split_folder(tmp_path / "ds", n_train=2, n_valid=1)
     (root / "train" / "empty").mkdir()

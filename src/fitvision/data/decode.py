@@ -235,8 +235,9 @@ def _build_folders(source: readers.Source, storage_size: int, resize_method: str
     xs, keep, bad = _decode_images(source, {"train": layout.train, "valid": layout.valid}, storage_size,
                                    resize_method, writer, label)
     if not keep["train"].any():
+        name, why = next(iter(bad.items()))
         raise FitVisionError(f"none of the {len(layout.train)} training images in {source} could be decoded "
-                             f"(first: {next(iter(bad.items()))})")
+                             f"(first: {name}: {why})")
     arrays = {"train_y": layout.train_y[keep["train"]], "valid_y": layout.valid_y[keep["valid"]]}
     for split, x in xs.items():
         if keep[split].all():
