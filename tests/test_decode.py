@@ -312,7 +312,9 @@ def test_split_root_found_below_wrappers_and_loose_files(tmp_path):
 def test_unseen_valid_label_is_an_error(tmp_path):
     root = _split_folder(tmp_path / "ds", n_train=1, n_valid=1)
     _save(root / "test" / "zebra" / "0.png", _rgb(40, 40))
-    with pytest.raises(FitVisionError, match=r"^label 'zebra' is not among the training classes"):
+    with pytest.raises(FitVisionError, match=r"^.*ds: class folder\(s\) zebra have validation images but no "
+                                             r"training images; add it to train/ or remove it from the validation "
+                                             r"folder$"):
         load_dataset(root)
 
 

@@ -153,6 +153,11 @@ def folder_layout(source: Source) -> FolderLayout:
     train_labels = [parent_labeller(rel[i]) for i in train_idx]
     vocab = Vocab(train_labels)
     valid_labels = [parent_labeller(rel[i]) for i in valid_idx]
+    unseen = sorted(set(valid_labels) - set(vocab.classes))
+    if unseen:  # said in folder terms: a CLI user builds no Vocab
+        raise FitVisionError(f"{source}: class folder(s) {', '.join(unseen[:5])} have validation images but no "
+                             f"training images; add {'them' if len(unseen) > 1 else 'it'} to train/ or remove "
+                             f"{'them' if len(unseen) > 1 else 'it'} from the validation folder")
     return FolderLayout(
         classes=vocab.classes,
         train=[images[i] for i in train_idx], train_y=vocab.encode(train_labels),
