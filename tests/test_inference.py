@@ -221,3 +221,8 @@ def test_crop_pct_is_kept_in_the_run_and_used_by_eval(folder, tmp_path, capsys):
     assert seen.flatten(2).std(2).max() < 1e-6  # each channel one flat value: only the black centre
     run.meta["crop_pct"] = 1.0
     assert inference._eval_pipeline(run)(x).flatten(2).std(2).min() > 0.1  # the whole image: the border too
+
+
+def test_saved_weights_are_readable_like_the_runs_other_files(run):
+    # safetensors writes its file 0600; the run's files are all 0644 (shared, copied, served)
+    assert {(run.path / name).stat().st_mode & 0o777 for name in ("model.safetensors", "model.json")} == {0o644}

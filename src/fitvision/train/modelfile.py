@@ -46,6 +46,7 @@ def save_model(run_dir: str | Path, model: torch.nn.Module, meta: dict[str, Any]
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
     tmp = run_dir / f".{WEIGHTS}.tmp"
     save_file(state, str(tmp))
+    os.chmod(tmp, 0o644)  # safetensors writes 0600; the weights are shared like the run's other files
     os.replace(tmp, run_dir / WEIGHTS)
     atomic_write_bytes(run_dir / META, (json.dumps(meta, indent=2) + "\n").encode())
 
