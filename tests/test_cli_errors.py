@@ -58,6 +58,21 @@ def test_run_dir_without_model_json(capsys, tmp_path, command):
     assert _fail(capsys, argv) == f"error: {tmp_path} is not a finished run: model.json is missing"
 
 
+def test_hand_edited_model_json_or_weights_are_named_not_crashed_on(capsys, tmp_path, tiny_run):
+    Image.new("RGB", (40, 40)).save(tmp_path / "x.png")
+    meta_path = tiny_run / "model.json"
+    meta = json.loads(meta_path.read_text())
+    predict = ["predict", str(tiny_run), str(tmp_path / "x.png")]
+    meta_path.write_text("[1, 2]")
+    assert _fail(capsys, predict) == (f"error: {meta_path} is corrupt: it lacks model, model_kwargs, classes, "
+                                      "mean, std, input_size, storage_size")
+    meta_path.write_text(json.dumps({**meta, "classes": ["a", "b"]}))  # the head has 3 outputs
+    assert _fail(capsys, predict) == f"error: {meta_path} is corrupt: its classes do not match the model's 3 outputs"
+    meta_path.write_text(json.dumps({**meta, "model_kwargs": {"num_classes": 3, "width": 0.25}}))
+    line = _fail(capsys, predict)
+    assert line.startswith(f"error: {tiny_run / 'model.safetensors'} does not fit the model model.json describes (")
+
+
 def test_report_on_a_folder_that_is_no_run(capsys, tmp_path):
     assert _fail(capsys, ["report", str(tmp_path)]) == \
         f"error: {tmp_path} is not a fitvision run: no model.json or history.csv"

@@ -69,9 +69,16 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FitVisionError(f"{run_dir} is not a finished run: {META} is missing")
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise FitVisionError(f"{path} is corrupt: {e}") from None
+    missing = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
+    if missing:
+        raise FitVisionError(f"{path} is corrupt: it lacks {', '.join(missing)}")
+    outputs = meta["model_kwargs"].get("num_classes") if isinstance(meta["model_kwargs"], dict) else None
+    if not isinstance(meta["classes"], list) or (outputs is not None and outputs != len(meta["classes"])):
+        raise FitVisionError(f"{path} is corrupt: its classes do not match the model's {outputs} outputs")
+    return meta
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -92,5 +99,9 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         state = load_file(str(weights), device="cpu")
     except Exception as e:  # safetensors raises its own types for corrupt headers
         raise FitVisionError(f"{weights} is corrupt: {e}") from None
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # weights of another architecture or size than model.json says
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise FitVisionError(f"{weights} does not fit the model {META} describes ({first})") from None
     return model.to(device).eval(), meta
