@@ -102,6 +102,11 @@ def test_bad_format_and_dtype(tmp_path):
         export_model(tiny_model(), META, "onnx", tmp_path / "m", exporter="jit")
     assert str(e.value) == "unknown ONNX exporter 'jit' (valid: auto, legacy, dynamo)"
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "outdir").mkdir()
+    with pytest.raises(FitVisionError) as e:
+        export_model(tiny_model(), META, "torchscript", tmp_path / "outdir")
+    assert str(e.value) == f"{tmp_path / 'outdir'} is a folder; give the file to write, e.g. {tmp_path / 'outdir' / 'model.pt'}"
+    assert list(tmp_path.iterdir()) == [tmp_path / "outdir"] and not any((tmp_path / "outdir").iterdir())
 
 
 def upsampling_pool_model():

@@ -90,6 +90,8 @@ def export_model(model: nn.Module, meta: dict[str, Any], fmt: str, out: str | Pa
     model = copy.deepcopy(getattr(model, "_orig_mod", model))
     model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
     out = Path(out)
+    if out.is_dir():  # checked before the export's work, which would end failing to replace a folder
+        raise FitVisionError(f"{out} is a folder; give the file to write, e.g. {out / ('model' + FORMATS[fmt])}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
