@@ -331,3 +331,12 @@ def test_parallel_decode_matches_sequential(tmp_path, monkeypatch):
     np.testing.assert_array_equal(parallel.train_x, sequential.train_x)
     np.testing.assert_array_equal(parallel.valid_x, sequential.valid_x)
     np.testing.assert_array_equal(parallel.train_y, sequential.train_y)
+
+
+def test_decode_image_size_gives_every_image_the_same_shape(tmp_path):
+    # the data-block example in docs/data.md stacks a folder of mixed sizes
+    paths = [_save(tmp_path / f"{i}.png", _rgb(h, w)) for i, (h, w) in enumerate([(40, 41), (43, 42), (300, 200)])]
+    assert {decode_image(p).shape for p in paths} == {(40, 40, 3), (42, 42, 3), (160, 160, 3)}
+    assert np.stack([decode_image(p, size=128) for p in paths]).shape == (3, 128, 128, 3)
+    with pytest.raises(FitVisionError, match=r"^size must be at least 1 pixel, got 0$"):
+        decode_image(paths[0], size=0)

@@ -118,12 +118,16 @@ def _decode(src, side: int | None, storage_size: int, resize_method: str = "crop
         return _square(_to_rgb(img), side, resize_method)
 
 
-def decode_image(path, storage_size: int = 160, resize_method: str = "crop") -> np.ndarray:
-    """uint8 (H, W, 3) exactly as training data is decoded; for prediction."""
+def decode_image(path, storage_size: int = 160, resize_method: str = "crop", size: int | None = None) -> np.ndarray:
+    """uint8 (H, W, 3) exactly as training data is decoded; for prediction. size: exactly
+    (size, size, 3) whatever the image's own size, as a dataset's arrays are (so a folder of
+    mixed sizes stacks); None: a square of min(storage_size, the image's shorter side)."""
     check_resize_method(resize_method)
+    if size is not None and size < 1:
+        raise FitVisionError(f"size must be at least 1 pixel, got {size}")
     try:
         with _refuse_bombs():
-            return _decode(str(path), None, storage_size, resize_method)
+            return _decode(str(path), size, storage_size, resize_method)
     except FileNotFoundError:
         raise FitVisionError(f"image not found: {path}") from None
     except Exception as e:  # every Pillow failure means the same thing to the user
