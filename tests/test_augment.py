@@ -210,6 +210,10 @@ def test_color_jitter_keeps_gray_gray_and_stays_in_range():
     x = _batch().float()
     out = A.color_jitter(x, _gen(), brightness=0.5, contrast=0.5, saturation=0.5, hue=0.1)
     assert 0 <= float(out.min()) and float(out.max()) <= 255 and not torch.allclose(out, x)
+    # a jitter of 2 draws factors from 0 (as torchvision), never below: no image turns black and negated
+    dark = A.color_jitter(x, _gen(), brightness=2.0)
+    factors = (dark.flatten(1).sum(1) / x.flatten(1).sum(1))
+    assert float(factors.min()) >= 0 and float((dark.flatten(1) > 0).float().mean()) > 0.5
 
 
 def test_brightness_scales_and_contrast_keeps_the_mean_gray():

@@ -74,6 +74,11 @@ def test_predict_matches_the_model_applied_by_hand(tmp_path, run):
         assert [t["class"] for t in r["top"]] == [CLASSES[i] for i in np.argsort(-p)]
         np.testing.assert_allclose([t["prob"] for t in r["top"]], np.sort(p)[::-1], rtol=1e-4, atol=1e-6)
         assert abs(sum(t["prob"] for t in r["top"]) - 1) < 1e-5
+    # one path, not in a list: that one file (not one "file" per character of its name)
+    for one in (str(files[0]), files[0]):
+        [alone] = inference.predict_files(run, one, topk=3)
+        assert alone["file"] == str(files[0]) and alone["top"][0]["class"] == results[0]["top"][0]["class"]
+        assert alone["top"][0]["prob"] == pytest.approx(results[0]["top"][0]["prob"], abs=1e-5)
 
 
 def test_predict_any_format_and_size_with_a_bad_file_among_them(tmp_path, run):

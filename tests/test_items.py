@@ -27,6 +27,8 @@ def test_get_files_filters_sorts_and_skips_hidden(tmp_path):
     only_train = get_files(tmp_path, include=["train"])
     assert [p.name for p in only_train] == ["top.jpg", "c.jpeg", "a.png", "b.JPG"]  # files at the top stay
     assert [p.name for p in get_files(tmp_path / "train/cat", extensions=[".TXT"])] == ["notes.txt"]
+    assert [p.name for p in get_files(tmp_path / "train/dog", extensions=["png"])] == ["a.png"]  # no dot: the same
+    assert [p.name for p in get_files(tmp_path / "train/dog", extensions=".jpg")] == ["b.JPG"]  # one string
     with pytest.raises(FitVisionError, match="not a folder"):
         get_files(tmp_path / "missing")
 

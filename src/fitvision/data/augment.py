@@ -382,9 +382,10 @@ def color_jitter(x, generator=None, *, brightness: float = 0.0, contrast: float 
     if C != 3:
         raise FitVisionError(f"color_jitter needs RGB images, got {C} channels")
     dev = x.device
-    b = _rand(generator, B, dev, 1 - brightness, 1 + brightness)
-    c = _rand(generator, B, dev, 1 - contrast, 1 + contrast)
-    s = _rand(generator, B, dev, 1 - saturation, 1 + saturation)
+    # factors below 0 mean nothing (a negative brightness is black): as torchvision, from max(0, 1 - v)
+    b = _rand(generator, B, dev, max(0.0, 1 - brightness), 1 + brightness)
+    c = _rand(generator, B, dev, max(0.0, 1 - contrast), 1 + contrast)
+    s = _rand(generator, B, dev, max(0.0, 1 - saturation), 1 + saturation)
     angle = _rand(generator, B, dev, -hue, hue) * (2 * math.pi)
     luma = _luma(dev)
     eye = torch.eye(3, device=dev)

@@ -51,7 +51,10 @@ def get_files(path, extensions: Iterable[str] | None = IMAGE_EXTENSIONS, recurse
     path = Path(path)
     if not path.is_dir():
         raise FitVisionError(f"not a folder: {path}")
-    exts = None if extensions is None else frozenset(e.lower() for e in extensions)
+    if isinstance(extensions, str):  # ".png" would otherwise be the set of its characters
+        extensions = [extensions]
+    # "png" and ".png" both mean the suffix ".png"
+    exts = None if extensions is None else frozenset("." + e.lower().lstrip(".") for e in extensions)
     if not recurse:
         return sorted(path / e.name for e in os.scandir(path) if e.is_file() and _keep(e.name, exts))
     include = None if include is None else set(include)

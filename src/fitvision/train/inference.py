@@ -153,7 +153,7 @@ def predict_files(run, files: Iterable[str | Path], topk: int = 3) -> list[dict[
     while the model predicts the current one.
     """
     run = _as_run(run)
-    files = [str(f) for f in files]
+    files = [str(files)] if isinstance(files, (str, Path)) else [str(f) for f in files]  # one file, not its letters
     if topk < 1:
         raise FitVisionError(f"topk must be at least 1, got {topk}")
     topk = min(topk, len(run.classes))
