@@ -16,15 +16,17 @@ from fitvision.cli import main
 
 
 def _fail(capsys, argv, code=1):
-    """Run the CLI, check the exit code and that stderr is exactly one line; return that line."""
+    """Run the CLI, check the exit code and that stderr is exactly one line (argparse's own usage
+    errors, exit 2 via SystemExit, print the usage first); return the last line."""
+    argparse_error = False
     try:
         rc = main(argv)
     except SystemExit as e:  # argparse usage errors
-        rc = e.code
+        rc, argparse_error = e.code, True
     err = capsys.readouterr().err
     assert rc == code, err
     lines = err.strip().splitlines()
-    if code == 1:
+    if not argparse_error:
         assert len(lines) == 1, err
     return lines[-1]
 
@@ -99,7 +101,7 @@ def test_unreadable_image_is_one_error_line_and_the_others_are_predicted(capsys,
 
 
 def test_predict_bad_topk(capsys, tiny_run, tmp_path):
-    line = _fail(capsys, ["predict", str(tiny_run), "x.png", "--topk", "0"])
+    line = _fail(capsys, ["predict", str(tiny_run), "x.png", "--topk", "0"], code=2)
     assert line == "error: --topk must be at least 1, got 0"
     assert "invalid int value: 'many'" in _fail(capsys, ["predict", str(tiny_run), "x.png", "--topk", "many"], code=2)
 
@@ -123,7 +125,7 @@ def test_unknown_model_lists_the_registry(capsys, tmp_path):
     from fitvision.models import list_models
 
     line = _fail(capsys, ["train", "--model", "resnet10", "--data", str(tmp_path / "nodata"), "--out",
-                          str(tmp_path / "r")])
+                          str(tmp_path / "r")], code=2)
     assert line == f"error: unknown model 'resnet10' (valid: {', '.join(list_models())}, or timm:NAME / torchvision:NAME)"
 
 
@@ -142,7 +144,7 @@ def test_unknown_model_lists_the_registry(capsys, tmp_path):
 ])
 def test_bad_option_values(capsys, tmp_path, flags, message):
     pytest.importorskip("fitvision.train.run")
-    line = _fail(capsys, ["train", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r")] + flags)
+    line = _fail(capsys, ["train", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r")] + flags, code=2)
     assert line.startswith(f"error: {message}")
     assert not (tmp_path / "r").exists()  # rejected before any work
 
@@ -159,7 +161,8 @@ def test_out_of_range_config_values_fail_before_any_work(capsys, tmp_path, confi
     pytest.importorskip("fitvision.train.run")
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps(config))
-    line = _fail(capsys, ["train", "--config", str(cfg), "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r")])
+    line = _fail(capsys, ["train", "--config", str(cfg), "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r")],
+                 code=2)
     assert line == f"error: {message}"
     assert not (tmp_path / "r").exists()
 
@@ -170,14 +173,14 @@ def test_unknown_config_key(capsys, tmp_path):
 
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"epochs": 1, "epochz": 3}))
-    line = _fail(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "r")])
+    line = _fail(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "r")], code=2)
     assert line == f"error: unknown config key 'epochz' (valid keys: {', '.join(sorted(field_names()))})"
 
 
 def test_datasets_show_errors(capsys, tmp_path):
     pytest.importorskip("fitvision.data.decode")
-    assert _fail(capsys, ["datasets", "show"]) == "error: 'fitvision datasets show' needs a dataset name or path"
-    assert _fail(capsys, ["datasets", "show", "cifar10", "--n", "0"]) == "error: --n must be at least 1, got 0"
+    assert _fail(capsys, ["datasets", "show"], code=2) == "error: 'fitvision datasets show' needs a dataset name or path"
+    assert _fail(capsys, ["datasets", "show", "cifar10", "--n", "0"], code=2) == "error: --n must be at least 1, got 0"
     assert _fail(capsys, ["datasets", "show", str(tmp_path / "nope"), "--out", str(tmp_path / "g.png")]) == (
         f"error: unknown dataset '{tmp_path / 'nope'}': not a catalog name (cifar10, cifar100, imagenette, "
         "imagewoof) nor an existing folder or archive")

@@ -54,7 +54,7 @@ def test_info_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert err.startswith("error: unknown dataset 'nope': not a catalog name (cifar10, cifar100, imagenette, "
                           "imagewoof) nor an existing folder or archive")
     assert err.count("\n") == 1
-    assert main(["datasets", "info"]) == 1
+    assert main(["datasets", "info"]) == 2  # a usage error
     assert capsys.readouterr().err == "error: 'fitvision datasets info' needs a dataset name or path\n"
 
 

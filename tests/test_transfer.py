@@ -306,7 +306,7 @@ def test_timm_model_errors_are_one_line(tmp_path, monkeypatch, capsys):
     common = ["--data", str(data), "--epochs", "1", "--device", "cpu"]
     _fake_timm(monkeypatch)
     assert main(["train", *common, "--model", "timm:tinynet", "--model-options", "drop=0.1",
-                 "--out", str(tmp_path / "a")]) == 1
+                 "--out", str(tmp_path / "a")]) == 2
     assert capsys.readouterr().err == ("error: model 'timm:tinynet' is built by its library as it is: "
                                        "model_options and width apply to fitvision's own models only\n")
     from fitvision.cli import build_parser, train_config_from_args
@@ -316,6 +316,6 @@ def test_timm_model_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert main(["train", *common, "--model", "timm:nosuchnet", "--out", str(tmp_path / "b")]) == 1
     assert capsys.readouterr().err == ("error: model 'timm:nosuchnet' could not be built with its pretrained "
                                        "weights by timm: RuntimeError: Unknown model (nosuchnet)\n")
-    assert main(["train", *common, "--model", "keras:resnet", "--out", str(tmp_path / "c")]) == 1
+    assert main(["train", *common, "--model", "keras:resnet", "--out", str(tmp_path / "c")]) == 2
     assert capsys.readouterr().err == "error: external model 'keras:resnet' must be timm:NAME or torchvision:NAME\n"
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()  # refused before any work

@@ -145,7 +145,7 @@ def test_random_module_state_untouched():
 def test_cli_bad_space_is_one_line_error(capsys):
     from fitvision.cli import main
 
-    assert main(["tune", "--trials", "2", "--space", "lr=1e-4..0.1:cubic"]) == 1
+    assert main(["tune", "--trials", "2", "--space", "lr=1e-4..0.1:cubic"]) == 2  # a usage error
     assert capsys.readouterr().err == ("error: search space entry 'lr=1e-4..0.1:cubic': "
                                        "unknown scale 'cubic' (valid: log, lin)\n")
 

@@ -1,7 +1,8 @@
 """Command-line interface: argparse subcommands that call library functions.
 
-Exit status: 0 success, 2 usage error (argparse), 1 any other failure with one
-``error: ...`` line on stderr (a traceback only when FITVISION_DEBUG=1).
+Exit status: 0 success; 2 usage error (argparse's, or a UsageError: options wrong in themselves,
+found before any work); 1 any other failure. Both failures print one ``error: ...`` line on
+stderr (a traceback only when FITVISION_DEBUG=1).
 Library modules are imported inside the handlers so `fitvision --help` is instant.
 """
 
@@ -14,7 +15,7 @@ import sys
 import traceback
 
 from fitvision import __version__
-from fitvision.errors import FitVisionError
+from fitvision.errors import FitVisionError, UsageError
 
 
 def _print_json(obj) -> None:
@@ -36,7 +37,7 @@ def cmd_datasets(args) -> int:
             print(f"{r['name']:<12} {r['description']:<{width}}  {where}")
         return 0
     if args.target is None:
-        raise FitVisionError(f"'fitvision datasets {args.action}' needs a dataset name or path")
+        raise UsageError(f"'fitvision datasets {args.action}' needs a dataset name or path")
     if args.action == "info":
         from fitvision.data.decode import dataset_info
 
@@ -50,6 +51,9 @@ def cmd_datasets(args) -> int:
         return 0
     if args.action == "show":
         from fitvision.report.plots import show_dataset
+
+        if args.n < 1:
+            raise UsageError(f"--n must be at least 1, got {args.n}")
 
         out = show_dataset(args.target, args.out or "batch.png", augment=args.augment, n=args.n, seed=args.seed,
                            storage_size=args.size)
@@ -119,7 +123,17 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def train_config_from_args(args):
-    """Recipe, then config file, then flags: later ones win."""
+    """Recipe, then config file, then flags: later ones win. Anything wrong with them is a
+    usage error (exit 2): nothing has been read or written yet."""
+    try:
+        return _train_config(args)
+    except UsageError:
+        raise
+    except FitVisionError as e:
+        raise UsageError(str(e)) from e
+
+
+def _train_config(args):
     from fitvision.config import load_config_file, updated, validate
     from fitvision.train.run import recipe_model_options, resolve_recipe
     from fitvision.train.transfer import is_external
@@ -146,7 +160,7 @@ def _refuse_resume_overrides(args) -> None:
     given += [flag for flag, dest, _ in _TRAIN_SWITCHES if dest != "resume" and getattr(args, dest) is not None]
     given += [flag for flag in ("--recipe", "--config") if getattr(args, flag[2:]) is not None]
     if given:
-        raise FitVisionError(f"--resume continues the run in --out exactly as its config.json says; drop "
+        raise UsageError(f"--resume continues the run in --out exactly as its config.json says; drop "
                              f"{', '.join(given)} (to train on with other settings, start a new run from its "
                              "weights with --init-from RUN)")
 
@@ -189,7 +203,7 @@ def cmd_predict(args) -> int:
     from fitvision.train.inference import predict_files
 
     if args.topk < 1:
-        raise FitVisionError(f"--topk must be at least 1, got {args.topk}")
+        raise UsageError(f"--topk must be at least 1, got {args.topk}")
     results = predict_files(args.run, args.images, topk=args.topk)
     failed = 0
     for r in results:
@@ -222,7 +236,12 @@ def cmd_tune(args) -> int:
 
     from fitvision.tune import format_params, parse_space, tune
 
-    space = parse_space(args.space)  # a syntax error should not wait for the recipe to resolve
+    try:
+        space = parse_space(args.space)  # a syntax error should not wait for the recipe to resolve
+    except FitVisionError as e:
+        raise UsageError(str(e)) from e
+    if args.trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {args.trials}")
     cfg, why = train_config_from_args(args)
     print(why)
     out = cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-tune"
@@ -322,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("FITVISION_DEBUG") == "1":
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -1,4 +1,4 @@
-"""The one exception type for problems a user can fix."""
+"""The exception types for problems a user can fix."""
 
 
 class FitVisionError(Exception):
@@ -7,3 +7,9 @@ class FitVisionError(Exception):
     The CLI prints it as a single ``error: ...`` line and exits with status 1;
     every other exception is a bug and keeps its traceback under FITVISION_DEBUG=1.
     """
+
+
+class UsageError(FitVisionError):
+    """A command line whose options are wrong in themselves (an unknown model, a negative epoch
+    count, a bad --config file), found before any work: the CLI exits with status 2, as for the
+    argument errors argparse finds itself."""
