@@ -199,3 +199,15 @@ def test_entry_point_error_line_and_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr == f"error: run directory not found: {missing}\n"
     assert proc.stdout == ""
+
+
+def test_data_warnings_are_one_plain_line(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("fitvision.data.decode")
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
+    for cls in ("a", "b"):
+        (tmp_path / "ds" / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "ds" / cls / "0.png")
+    (tmp_path / "ds" / "a" / "bad.png").write_bytes(b"no picture")
+    assert main(["datasets", "info", str(tmp_path / "ds")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: 1 unreadable image(s) in ") and ".py:" not in err[0]

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 
 from fitvision import __version__
 from fitvision.errors import FitVisionError, UsageError
@@ -335,6 +336,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    with warnings.catch_warnings():  # restores the default display on the way out
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line for a user, not Python's path:line and source line."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
+def _run(args) -> int:
     try:
         return args.func(args)
     except FitVisionError as e:
