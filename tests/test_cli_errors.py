@@ -211,3 +211,13 @@ def test_data_warnings_are_one_plain_line(capsys, tmp_path, monkeypatch):
     assert main(["datasets", "info", str(tmp_path / "ds")]) == 0
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("warning: 1 unreadable image(s) in ") and ".py:" not in err[0]
+
+
+def test_one_class_is_refused(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("fitvision.train.run")
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "ds" / "cat").mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(tmp_path / "ds" / "cat" / f"{i}.png")
+    line = _fail(capsys, ["train", "--data", str(tmp_path / "ds"), "--valid-pct", "0.25", "--out", str(tmp_path / "r")])
+    assert line == f"error: {tmp_path / 'ds'} has one class (cat); a classifier needs at least two class folders"

@@ -193,6 +193,9 @@ def build(cfg: TrainConfig, hooks: list[Hook] | None = None, progress: bool = Tr
     notes: list[str] = []
     ds = load_dataset(cfg.data, storage_size=cfg.storage_size, valid_pct=cfg.valid_pct, seed=cfg.seed,
                       resize_method=cfg.resize_method)
+    if len(ds.classes) < 2:  # it would "reach" 100% without learning anything
+        raise FitVisionError(f"{ds.location} has one class ({', '.join(ds.classes)}); a classifier needs at least "
+                             "two class folders")
     train_dl, valid_dl, valid_idx, (mean, std), size = _loaders(cfg, ds, device, notes)
     seed_everything(cfg.seed)  # the model's init draws the same numbers whatever the data code drew
     model, kwargs, params = _model(cfg, ds.classes, device, train_dl, valid_dl.transform, notes)
