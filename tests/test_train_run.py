@@ -124,7 +124,7 @@ def test_a_run_directory_is_never_overwritten(run, capsys):
     assert capsys.readouterr().err == f"error: cannot resume: {out / 'nope' / 'checkpoint.pt'} does not exist\n"
     # options beside --resume would be dropped silently (e.g. more epochs): refused, the run untouched
     summary = (out / "summary.json").read_text()
-    assert main(["train", "--resume", "--out", str(out), "--epochs", "3", "--lr", "0.5", "--tta"]) == 1
+    assert main(["train", "--resume", "--out", str(out), "--epochs", "3", "--lr", "0.5", "--tta"]) == 2
     assert capsys.readouterr().err == ("error: --resume continues the run in --out exactly as its config.json says; "
                                        "drop --epochs, --lr, --tta (to train on with other settings, start a new "
                                        "run from its weights with --init-from RUN)\n")
