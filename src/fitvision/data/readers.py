@@ -70,7 +70,8 @@ class Source:
             members = extract.list_members(path)
         self.files = [m.name for m in members if m.kind == "file"]
         # "." is the archive's own root (`tar czf x.tgz .` lists it as "./"), not a class folder
-        self.dirs = ({m.name for m in members if m.kind == "dir"} | {posixpath.dirname(f) for f in self.files}) - {".", ""}
+        listed = {m.name for m in members if m.kind == "dir"} | {posixpath.dirname(f) for f in self.files}
+        self.dirs = listed - {".", ""}
 
     def __str__(self) -> str:
         return str(self.path)
@@ -162,7 +163,7 @@ def folder_layout(source: Source) -> FolderLayout:
         classes=vocab.classes,
         train=[images[i] for i in train_idx], train_y=vocab.encode(train_labels),
         valid=[images[i] for i in valid_idx], valid_y=vocab.encode(valid_labels),
-        split=split, empty_classes=_empty_classes(dirs, prefix, class_roots, {str(p.parent) for p in rel}),
+        split=split, empty_classes=_empty_classes(dirs, prefix, class_roots, {str(a) for p in rel for a in p.parents}),
     )
 
 
