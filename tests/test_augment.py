@@ -251,6 +251,16 @@ def test_channel_stats_match_numpy_and_read_memmaps(tmp_path):
     assert np.allclose(mean, ref.mean(0), atol=1e-12) and np.allclose(std, ref.std(0), atol=1e-12)
 
 
+def test_a_constant_channel_gets_a_std_of_one_grey_level_not_zero():
+    images = np.zeros((4, 6, 6, 3), np.uint8)
+    images[..., 0] = np.arange(4).reshape(4, 1, 1) * 60  # red varies, green is all 100, blue all 0
+    images[..., 1] = 100
+    mean, std = A.channel_stats(images)
+    assert std[1] == std[2] == 1 / 255 and std[0] > 0.2
+    x = A.normalize(torch.from_numpy(images).permute(0, 3, 1, 2), mean, std)
+    assert torch.isfinite(x).all() and float(x[:, 1:].abs().max()) < 1e-4  # was NaN: 0 / 0
+
+
 def test_channel_stats_rejects_empty():
     with pytest.raises(FitVisionError, match="empty training split"):
         A.channel_stats(np.zeros((0, 4, 4, 3), np.uint8))

@@ -460,7 +460,9 @@ def channel_stats(images, chunk_pixels: int = 1 << 21) -> tuple[tuple[float, ...
         total[1] += (ones @ values.square_())[0]
     count = n * int(np.prod(images.shape[1:-1]))
     mean = total[0] / count
-    std = (total[1] / count - mean**2).clamp_min(0).sqrt()
+    # At least one grey level: a channel that never varies (a blue channel all 0, a grey dataset
+    # stored as RGB) would otherwise be divided by 0, and every loss would be NaN from batch 0.
+    std = (total[1] / count - mean**2).clamp_min(0).sqrt().clamp_min(1.0)
     return tuple((mean / 255).tolist()), tuple((std / 255).tolist())
 
 
