@@ -221,3 +221,18 @@ def test_one_class_is_refused(capsys, tmp_path, monkeypatch):
         Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(tmp_path / "ds" / "cat" / f"{i}.png")
     line = _fail(capsys, ["train", "--data", str(tmp_path / "ds"), "--valid-pct", "0.25", "--out", str(tmp_path / "r")])
     assert line == f"error: {tmp_path / 'ds'} has one class (cat); a classifier needs at least two class folders"
+
+
+def test_train_warns_once_about_skipped_images(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("fitvision.train.run")
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
+    for split, n in (("train", 4), ("valid", 2)):
+        for c, cls in enumerate(("a", "b")):
+            (tmp_path / "ds" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (16, 16), (c * 200, i * 40, 0)).save(tmp_path / "ds" / split / cls / f"{i}.png")
+    (tmp_path / "ds" / "train" / "a" / "bad.png").write_bytes(b"no picture")
+    assert main(["train", "--data", str(tmp_path / "ds"), "--recipe", "general", "--model", "cnn", "--width", "0.25",
+                 "--epochs", "1", "--bs", "4", "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("unreadable image(s)") == 1, err  # the report's reload of the data does not repeat it

@@ -12,6 +12,7 @@ import datetime
 import html
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -131,11 +132,16 @@ def _render_mistakes(run_dir: Path, preds: dict, meta: dict, dataset) -> str | N
     if dataset is None:
         try:
             from fitvision.data.decode import load_dataset
+            from fitvision.data.readers import DataWarning
 
-            # the split train_run evaluated on: its data, decode size, valid_pct and seed
-            dataset = load_dataset(config["data"], storage_size=int(config.get("storage_size", meta["storage_size"])),
-                                   valid_pct=float(config.get("valid_pct", 0.0)), seed=int(config.get("seed", 0)),
-                                   resize_method=str(meta.get("resize_method", "crop")))
+            # the split train_run evaluated on: its data, decode size, valid_pct and seed. Its data
+            # warnings (skipped images) were given when the run loaded it: not again for a picture.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DataWarning)
+                dataset = load_dataset(config["data"],
+                                       storage_size=int(config.get("storage_size", meta["storage_size"])),
+                                       valid_pct=float(config.get("valid_pct", 0.0)), seed=int(config.get("seed", 0)),
+                                       resize_method=str(meta.get("resize_method", "crop")))
         except (FitVisionError, KeyError, OSError) as e:
             return f"Mistakes grid not drawn: the validation images are not available here ({e})."
     indices = preds["indices"][pick]
