@@ -257,7 +257,7 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_checkpoint(tmp_path):
     with pytest.raises(FitVisionError) as e:
         learn.fit(3)
     assert str(e.value) == ("the loss became nan at epoch 1, batch 3 (lr 0.01): training diverged; lower the "
-                            "learning rate (--lr) and train again (the last checkpoint is intact)")
+                            "learning rate (--lr) and train again (a checkpoint written before it is intact)")
     state = load_checkpoint(ckpt)
     assert state["state"]["step"] == 9 and len(state["state"]["history"]) == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

@@ -273,7 +273,7 @@ class Learner:
                 raise FitVisionError(
                     f"the loss became {loss} at epoch {row['epoch']}, batch {batch}"
                     f" (lr {row['lr']:.3g}): training diverged; lower the learning rate (--lr) and train again"
-                    " (the last checkpoint is intact)")
+                    " (a checkpoint written before it is intact)")
             self.state.batches.append({**row, "loss": loss})
 
     def _end_epoch(self) -> None:
