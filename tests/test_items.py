@@ -92,6 +92,8 @@ def test_vocab_built_on_train_applied_to_valid():
     open_vocab = Vocab(["dog", "cat"], unknown=True)
     assert open_vocab.classes == ["cat", "dog", "unknown"]
     assert open_vocab.encode(["fish", "dog"]).tolist() == [2, 1]
+    # a training label that is itself "unknown" is that same last class, not sorted in the middle
+    assert Vocab(["a", "zebra", "unknown"], unknown=True).classes == ["a", "zebra", "unknown"]
 
 
 def test_custom_dataset_in_a_few_lines(tmp_path):

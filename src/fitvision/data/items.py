@@ -177,8 +177,8 @@ class Vocab:
     def __init__(self, train_labels: Iterable[str], unknown: bool = False):
         classes = sorted(set(train_labels))
         self.unknown = unknown
-        if unknown and self.UNKNOWN not in classes:
-            classes.append(self.UNKNOWN)
+        if unknown:  # last, even when a training label is itself "unknown" (then the two are one class)
+            classes = [c for c in classes if c != self.UNKNOWN] + [self.UNKNOWN]
         self.classes: list[str] = classes
         self._index = {c: i for i, c in enumerate(classes)}
 
