@@ -339,3 +339,14 @@ def test_pipeline_without_stats_scales_to_unit_range_and_keeps_dtype_request():
     x = _batch()
     out = A.Pipeline([], dtype=torch.bfloat16)(x)
     assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), x.float() / 255, atol=4e-3)
+
+
+def test_impossible_crop_arguments_are_named_and_empty_batches_pass():
+    x = _batch(n=2).float()
+    with pytest.raises(FitVisionError, match=r"^random_crop: a 48x48 crop does not fit a \d+x\d+ image padded by 4$"):
+        A.random_crop(x, _gen(), padding=4, size=48)
+    with pytest.raises(FitVisionError, match=r"^random_resized_crop needs 0 < scale\[0\] <= scale\[1\] <= 1"):
+        A.random_resized_crop(x, _gen(), scale=(0.5, 0.1))
+    empty = _batch(n=2)[:0]
+    assert A.alternating_flip(empty, _gen(), epoch=1).shape == empty.shape
+    assert A.train_pipeline("crop_flip_alt", 0, (0.5,) * 3, (0.25,) * 3)(empty, _gen()).shape == (0, 3, *empty.shape[2:])

@@ -115,6 +115,8 @@ def random_crop(x, generator=None, *, padding: int = 4, padding_mode: str = "ref
     """Pad, then crop each sample at a random offset (seed: RandomCrop(32, padding=4, reflect))."""
     B, _, H, W = x.shape
     oh, ow = _pair(size) if size is not None else (H, W)
+    if oh > H + 2 * padding or ow > W + 2 * padding:
+        raise FitVisionError(f"random_crop: a {oh}x{ow} crop does not fit a {H}x{W} image padded by {padding}")
     xp = pad(x, padding, padding_mode)
     top = torch.randint(0, xp.shape[2] - oh + 1, (B,), generator=generator, device=x.device)
     left = torch.randint(0, xp.shape[3] - ow + 1, (B,), generator=generator, device=x.device)
@@ -153,7 +155,7 @@ def image_bits(x: torch.Tensor) -> torch.Tensor:
 
     The same image gives the same bit in every epoch without the loader passing indices.
     """
-    total = x.reshape(x.shape[0], -1).sum(1, dtype=torch.int64)  # < 2**35 for any sane image
+    total = x.flatten(1).sum(1, dtype=torch.int64)  # < 2**35 for any sane image; flatten: also 0 images
     return ((total * 2654435761) >> 17) & 1 == 1  # Knuth's multiplicative hash, a middle bit
 
 
@@ -339,6 +341,9 @@ def random_resized_crop(x, generator=None, *, size=None, scale=(0.08, 1.0), rati
     folds into the grid for free."""
     B, _, H, W = x.shape
     oh, ow = _pair(size) if size else (H, W)
+    if not (0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]):
+        raise FitVisionError(f"random_resized_crop needs 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], "
+                             f"got scale={tuple(scale)}, ratio={tuple(ratio)}")
     top, left, h, w = rrc_boxes(generator, B, x.device, H, W, scale, ratio)
     flip = torch.where(_coin(generator, B, x.device, flip_p), -1.0, 1.0)
     # The grid is separable: x depends on the column only, y on the row only.
