@@ -52,6 +52,20 @@ def test_one_cycle_matches_torch_at_every_step(pct_start):
     assert max(lrs) == pytest.approx(MAX_LR) and lrs[-1] == pytest.approx(MAX_LR / 25 / 1e4)
 
 
+@pytest.mark.parametrize("n", [2, 3, 7])  # pct_start * n < 1: torch's warm-up ends before batch 0
+def test_one_cycle_matches_torch_on_very_short_runs(n):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=MAX_LR, momentum=0.9)
+    ref = torch.optim.lr_scheduler.OneCycleLR(opt, MAX_LR, total_steps=n, pct_start=0.1)
+    sched = one_cycle(MAX_LR, pct_start=0.1, total_steps=n)
+    for i in range(n):
+        group = opt.param_groups[0]
+        assert sched["lr"](step_pos(i, n)) == pytest.approx(group["lr"], rel=1e-12)
+        assert sched["mom"](step_pos(i, n)) == pytest.approx(group["momentum"], rel=1e-12)
+        opt.step()
+        if i < n - 1:
+            ref.step()
+
+
 def test_one_cycle_momentum_matches_torch_sgd_too():
     n = EPOCHS * STEPS_PER_EPOCH
     _, ref_mom = torch_one_cycle(0.25, opt_cls=lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9))

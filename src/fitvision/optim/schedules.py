@@ -123,11 +123,19 @@ def one_cycle(
     initial = max_lr / div_factor
     pct = pct_start
     if total_steps is not None and total_steps > 1:
-        pct = max(0.0, (pct_start * total_steps - 1) / (total_steps - 1))  # < 0 when pct_start * n < 1
+        pct = (pct_start * total_steps - 1) / (total_steps - 1)
+    down_lr, down_mom = sched_cos(max_lr, initial / final_div_factor), sched_cos(moms[1], moms[2])
+    if pct < 0:  # pct_start * n < 1: in torch the warm-up ends before batch 0, already on the way down
+        return {"lr": partial(_from, pct, down_lr), "mom": partial(_from, pct, down_mom)}
     phases = [pct, 1 - pct]
-    lr = combine_scheds(phases, [sched_cos(initial, max_lr), sched_cos(max_lr, initial / final_div_factor)])
-    mom = combine_scheds(phases, [sched_cos(moms[0], moms[1]), sched_cos(moms[1], moms[2])])
+    lr = combine_scheds(phases, [sched_cos(initial, max_lr), down_lr])
+    mom = combine_scheds(phases, [sched_cos(moms[0], moms[1]), down_mom])
     return {"lr": lr, "mom": mom}
+
+
+def _from(start: float, sched: Schedule, pos: float) -> float:
+    """sched over positions start..1 (start < 0: the run begins part-way through it)."""
+    return sched((pos - start) / (1 - start))
 
 
 def one_cycle_linear(max_lr: float, pct_start: float, div_factor: float, final_div_factor: float) -> Schedule:
