@@ -55,7 +55,6 @@ def cmd_datasets(args) -> int:
 
         if args.n < 1:
             raise UsageError(f"--n must be at least 1, got {args.n}")
-
         out = show_dataset(args.target, args.out or "batch.png", augment=args.augment, n=args.n, seed=args.seed,
                            storage_size=args.size)
         print(f"wrote {out}")
@@ -162,8 +161,8 @@ def _refuse_resume_overrides(args) -> None:
     given += [flag for flag in ("--recipe", "--config") if getattr(args, flag[2:]) is not None]
     if given:
         raise UsageError(f"--resume continues the run in --out exactly as its config.json says; drop "
-                             f"{', '.join(given)} (to train on with other settings, start a new run from its "
-                             "weights with --init-from RUN)")
+                         f"{', '.join(given)} (to train on with other settings, start a new run from its "
+                         "weights with --init-from RUN)")
 
 
 def cmd_train(args) -> int:
