@@ -236,3 +236,28 @@ def test_train_warns_once_about_skipped_images(capsys, tmp_path, monkeypatch):
                  "--epochs", "1", "--bs", "4", "--out", str(tmp_path / "r")]) == 0
     err = capsys.readouterr().err
     assert err.count("unreadable image(s)") == 1, err  # the report's reload of the data does not repeat it
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_ctrl_c_during_training_says_how_to_go_on(capsys, tmp_path, monkeypatch, checkpointed):
+    pytest.importorskip("fitvision.train.run")
+    from fitvision.train.learner import Learner
+
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
+    for c, cls in enumerate(("a", "b")):
+        for split, n in (("train", 4), ("valid", 2)):
+            (tmp_path / "ds" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (16, 16), (c * 200, i * 40, 90)).save(tmp_path / "ds" / split / cls / f"{i}.png")
+    out = tmp_path / "r"
+
+    def interrupted_fit(self, *args, **kwargs):
+        if checkpointed:  # as after a finished epoch
+            (out / "checkpoint.pt").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Learner, "fit", interrupted_fit)
+    line = _fail(capsys, ["train", "--data", str(tmp_path / "ds"), "--recipe", "general", "--model", "cnn",
+                          "--width", "0.25", "--epochs", "1", "--out", str(out)], code=130)
+    assert line == ("error: interrupted; " + (f"continue with: fitvision train --resume --out {out}" if checkpointed
+                                              else f"no epoch finished, nothing to resume; train into {out} again"))

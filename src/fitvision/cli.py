@@ -353,8 +353,8 @@ def _run(args) -> int:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print("error: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130
     except BrokenPipeError:
         # `fitvision predict ... | head`: the reader left; not an error. Point stdout at devnull

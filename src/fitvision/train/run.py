@@ -362,8 +362,13 @@ def train_run(cfg: TrainConfig) -> Path:
     from fitvision.optim.schedules import create_schedule
 
     total = max(1, round(cfg.epochs * len(learn.train_dl)))
-    learn.fit(cfg.epochs, create_schedule(s.cfg, total_steps=total),
-              resume_from=run_dir / CHECKPOINT if cfg.resume else None)
+    try:
+        learn.fit(cfg.epochs, create_schedule(s.cfg, total_steps=total),
+                  resume_from=run_dir / CHECKPOINT if cfg.resume else None)
+    except KeyboardInterrupt:  # Ctrl-C: say how to go on (the CLI prints it on its one line)
+        raise KeyboardInterrupt(f"continue with: fitvision train --resume --out {run_dir}"
+                                if (run_dir / CHECKPOINT).is_file() else
+                                f"no epoch finished, nothing to resume; train into {run_dir} again") from None
     summary = _finish(s, run_dir)
     from fitvision.report.html import write_report
 
