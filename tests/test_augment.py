@@ -347,6 +347,9 @@ def test_impossible_crop_arguments_are_named_and_empty_batches_pass():
         A.random_crop(x, _gen(), padding=4, size=48)
     with pytest.raises(FitVisionError, match=r"^random_resized_crop needs 0 < scale\[0\] <= scale\[1\] <= 1"):
         A.random_resized_crop(x, _gen(), scale=(0.5, 0.1))
+    with pytest.raises(FitVisionError, match=r"^cutout fill must be a pixel value in 0\.\.255 for uint8 images, "
+                                             r"got 300$"):
+        A.cutout(_batch(n=2), _gen(), fill=300)
     empty = _batch(n=2)[:0]
     assert A.alternating_flip(empty, _gen(), epoch=1).shape == empty.shape
     assert A.train_pipeline("crop_flip_alt", 0, (0.5,) * 3, (0.25,) * 3)(empty, _gen()).shape == (0, 3, *empty.shape[2:])

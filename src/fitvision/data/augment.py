@@ -183,6 +183,8 @@ def dihedral(x, generator=None, *, p: float = 1.0):
 def cutout(x, generator=None, *, size: int = 8, fill: float = 0.0):
     """Fill one size x size square per sample (centre uniform over the image; may be clipped)."""
     B, _, H, W = x.shape
+    if x.dtype == torch.uint8 and not 0 <= fill <= 255:
+        raise FitVisionError(f"cutout fill must be a pixel value in 0..255 for uint8 images, got {fill}")
     cy = torch.randint(0, H, (B, 1, 1, 1), generator=generator, device=x.device)
     cx = torch.randint(0, W, (B, 1, 1, 1), generator=generator, device=x.device)
     ys = torch.arange(H, device=x.device).view(1, 1, H, 1)
