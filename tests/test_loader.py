@@ -45,6 +45,8 @@ def test_drop_last_and_len():
     assert len(DeviceLoader(x, y, 16, drop_last=False)) == 4
     assert len(DeviceLoader(x, y, 10, drop_last=True)) == 5
     assert len(_seen(DeviceLoader(x, y, 16, shuffle=True, drop_last=True))) == 48
+    empty = DeviceLoader(x[:0], y[:0], 16, shuffle=True)  # no images: no batches, no error
+    assert len(empty) == 0 and list(empty) == []
 
 
 def test_permutation_is_deterministic_per_seed_and_epoch_and_resumable():

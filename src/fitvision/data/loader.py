@@ -78,9 +78,9 @@ class DeviceLoader:
         self.seed, self.transform = seed, transform
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        # The NHWC rows of the images: one gather copies whole images as contiguous blocks.
-        n = self.images.shape[0]
-        self._rows = self.images.permute(0, 2, 3, 1).reshape(n, -1)
+        # The NHWC rows of the images: one gather copies whole images as contiguous blocks
+        # (flatten, not reshape(n, -1): that cannot size a batch of 0 images).
+        self._rows = self.images.permute(0, 2, 3, 1).flatten(1)
 
     # ------------------------------------------------------------------ order
     def set_epoch(self, epoch: int) -> None:
