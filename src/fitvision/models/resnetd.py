@@ -188,7 +188,7 @@ class ResNetD(ImageClassifier):
         return self.stages(self.stem(x))
 
 
-def _resnetd(blocks, expansion, num_classes, in_channels, width, dropout, act, blur, sa, groups=1, se=0) -> ResNetD:
+def _resnetd(blocks, expansion, num_classes, in_channels, width, dropout, act, blur, sa, groups, se) -> ResNetD:
     return ResNetD(num_classes, in_channels, blocks, tuple(scaled(c, width) for c in (64, 128, 256, 512)),
                    tuple(scaled(c, width) for c in (32, 32, 64)), expansion, dropout, act, blur, sa, groups, se)
 

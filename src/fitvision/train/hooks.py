@@ -9,7 +9,6 @@ A hook stops training by setting ``state.stop``.
 from __future__ import annotations
 
 import math
-
 import sys
 import time
 from dataclasses import dataclass, field
