@@ -221,6 +221,17 @@ def test_one_class_is_refused(capsys, tmp_path, monkeypatch):
         Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(tmp_path / "ds" / "cat" / f"{i}.png")
     line = _fail(capsys, ["train", "--data", str(tmp_path / "ds"), "--valid-pct", "0.25", "--out", str(tmp_path / "r")])
     assert line == f"error: {tmp_path / 'ds'} has one class (cat); a classifier needs at least two class folders"
+    assert not (tmp_path / "r").exists()  # a start that fails leaves no half-made run directory behind
+    monkeypatch.chdir(tmp_path)  # nor, without --out, a stray runs/<stamp>-model folder
+    _fail(capsys, ["train", "--data", str(tmp_path / "ds"), "--valid-pct", "0.25"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_out_that_is_a_file(capsys, tmp_path):
+    pytest.importorskip("fitvision.train.run")
+    (tmp_path / "r").write_text("notes")
+    line = _fail(capsys, ["train", "--epochs", "1", "--out", str(tmp_path / "r")])
+    assert line == f"error: --out {tmp_path / 'r'} is a file, not a folder for the run"
 
 
 def test_train_warns_once_about_skipped_images(capsys, tmp_path, monkeypatch):

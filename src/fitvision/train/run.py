@@ -279,7 +279,9 @@ def write_tables(run_dir: Path, state: TrainState) -> None:
 
 
 def _prepare_run_dir(cfg: TrainConfig) -> tuple[TrainConfig, Path]:
-    """The run directory, created; on --resume the run's own config.json replaces cfg."""
+    """The run directory, checked but not yet created (``_create_run_dir`` does that once the
+    setup has worked, so a failed start leaves no half-made run behind); on --resume the run's
+    own config.json replaces cfg."""
     if cfg.resume:
         if not cfg.out:
             raise FitVisionError("--resume needs --out RUN: the run directory to continue")
@@ -291,10 +293,15 @@ def _prepare_run_dir(cfg: TrainConfig) -> tuple[TrainConfig, Path]:
     run_dir = Path(cfg.out) if cfg.out else default_out(cfg)
     if (run_dir / CHECKPOINT).exists() or (run_dir / "model.json").exists():
         raise FitVisionError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = dataclasses.replace(cfg, out=str(run_dir))
-    cfg.save(run_dir / "config.json")
-    return cfg, run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FitVisionError(f"--out {run_dir} is a file, not a folder for the run")
+    return dataclasses.replace(cfg, out=str(run_dir)), run_dir
+
+
+def _create_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
+    if not cfg.resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
 
 
 def _epochs_done(state: TrainState) -> float | int:
@@ -347,6 +354,7 @@ def train_run(cfg: TrainConfig) -> Path:
 
     cfg, run_dir = _prepare_run_dir(cfg)
     s = build(cfg)
+    _create_run_dir(cfg, run_dir)
     learn = s.learn
     if learn.device.type == "cpu":
         keep_freed_memory()
@@ -384,8 +392,8 @@ def lr_find_run(cfg: TrainConfig) -> Path:
     from fitvision.train.lr_find import plot_lr_find
 
     run_dir = Path(cfg.out) if cfg.out else default_out(cfg, kind="lr_find-")
-    run_dir.mkdir(parents=True, exist_ok=True)
     s = build(cfg, progress=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
     for line in describe(s):
         print(line)
     result = s.learn.lr_find()
