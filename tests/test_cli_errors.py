@@ -227,6 +227,21 @@ def test_one_class_is_refused(capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+def test_too_small_size_is_one_line_before_any_run_directory(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("fitvision.train.run")
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
+    for c, cls in enumerate(("a", "b")):
+        (tmp_path / "ds" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (16, 16), (c * 200, i * 40, 0)).save(tmp_path / "ds" / cls / f"{i}.png")
+    line = _fail(capsys, ["train", "--data", str(tmp_path / "ds"), "--valid-pct", "0.25", "--model", "speednet",
+                          "--size", "7", "--out", str(tmp_path / "r")])
+    # The reason in brackets is torch's own first line (its wording varies across torch versions).
+    assert line.startswith("error: speednet cannot train on 7x7 px images (") and "too small" in line
+    assert line.endswith("); use a larger --size")
+    assert not (tmp_path / "r").exists()
+
+
 def test_out_that_is_a_file(capsys, tmp_path):
     pytest.importorskip("fitvision.train.run")
     (tmp_path / "r").write_text("notes")

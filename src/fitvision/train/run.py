@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from fitvision import __version__
 from fitvision.config import RECIPES, TrainConfig, get_recipe, parse_model_options, updated
@@ -151,7 +152,7 @@ def _loaders(cfg: TrainConfig, ds, device: torch.device, notes: list[str]):
     return train_dl, valid_dl, valid_idx, (list(mean), list(std)), size
 
 
-def _model(cfg: TrainConfig, classes: list[str], device: torch.device, train_dl, valid_transform,
+def _model(cfg: TrainConfig, classes: list[str], device: torch.device, train_dl, valid_transform, size: int,
            notes: list[str]):
     from fitvision.models import count_params, create_model, lsuv_init
 
@@ -163,6 +164,8 @@ def _model(cfg: TrainConfig, classes: list[str], device: torch.device, train_dl,
         kwargs = {"num_classes": len(classes), "in_channels": 3, "width": cfg.width,
                   **parse_model_options(cfg.model_options)}
         model = create_model(cfg.model, **kwargs).to(device)
+    smallest = min(size, cfg.progressive_size) if cfg.progressive_size and cfg.progressive_epochs else size
+    _check_input_size(model, cfg.model, smallest, device)
     if cfg.init == "lsuv":
         batch = train_dl.transform(train_dl.images[: cfg.bs])  # one augmented batch, as training sees it
         lsuv_init(model, batch)
@@ -183,6 +186,23 @@ def _model(cfg: TrainConfig, classes: list[str], device: torch.device, train_dl,
     return model, kwargs, count_params(model)
 
 
+@torch.no_grad()
+def _check_input_size(model: nn.Module, name: str, size: int, device: torch.device) -> None:
+    """One forward pass of two blank images at the smallest size training will use, in eval mode
+    (no BatchNorm statistics move, nothing random is drawn): a net that pools a small image down
+    to nothing fails here, before any run directory exists, instead of in the first batch."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(2, 3, size, size, device=device))
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FitVisionError(f"{name} cannot train on {size}x{size} px images ({reason}); "
+                             "use a larger --size") from None
+    finally:
+        model.train(was_training)
+
+
 def build(cfg: TrainConfig, hooks: list[Hook] | None = None, progress: bool = True) -> Setup:
     """Data, loaders, model and Learner for cfg; every random draw follows cfg.seed."""
     from fitvision.data.decode import load_dataset
@@ -198,7 +218,7 @@ def build(cfg: TrainConfig, hooks: list[Hook] | None = None, progress: bool = Tr
                              "two class folders")
     train_dl, valid_dl, valid_idx, (mean, std), size = _loaders(cfg, ds, device, notes)
     seed_everything(cfg.seed)  # the model's init draws the same numbers whatever the data code drew
-    model, kwargs, params = _model(cfg, ds.classes, device, train_dl, valid_dl.transform, notes)
+    model, kwargs, params = _model(cfg, ds.classes, device, train_dl, valid_dl.transform, size, notes)
     learn = Learner.from_config(cfg, model, train_dl, valid_dl, hooks=hooks or [], progress=progress)
     if cfg.stem_bias_epochs:
         stem = getattr(model, "stem_bias", None)
