@@ -104,3 +104,12 @@ def test_custom_dataset_in_a_few_lines(tmp_path):
     vocab = Vocab([label(f) for f in train])
     assert len(train) == 3 and len(valid) == 2
     assert set(vocab.decode(vocab.encode([label(f) for f in train]))) <= {"beagle", "pug"}
+
+
+def test_get_files_follows_symlinked_folders_without_looping(tmp_path):
+    _touch(tmp_path / "elsewhere", "dogs/a.jpg", "dogs/b.jpg")
+    _touch(tmp_path / "data", "cat/c.jpg")
+    (tmp_path / "data" / "dog").symlink_to(tmp_path / "elsewhere" / "dogs")  # a class folder linked in
+    (tmp_path / "data" / "cat" / "up").symlink_to(tmp_path / "data")  # a link back up its own path
+    rel = [p.relative_to(tmp_path / "data").as_posix() for p in get_files(tmp_path / "data")]
+    assert rel == ["cat/c.jpg", "dog/a.jpg", "dog/b.jpg"]  # before the fix: the dog images were left out

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fitvision.data.items import walk
 from fitvision.data.sources import cache_dir
 
 FORMAT_VERSION = 1  # bump when the decode changes, so old caches are not reused
@@ -32,7 +33,7 @@ def fingerprint(source: Path) -> dict:
         st = source.stat()
         return {"path": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     digest = hashlib.sha256()
-    for folder, dirs, files in sorted(os.walk(source)):
+    for folder, dirs, files in sorted(walk(source)):  # symlinked folders too: they are read as data
         dirs.sort()
         for name in sorted(files):
             st = os.stat(os.path.join(folder, name))

@@ -33,6 +33,24 @@ Labeller = Callable[[PurePath], str]
 
 
 # --------------------------------------------------------------------------- files
+def walk(top):
+    """os.walk that also enters symlinked folders: a class folder linked in from elsewhere is
+    data, and os.walk would leave it out without a word. A link back to a folder on its own
+    path (`cat/up -> ..`) is not entered, so the walk cannot loop."""
+    top = os.fspath(top)
+    chains = {top: frozenset({os.path.realpath(top)})}  # each folder's real path and its ancestors'
+    for folder, dirs, files in os.walk(top, followlinks=True):
+        chain = chains.pop(folder, frozenset())
+        kept = []
+        for d in dirs:
+            real = os.path.realpath(os.path.join(folder, d))
+            if real not in chain:
+                kept.append(d)
+                chains[os.path.join(folder, d)] = chain | {real}
+        dirs[:] = kept
+        yield folder, dirs, files
+
+
 def _keep(name: str, extensions: frozenset[str] | None) -> bool:
     # Hidden files are editor/OS litter (".DS_Store", "._x.jpg" from macOS zips), never data.
     if name.startswith("."):
@@ -45,8 +63,8 @@ def get_files(path, extensions: Iterable[str] | None = IMAGE_EXTENSIONS, recurse
     """Files under `path` whose extension (case-insensitive) is in `extensions`, sorted.
 
     extensions=None keeps every file. `include` limits the first level of folders
-    (e.g. ["train", "valid"]). Hidden files and folders are skipped. os.walk/os.scandir
-    because they are much faster than glob on 10^5 files.
+    (e.g. ["train", "valid"]). Hidden files and folders are skipped; symlinked folders are
+    followed. os.walk/os.scandir because they are much faster than glob on 10^5 files.
     """
     path = Path(path)
     if not path.is_dir():
@@ -59,7 +77,7 @@ def get_files(path, extensions: Iterable[str] | None = IMAGE_EXTENSIONS, recurse
         return sorted(path / e.name for e in os.scandir(path) if e.is_file() and _keep(e.name, exts))
     include = None if include is None else set(include)
     found: list[Path] = []
-    for i, (folder, dirs, files) in enumerate(os.walk(path)):
+    for i, (folder, dirs, files) in enumerate(walk(path)):
         if i == 0 and include is not None:
             dirs[:] = [d for d in dirs if d in include]
         else:
