@@ -355,3 +355,15 @@ def test_symlinked_class_folder_is_read(tmp_path):
     assert ds.classes == ["cat", "dog"] and list(ds.train_y) == [0, 0, 1, 1]
     _save(tmp_path / "elsewhere" / "dogs" / "2.png", _rgb(8, 8))  # the linked folder is part of the cache key
     assert len(load_dataset(tmp_path / "data").train_y) == 5
+
+
+def test_dangling_symlink_is_skipped_like_an_unreadable_image(tmp_path):
+    for cls in ("a", "b"):
+        for i in range(2):
+            _save(tmp_path / "data" / cls / f"{i}.png", _rgb(8, 8))
+    (tmp_path / "data" / "a" / "gone.png").symlink_to(tmp_path / "moved-away.png")
+    # before the fix: FileNotFoundError out of the cache key, a bug's one-line error
+    with pytest.warns(DataWarning, match=r"^1 unreadable image\(s\) in .*data skipped: a/gone\.png "
+                                         r"\(FileNotFoundError: .*gone\.png'\)$"):
+        ds = load_dataset(tmp_path / "data")
+    assert len(ds.train_y) == 4
