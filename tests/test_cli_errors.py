@@ -227,6 +227,21 @@ def test_one_class_is_refused(capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("pct, counts", [("0.9", "0 training and 4 validation"), ("0.1", "4 training and 0 validation")])
+def test_valid_pct_that_empties_a_side_says_so(capsys, tmp_path, monkeypatch, pct, counts):
+    pytest.importorskip("fitvision.train.run")
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
+    for c, cls in enumerate(("a", "b")):
+        (tmp_path / "ds" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (c * 200, i * 40, 0)).save(tmp_path / "ds" / cls / f"{i}.png")
+    line = _fail(capsys, ["train", "--data", str(tmp_path / "ds"), "--valid-pct", pct, "--out", str(tmp_path / "r")])
+    # before the fix the hint was "(unsplit data: pass --valid-pct)", which had been passed
+    assert line == (f"error: ds has {counts} images; both are needed (--valid-pct {pct} of 4 images leaves one "
+                    "side empty; choose a fraction that leaves images on both)")
+    assert not (tmp_path / "r").exists()
+
+
 def test_too_small_size_is_one_line_before_any_run_directory(capsys, tmp_path, monkeypatch):
     pytest.importorskip("fitvision.train.run")
     monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
