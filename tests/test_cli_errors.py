@@ -100,6 +100,24 @@ def test_unreadable_image_is_one_error_line_and_the_others_are_predicted(capsys,
     assert abs(sum(p["prob"] for p in results[0]["top"]) - 1.0) < 1e-5  # 3 classes, top 3
 
 
+def test_predict_a_folder_predicts_the_images_in_it(capsys, tmp_path, tiny_run):
+    pytest.importorskip("fitvision.data.augment")
+    for name in ("b/2.png", "a/1.PNG", "a/notes.txt"):
+        (tmp_path / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith("txt"):
+            (tmp_path / "imgs" / name).write_text("not an image, and not listed")
+        else:
+            Image.new("RGB", (20, 20), (10, 200, 30)).save(tmp_path / "imgs" / name, format="PNG")
+    (tmp_path / "empty").mkdir()
+    # before the fix: "error: cannot read image ...imgs: [Errno 21] Is a directory: ..."
+    rc = main(["predict", str(tiny_run), str(tmp_path / "imgs"), str(tmp_path / "empty"), "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert err == f"error: no images in folder {tmp_path / 'empty'}\n"
+    assert [r["file"] for r in json.loads(out)] == [str(tmp_path / "imgs" / "a" / "1.PNG"),
+                                                    str(tmp_path / "imgs" / "b" / "2.png")]
+
+
 def test_predict_bad_topk(capsys, tiny_run, tmp_path):
     line = _fail(capsys, ["predict", str(tiny_run), "x.png", "--topk", "0"], code=2)
     assert line == "error: --topk must be at least 1, got 0"
