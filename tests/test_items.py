@@ -1,5 +1,6 @@
 """The data-block API: files, splitters, labellers, Vocab."""
 
+import re
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -78,6 +79,23 @@ def test_regex_and_func_labellers():
     with pytest.raises(FitVisionError, match="needs a pattern with one group"):
         regex_labeller(r"\d+")
     assert func_labeller(lambda p: len(p.name))(PurePosixPath("a/abc")) == "3"
+
+
+def test_labellers_refuse_what_would_be_a_none_label():
+    # before: re.error out of re.compile; a "None" label; a class named "None"
+    with pytest.raises(FitVisionError, match=r"^regex_labeller: bad pattern '\(\[' \(.+ at position \d+\)$"):
+        regex_labeller("([")
+    optional_pattern = r"^([a-z]+_)?\d+\.jpg$"
+    optional = regex_labeller(optional_pattern)
+    assert optional(PurePosixPath("cat_1.jpg")) == "cat_"
+    expected = f"regex {optional_pattern!r} does not match file name '2.jpg' with its first group"
+    with pytest.raises(FitVisionError, match="^" + re.escape(expected) + "$"):
+        optional(PurePosixPath("2.jpg"))
+    label = func_labeller(lambda p: {"a.jpg": "cat"}.get(p.name))
+    assert label(PurePosixPath("x/a.jpg")) == "cat"
+    with pytest.raises(FitVisionError, match=r"^the labelling function returned None for 'x/b\.jpg'; leave such "
+                                             r"files out before labelling \(e\.g\. with func_splitter returning None\)$"):
+        label(PurePosixPath("x/b.jpg"))
 
 
 def test_vocab_built_on_train_applied_to_valid():

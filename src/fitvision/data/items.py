@@ -162,22 +162,34 @@ def parent_labeller(item: PurePath) -> str:
 
 def regex_labeller(pattern: str) -> Labeller:
     """The first group of `pattern` matched against the file name (e.g. r"^(.+)_\\d+\\.jpg$")."""
-    regex = re.compile(pattern)
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise FitVisionError(f"regex_labeller: bad pattern {pattern!r} ({e})") from None
     if regex.groups < 1:
         raise FitVisionError(f"regex_labeller needs a pattern with one group, got {pattern!r}")
 
     def label(item: PurePath) -> str:
         m = regex.search(item.name)
-        if m is None:
-            raise FitVisionError(f"regex {pattern!r} does not match file name '{item.name}'")
+        # an optional group that took no part in the match is no label either (it would be None)
+        if m is None or m.group(1) is None:
+            raise FitVisionError(f"regex {pattern!r} does not match file name '{item.name}'"
+                                 + ("" if m is None else " with its first group"))
         return m.group(1)
 
     return label
 
 
 def func_labeller(fn: Callable[[PurePath], str]) -> Labeller:
+    """fn(item) -> the label; a number is made a string ("3"). None is refused: str() would
+    make it a class named "None" that the images fn had no label for would quietly train as."""
+
     def label(item: PurePath) -> str:
-        return str(fn(item))
+        value = fn(item)
+        if value is None:
+            raise FitVisionError(f"the labelling function returned None for '{item}'; leave such files out "
+                                 "before labelling (e.g. with func_splitter returning None)")
+        return str(value)
 
     return label
 
