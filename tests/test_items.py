@@ -114,6 +114,19 @@ def test_vocab_built_on_train_applied_to_valid():
     assert Vocab(["a", "zebra", "unknown"], unknown=True).classes == ["a", "zebra", "unknown"]
 
 
+def test_vocab_refuses_mixed_labels_and_out_of_range_indices():
+    # before: TypeError "'<' not supported between instances of 'float' and 'str'"; IndexError; -1 -> "dog"
+    with pytest.raises(FitVisionError, match=r"^labels of different kinds cannot be sorted into classes \(float, str\); "
+                                             r"make every label a string \(a missing one reads as NaN or None\)$"):
+        Vocab(["cat", float("nan"), "dog"])
+    assert Vocab([3, 1, 3]).classes == [1, 3]  # one kind, numbers: still fine
+    vocab = Vocab(["cat", "dog"])
+    for bad in (2, -1):
+        with pytest.raises(FitVisionError, match=rf"^class index {bad} is out of range for 2 classes$"):
+            vocab.decode([0, bad])
+    assert vocab.decode(np.array([1, 0])) == ["dog", "cat"]
+
+
 def test_custom_dataset_in_a_few_lines(tmp_path):
     _touch(tmp_path, "pets/beagle_1.jpg", "pets/beagle_2.jpg", "pets/pug_1.jpg", "pets/pug_2.jpg", "pets/pug_3.jpg")
     files = get_files(tmp_path / "pets")

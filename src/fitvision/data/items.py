@@ -205,7 +205,7 @@ class Vocab:
     UNKNOWN = "unknown"
 
     def __init__(self, train_labels: Iterable[str], unknown: bool = False):
-        classes = sorted(set(train_labels))
+        classes = _sorted_classes(train_labels)
         self.unknown = unknown
         if unknown:  # last, even when a training label is itself "unknown" (then the two are one class)
             classes = [c for c in classes if c != self.UNKNOWN] + [self.UNKNOWN]
@@ -231,4 +231,20 @@ class Vocab:
         return np.asarray(out, dtype=np.int64)
 
     def decode(self, idxs: Iterable[int]) -> list[str]:
-        return [self.classes[int(i)] for i in idxs]
+        out = []
+        for i in idxs:
+            # a negative index would be a class from the end, quietly: e.g. -1 as an "ignore" label
+            if not 0 <= int(i) < len(self.classes):
+                raise FitVisionError(f"class index {int(i)} is out of range for {len(self.classes)} classes")
+            out.append(self.classes[int(i)])
+        return out
+
+
+def _sorted_classes(labels: Iterable) -> list:
+    labels = set(labels)
+    try:
+        return sorted(labels)
+    except TypeError:  # e.g. a missing label in a table column read as NaN or None among strings
+        kinds = sorted({type(label).__name__ for label in labels})
+        raise FitVisionError(f"labels of different kinds cannot be sorted into classes ({', '.join(kinds)}); "
+                             "make every label a string (a missing one reads as NaN or None)") from None
