@@ -101,7 +101,7 @@ def evaluate_run(run, data: str | None = None, tta: bool | None = None) -> dict[
     """{"val_acc","val_loss","num_valid","per_class_acc"} on the run's validation split (or `data`'s).
 
     tta None: as the run's own final evaluation (config.json's tta), so the result is summary.json's."""
-    from fitvision.data.decode import load_dataset
+    from fitvision.data.decode import carve_valid, load_dataset
     from fitvision.train.learner import loss_and_accuracy
     from fitvision.train.run import _subset
 
@@ -116,8 +116,8 @@ def evaluate_run(run, data: str | None = None, tta: bool | None = None) -> dict[
     # where it has none (an unsplit folder), as training would.
     ds = load_dataset(data or cfg["data"], storage_size=storage, valid_pct=0.0 if data else valid_pct, seed=seed,
                       resize_method=run.resize_method)
-    if data and len(ds.valid_y) == 0 and valid_pct > 0:
-        ds = load_dataset(data, storage_size=storage, valid_pct=valid_pct, seed=seed, resize_method=run.resize_method)
+    if data and len(ds.valid_y) == 0 and valid_pct > 0:  # carved from what is loaded: a reload warned twice
+        ds = carve_valid(ds, valid_pct, seed)
     if list(ds.classes) != run.classes:
         raise FitVisionError(f"{data or cfg['data']} has classes {ds.classes}, the model was trained on {run.classes}")
     # The run's own data: the validation subset train_run drew (valid_limit), with its seed.
