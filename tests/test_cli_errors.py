@@ -154,6 +154,8 @@ def test_unknown_model_lists_the_registry(capsys, tmp_path):
     (["--epochs", "-1"], "epochs must be > 0, got -1.0"),
     (["--crop-pct", "0"], "crop_pct must be in (0, 1], got 0.0"),
     (["--crop-pct", "1.2"], "crop_pct must be in (0, 1], got 1.2"),
+    (["--lr", "inf"], "config key 'lr' must be a finite number, got inf"),  # trained to NaN before
+    (["--wd", "nan"], "config key 'wd' must be a finite number, got nan"),
     # set-up problems that train_run found only after making the run directory
     (["--device", "tpu"], "unknown device 'tpu' (valid: auto, cpu, cuda, cuda:N)"),
     (["--device", "cpu", "--precision", "fp16"], "precision fp16 needs a CUDA GPU (GradScaler)"),
@@ -320,3 +322,10 @@ def test_ctrl_c_during_training_says_how_to_go_on(capsys, tmp_path, monkeypatch,
                           "--width", "0.25", "--epochs", "1", "--out", str(out)], code=130)
     assert line == ("error: interrupted; " + (f"continue with: fitvision train --resume --out {out}" if checkpointed
                                               else f"no epoch finished, nothing to resume; train into {out} again"))
+
+
+def test_config_file_infinity_is_refused(capsys, tmp_path):
+    pytest.importorskip("fitvision.train.run")
+    (tmp_path / "c.json").write_text('{"lr": "inf"}')
+    line = _fail(capsys, ["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r")], code=2)
+    assert line == "error: config key 'lr' must be a finite number, got 'inf'"
