@@ -150,6 +150,35 @@ def test_cli_bad_space_is_one_line_error(capsys):
                                        "unknown scale 'cubic' (valid: log, lin)\n")
 
 
+@pytest.mark.parametrize("space, message", [
+    ("opt=sgd|adamm", "search space value opt=adamm: unknown optimizer 'adamm' (valid optimizers: "),
+    ("epochs=0|1", "search space value epochs=0: epochs must be > 0, got 0.0"),
+    ("bs=0..2", "search space value bs=0: bs must be > 0, got 0"),  # round(uniform(0, 2)) can be 0
+    ("pct_start=0.5..2", "search space value pct_start=2: pct_start must be in (0, 1) with sched one_cycle, got 2.0"),
+])
+def test_tune_refuses_a_space_value_that_no_trial_could_train_with(tmp_path, space, message):
+    fake = FakeTrain(fail_lr_above=1.0)
+    with pytest.raises(FitVisionError) as e:  # before the fix: those trials ran, and failed one by one
+        tune(TrainConfig(), parse_space(space), trials=4, out=tmp_path, train=fake)
+    assert str(e.value).startswith(message)
+    assert fake.configs == [] and not (tmp_path / "trials.csv").exists()
+
+
+def test_tune_space_range_ends_may_be_open_bounds(tmp_path):
+    fake = FakeTrain(fail_lr_above=1.0)  # momentum must be < 1 and lr > 0: draws inside the ranges are
+    tune(TrainConfig(), parse_space("momentum=0..1,lr=0..0.1"), trials=2, out=tmp_path, train=fake)
+    assert len(fake.configs) == 2
+
+
+def test_cli_bad_space_value_is_a_usage_error(capsys, tmp_path):
+    from fitvision.cli import main
+
+    assert main(["tune", "--trials", "2", "--space", "aug=flip|flipp", "--out", str(tmp_path / "t")]) == 2
+    assert capsys.readouterr().err.startswith("error: search space value aug=flipp: unknown augmentation 'flipp' "
+                                              "(valid: ")
+    assert not (tmp_path / "t").exists()
+
+
 def test_tune_with_real_training_validates_on_carved_training_images(tmp_path, capsys):
     """Two real trials through the CLI: each trial holds out 10% of the training images, and
     the retrain validates on the folder's own valid split (the test set), once."""

@@ -234,7 +234,7 @@ def cmd_report(args) -> int:
 def cmd_tune(args) -> int:
     import time
 
-    from fitvision.tune import format_params, parse_space, tune
+    from fitvision.tune import check_space, format_params, parse_space, tune
 
     try:
         space = parse_space(args.space)  # a syntax error should not wait for the recipe to resolve
@@ -243,6 +243,10 @@ def cmd_tune(args) -> int:
     if args.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
     cfg, why = train_config_from_args(args)
+    try:
+        check_space(cfg, space)  # a bad value among the choices is a usage error, found before any trial
+    except FitVisionError as e:
+        raise UsageError(str(e)) from e
     print(why)
     out = cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-tune"
     best = tune(cfg, space, args.trials, out, retrain=args.retrain)
