@@ -134,6 +134,21 @@ def test_tune_records_oom_but_raises_bugs(tmp_path):
         tune(TrainConfig(), parse_space("lr=0.1|0.2"), trials=1, out=tmp_path / "b", train=bug)
 
 
+def test_ctrl_c_says_where_the_search_stopped(tmp_path):
+    fake = FakeTrain()
+
+    def interrupted_second(cfg):
+        if fake.configs:
+            raise KeyboardInterrupt(f"continue with: fitvision train --resume --out {cfg.out}")
+        return fake(cfg)
+
+    with pytest.raises(KeyboardInterrupt) as e:  # before: the trial's advice, which resumes no search
+        tune(TrainConfig(), parse_space("lr=0.1|0.2"), trials=3, out=tmp_path, train=interrupted_second)
+    assert str(e.value) == (f"the search stopped after 1 of 3 trials (recorded in {tmp_path / 'trials.csv'}); "
+                            "a search cannot be continued: start it again with another --out")
+    assert len((tmp_path / "trials.csv").read_text().splitlines()) == 2
+
+
 def test_random_module_state_untouched():
     random.seed(1)
     before = random.random()

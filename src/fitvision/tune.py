@@ -223,7 +223,13 @@ def tune(base: TrainConfig, space: dict[str, Dim], trials: int, out: str | Path,
     for i, params in enumerate(sample_configs(space, trials, base.seed)):
         cfg = replace(search, **params, out=str(out / f"trial-{i:03d}"))
         print(f"trial {i + 1}/{trials}: {format_params(params)}")
-        rows.append({"trial": i, **params, **run_trial(cfg, train)})
+        try:
+            result = run_trial(cfg, train)
+        except KeyboardInterrupt:  # the trial's own advice (--resume that trial) would not go on with the search
+            raise KeyboardInterrupt(f"the search stopped after {len(rows)} of {trials} trials (recorded in "
+                                    f"{out / 'trials.csv'}); a search cannot be continued: start it again "
+                                    "with another --out") from None
+        rows.append({"trial": i, **params, **result})
         write_trials_csv(out / "trials.csv", rows, names)
         print(f"  -> {rows[-1]['status']} val_acc {rows[-1]['val_acc']:.4f} in {rows[-1]['seconds']:.1f}s")
     best = best_trial(rows)
