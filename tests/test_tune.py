@@ -147,6 +147,11 @@ def test_ctrl_c_says_where_the_search_stopped(tmp_path):
     assert str(e.value) == (f"the search stopped after 1 of 3 trials (recorded in {tmp_path / 'trials.csv'}); "
                             "a search cannot be continued: start it again with another --out")
     assert len((tmp_path / "trials.csv").read_text().splitlines()) == 2
+    fake.configs.append("a first trial seen, so the next one is interrupted")
+    with pytest.raises(KeyboardInterrupt) as e:
+        tune(TrainConfig(), parse_space("lr=0.1|0.2"), trials=3, out=tmp_path / "b", train=interrupted_second)
+    assert str(e.value) == ("the search stopped before its first trial finished; a search cannot be continued: "
+                            "start it again with another --out")
 
 
 def test_random_module_state_untouched():

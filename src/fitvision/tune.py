@@ -226,8 +226,9 @@ def tune(base: TrainConfig, space: dict[str, Dim], trials: int, out: str | Path,
         try:
             result = run_trial(cfg, train)
         except KeyboardInterrupt:  # the trial's own advice (--resume that trial) would not go on with the search
-            raise KeyboardInterrupt(f"the search stopped after {len(rows)} of {trials} trials (recorded in "
-                                    f"{out / 'trials.csv'}); a search cannot be continued: start it again "
+            done = (f"after {len(rows)} of {trials} trials (recorded in {out / 'trials.csv'})" if rows else
+                    "before its first trial finished")
+            raise KeyboardInterrupt(f"the search stopped {done}; a search cannot be continued: start it again "
                                     "with another --out") from None
         rows.append({"trial": i, **params, **result})
         write_trials_csv(out / "trials.csv", rows, names)
