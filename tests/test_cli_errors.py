@@ -100,6 +100,24 @@ def test_unreadable_image_is_one_error_line_and_the_others_are_predicted(capsys,
     assert abs(sum(p["prob"] for p in results[0]["top"]) - 1.0) < 1e-5  # 3 classes, top 3
 
 
+def test_predict_a_folder_predicts_the_images_in_it(capsys, tmp_path, tiny_run):
+    pytest.importorskip("fitvision.data.augment")
+    for name in ("b/2.png", "a/1.PNG", "a/notes.txt"):
+        (tmp_path / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith("txt"):
+            (tmp_path / "imgs" / name).write_text("not an image, and not listed")
+        else:
+            Image.new("RGB", (20, 20), (10, 200, 30)).save(tmp_path / "imgs" / name, format="PNG")
+    (tmp_path / "empty").mkdir()
+    # before the fix: "error: cannot read image ...imgs: [Errno 21] Is a directory: ..."
+    rc = main(["predict", str(tiny_run), str(tmp_path / "imgs"), str(tmp_path / "empty"), "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert err == f"error: no images in folder {tmp_path / 'empty'}\n"
+    assert [r["file"] for r in json.loads(out)] == [str(tmp_path / "imgs" / "a" / "1.PNG"),
+                                                    str(tmp_path / "imgs" / "b" / "2.png")]
+
+
 def test_predict_bad_topk(capsys, tiny_run, tmp_path):
     line = _fail(capsys, ["predict", str(tiny_run), "x.png", "--topk", "0"], code=2)
     assert line == "error: --topk must be at least 1, got 0"
@@ -136,6 +154,8 @@ def test_unknown_model_lists_the_registry(capsys, tmp_path):
     (["--epochs", "-1"], "epochs must be > 0, got -1.0"),
     (["--crop-pct", "0"], "crop_pct must be in (0, 1], got 0.0"),
     (["--crop-pct", "1.2"], "crop_pct must be in (0, 1], got 1.2"),
+    (["--lr", "inf"], "config key 'lr' must be a finite number, got inf"),  # trained to NaN before
+    (["--wd", "nan"], "config key 'wd' must be a finite number, got nan"),
     # set-up problems that train_run found only after making the run directory
     (["--device", "tpu"], "unknown device 'tpu' (valid: auto, cpu, cuda, cuda:N)"),
     (["--device", "cpu", "--precision", "fp16"], "precision fp16 needs a CUDA GPU (GradScaler)"),
@@ -227,6 +247,21 @@ def test_one_class_is_refused(capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("pct, counts", [("0.9", "0 training and 4 validation"), ("0.1", "4 training and 0 validation")])
+def test_valid_pct_that_empties_a_side_says_so(capsys, tmp_path, monkeypatch, pct, counts):
+    pytest.importorskip("fitvision.train.run")
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
+    for c, cls in enumerate(("a", "b")):
+        (tmp_path / "ds" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (c * 200, i * 40, 0)).save(tmp_path / "ds" / cls / f"{i}.png")
+    line = _fail(capsys, ["train", "--data", str(tmp_path / "ds"), "--valid-pct", pct, "--out", str(tmp_path / "r")])
+    # before the fix the hint was "(unsplit data: pass --valid-pct)", which had been passed
+    assert line == (f"error: ds has {counts} images; both are needed (--valid-pct {pct} of 4 images leaves one "
+                    "side empty; choose a fraction that leaves images on both)")
+    assert not (tmp_path / "r").exists()
+
+
 def test_too_small_size_is_one_line_before_any_run_directory(capsys, tmp_path, monkeypatch):
     pytest.importorskip("fitvision.train.run")
     monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
@@ -287,3 +322,10 @@ def test_ctrl_c_during_training_says_how_to_go_on(capsys, tmp_path, monkeypatch,
                           "--width", "0.25", "--epochs", "1", "--out", str(out)], code=130)
     assert line == ("error: interrupted; " + (f"continue with: fitvision train --resume --out {out}" if checkpointed
                                               else f"no epoch finished, nothing to resume; train into {out} again"))
+
+
+def test_config_file_infinity_is_refused(capsys, tmp_path):
+    pytest.importorskip("fitvision.train.run")
+    (tmp_path / "c.json").write_text('{"lr": "inf"}')
+    line = _fail(capsys, ["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r")], code=2)
+    assert line == "error: config key 'lr' must be a finite number, got 'inf'"

@@ -342,3 +342,28 @@ def test_decode_image_size_gives_every_image_the_same_shape(tmp_path):
     assert np.stack([decode_image(p, size=128) for p in paths]).shape == (3, 128, 128, 3)
     with pytest.raises(FitVisionError, match=r"^size must be at least 1 pixel, got 0$"):
         decode_image(paths[0], size=0)
+
+
+def test_symlinked_class_folder_is_read(tmp_path):
+    for i in range(2):
+        _save(tmp_path / "elsewhere" / "dogs" / f"{i}.png", _rgb(8, 8))
+        _save(tmp_path / "data" / "cat" / f"{i}.png", _rgb(8, 8))
+    (tmp_path / "data" / "dog").symlink_to(tmp_path / "elsewhere" / "dogs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # before the fix: "1 class folder(s) ... hold no images ...: dog"
+        ds = load_dataset(tmp_path / "data")
+    assert ds.classes == ["cat", "dog"] and list(ds.train_y) == [0, 0, 1, 1]
+    _save(tmp_path / "elsewhere" / "dogs" / "2.png", _rgb(8, 8))  # the linked folder is part of the cache key
+    assert len(load_dataset(tmp_path / "data").train_y) == 5
+
+
+def test_dangling_symlink_is_skipped_like_an_unreadable_image(tmp_path):
+    for cls in ("a", "b"):
+        for i in range(2):
+            _save(tmp_path / "data" / cls / f"{i}.png", _rgb(8, 8))
+    (tmp_path / "data" / "a" / "gone.png").symlink_to(tmp_path / "moved-away.png")
+    # before the fix: FileNotFoundError out of the cache key, a bug's one-line error
+    with pytest.warns(DataWarning, match=r"^1 unreadable image\(s\) in .*data skipped: a/gone\.png "
+                                         r"\(FileNotFoundError: .*gone\.png'\)$"):
+        ds = load_dataset(tmp_path / "data")
+    assert len(ds.train_y) == 4

@@ -179,6 +179,20 @@ def test_evaluate_run_scores_other_data_on_its_own_validation_split(run, folder,
     assert inference.evaluate_run(run, data=str(unsplit))["num_valid"] == 6  # 20% of 30
 
 
+def test_evaluate_run_on_other_unsplit_data_warns_once(run, tmp_path, monkeypatch):
+    from fitvision.data.readers import DataWarning
+
+    monkeypatch.setattr(run, "config", {**run.config, "valid_pct": 0.2})
+    for c, name in enumerate(CLASSES):
+        (tmp_path / "unsplit" / name).mkdir(parents=True)
+        for i, img in enumerate(_images(5, 2 - c, seed=c)):
+            Image.fromarray(img).save(tmp_path / "unsplit" / name / f"{i}.png")
+    (tmp_path / "unsplit" / "red" / "bad.png").write_bytes(b"no picture")
+    with pytest.warns(DataWarning, match="unreadable image") as caught:
+        assert inference.evaluate_run(run, data=str(tmp_path / "unsplit"))["num_valid"] == 3  # 20% of 15
+    assert len(caught) == 1  # before the fix the data was loaded twice, and warned twice
+
+
 def test_eval_reproduces_train_runs_val_acc_exactly(folder, tmp_path, capsys):
     """The acceptance check in small: `fitvision eval RUN` == summary.json, to the last bit."""
     pytest.importorskip("fitvision.train.run")

@@ -1,5 +1,6 @@
 """The data-block API: files, splitters, labellers, Vocab."""
 
+import re
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -80,6 +81,23 @@ def test_regex_and_func_labellers():
     assert func_labeller(lambda p: len(p.name))(PurePosixPath("a/abc")) == "3"
 
 
+def test_labellers_refuse_what_would_be_a_none_label():
+    # before: re.error out of re.compile; a "None" label; a class named "None"
+    with pytest.raises(FitVisionError, match=r"^regex_labeller: bad pattern '\(\[' \(.+ at position \d+\)$"):
+        regex_labeller("([")
+    optional_pattern = r"^([a-z]+_)?\d+\.jpg$"
+    optional = regex_labeller(optional_pattern)
+    assert optional(PurePosixPath("cat_1.jpg")) == "cat_"
+    expected = f"regex {optional_pattern!r} does not match file name '2.jpg' with its first group"
+    with pytest.raises(FitVisionError, match="^" + re.escape(expected) + "$"):
+        optional(PurePosixPath("2.jpg"))
+    label = func_labeller(lambda p: {"a.jpg": "cat"}.get(p.name))
+    assert label(PurePosixPath("x/a.jpg")) == "cat"
+    with pytest.raises(FitVisionError, match=r"^the labelling function returned None for 'x/b\.jpg'; leave such "
+                                             r"files out before labelling \(e\.g\. with func_splitter returning None\)$"):
+        label(PurePosixPath("x/b.jpg"))
+
+
 def test_vocab_built_on_train_applied_to_valid():
     vocab = Vocab(["dog", "cat", "dog", "bird"])
     assert vocab.classes == ["bird", "cat", "dog"]
@@ -96,6 +114,19 @@ def test_vocab_built_on_train_applied_to_valid():
     assert Vocab(["a", "zebra", "unknown"], unknown=True).classes == ["a", "zebra", "unknown"]
 
 
+def test_vocab_refuses_mixed_labels_and_out_of_range_indices():
+    # before: TypeError "'<' not supported between instances of 'float' and 'str'"; IndexError; -1 -> "dog"
+    with pytest.raises(FitVisionError, match=r"^labels of different kinds cannot be sorted into classes \(float, str\); "
+                                             r"make every label a string \(a missing one reads as NaN or None\)$"):
+        Vocab(["cat", float("nan"), "dog"])
+    assert Vocab([3, 1, 3]).classes == [1, 3]  # one kind, numbers: still fine
+    vocab = Vocab(["cat", "dog"])
+    for bad in (2, -1):
+        with pytest.raises(FitVisionError, match=rf"^class index {bad} is out of range for 2 classes$"):
+            vocab.decode([0, bad])
+    assert vocab.decode(np.array([1, 0])) == ["dog", "cat"]
+
+
 def test_custom_dataset_in_a_few_lines(tmp_path):
     _touch(tmp_path, "pets/beagle_1.jpg", "pets/beagle_2.jpg", "pets/pug_1.jpg", "pets/pug_2.jpg", "pets/pug_3.jpg")
     files = get_files(tmp_path / "pets")
@@ -104,3 +135,12 @@ def test_custom_dataset_in_a_few_lines(tmp_path):
     vocab = Vocab([label(f) for f in train])
     assert len(train) == 3 and len(valid) == 2
     assert set(vocab.decode(vocab.encode([label(f) for f in train]))) <= {"beagle", "pug"}
+
+
+def test_get_files_follows_symlinked_folders_without_looping(tmp_path):
+    _touch(tmp_path / "elsewhere", "dogs/a.jpg", "dogs/b.jpg")
+    _touch(tmp_path / "data", "cat/c.jpg")
+    (tmp_path / "data" / "dog").symlink_to(tmp_path / "elsewhere" / "dogs")  # a class folder linked in
+    (tmp_path / "data" / "cat" / "up").symlink_to(tmp_path / "data")  # a link back up its own path
+    rel = [p.relative_to(tmp_path / "data").as_posix() for p in get_files(tmp_path / "data")]
+    assert rel == ["cat/c.jpg", "dog/a.jpg", "dog/b.jpg"]  # before the fix: the dog images were left out

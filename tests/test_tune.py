@@ -134,6 +134,26 @@ def test_tune_records_oom_but_raises_bugs(tmp_path):
         tune(TrainConfig(), parse_space("lr=0.1|0.2"), trials=1, out=tmp_path / "b", train=bug)
 
 
+def test_ctrl_c_says_where_the_search_stopped(tmp_path):
+    fake = FakeTrain()
+
+    def interrupted_second(cfg):
+        if fake.configs:
+            raise KeyboardInterrupt(f"continue with: fitvision train --resume --out {cfg.out}")
+        return fake(cfg)
+
+    with pytest.raises(KeyboardInterrupt) as e:  # before: the trial's advice, which resumes no search
+        tune(TrainConfig(), parse_space("lr=0.1|0.2"), trials=3, out=tmp_path, train=interrupted_second)
+    assert str(e.value) == (f"the search stopped after 1 of 3 trials (recorded in {tmp_path / 'trials.csv'}); "
+                            "a search cannot be continued: start it again with another --out")
+    assert len((tmp_path / "trials.csv").read_text().splitlines()) == 2
+    fake.configs.append("a first trial seen, so the next one is interrupted")
+    with pytest.raises(KeyboardInterrupt) as e:
+        tune(TrainConfig(), parse_space("lr=0.1|0.2"), trials=3, out=tmp_path / "b", train=interrupted_second)
+    assert str(e.value) == ("the search stopped before its first trial finished; a search cannot be continued: "
+                            "start it again with another --out")
+
+
 def test_random_module_state_untouched():
     random.seed(1)
     before = random.random()
@@ -148,6 +168,35 @@ def test_cli_bad_space_is_one_line_error(capsys):
     assert main(["tune", "--trials", "2", "--space", "lr=1e-4..0.1:cubic"]) == 2  # a usage error
     assert capsys.readouterr().err == ("error: search space entry 'lr=1e-4..0.1:cubic': "
                                        "unknown scale 'cubic' (valid: log, lin)\n")
+
+
+@pytest.mark.parametrize("space, message", [
+    ("opt=sgd|adamm", "search space value opt=adamm: unknown optimizer 'adamm' (valid optimizers: "),
+    ("epochs=0|1", "search space value epochs=0: epochs must be > 0, got 0.0"),
+    ("bs=0..2", "search space value bs=0: bs must be > 0, got 0"),  # round(uniform(0, 2)) can be 0
+    ("pct_start=0.5..2", "search space value pct_start=2: pct_start must be in (0, 1) with sched one_cycle, got 2.0"),
+])
+def test_tune_refuses_a_space_value_that_no_trial_could_train_with(tmp_path, space, message):
+    fake = FakeTrain(fail_lr_above=1.0)
+    with pytest.raises(FitVisionError) as e:  # before the fix: those trials ran, and failed one by one
+        tune(TrainConfig(), parse_space(space), trials=4, out=tmp_path, train=fake)
+    assert str(e.value).startswith(message)
+    assert fake.configs == [] and not (tmp_path / "trials.csv").exists()
+
+
+def test_tune_space_range_ends_may_be_open_bounds(tmp_path):
+    fake = FakeTrain(fail_lr_above=1.0)  # momentum must be < 1 and lr > 0: draws inside the ranges are
+    tune(TrainConfig(), parse_space("momentum=0..1,lr=0..0.1"), trials=2, out=tmp_path, train=fake)
+    assert len(fake.configs) == 2
+
+
+def test_cli_bad_space_value_is_a_usage_error(capsys, tmp_path):
+    from fitvision.cli import main
+
+    assert main(["tune", "--trials", "2", "--space", "aug=flip|flipp", "--out", str(tmp_path / "t")]) == 2
+    assert capsys.readouterr().err.startswith("error: search space value aug=flipp: unknown augmentation 'flipp' "
+                                              "(valid: ")
+    assert not (tmp_path / "t").exists()
 
 
 def test_tune_with_real_training_validates_on_carved_training_images(tmp_path, capsys):

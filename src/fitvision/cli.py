@@ -234,7 +234,7 @@ def cmd_report(args) -> int:
 def cmd_tune(args) -> int:
     import time
 
-    from fitvision.tune import format_params, parse_space, tune
+    from fitvision.tune import check_space, format_params, parse_space, tune
 
     try:
         space = parse_space(args.space)  # a syntax error should not wait for the recipe to resolve
@@ -243,6 +243,10 @@ def cmd_tune(args) -> int:
     if args.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
     cfg, why = train_config_from_args(args)
+    try:
+        check_space(cfg, space)  # a bad value among the choices is a usage error, found before any trial
+    except FitVisionError as e:
+        raise UsageError(str(e)) from e
     print(why)
     out = cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-tune"
     best = tune(cfg, space, args.trials, out, retrain=args.retrain)
@@ -302,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify image files with a trained run")
     p.add_argument("run", help="run directory")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -118,9 +119,13 @@ def coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise FitVisionError(f"config key '{name}' must be a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise FitVisionError(f"config key '{name}' must be a number, got {value!r}") from None
+        # float() takes "inf" and "nan": --lr inf trained to a NaN loss and reported a finished run
+        if not math.isfinite(number):
+            raise FitVisionError(f"config key '{name}' must be a finite number, got {value!r}")
+        return number
     if not isinstance(value, str):
         raise FitVisionError(f"config key '{name}' must be a string, got {value!r}")
     return value

@@ -102,6 +102,38 @@ def parse_space(text: str) -> dict[str, Dim]:
     return space
 
 
+def check_space(base: TrainConfig, space: dict[str, Dim]) -> None:
+    """Every value the search can draw must be valid on top of the base config: a typo such as
+    opt=sgd|adamm would otherwise fail only its own trials, perhaps hours into the search."""
+    for dim in space.values():
+        for value, inside in _drawable_ends(dim):
+            problem = _problem(base, dim.name, value)
+            # an end that fails may be an open bound (momentum=0..1): fine if just inside it passes
+            if problem and (inside is None or _problem(base, dim.name, inside)):
+                shown = f"{value:g}" if isinstance(value, float) else value
+                raise FitVisionError(f"search space value {dim.name}={shown}: {problem}")
+
+
+def _drawable_ends(dim: Dim) -> list[tuple[Any, Any]]:
+    """(value, a value just inside it or None): the choices, or a range's two ends."""
+    if dim.choices:
+        return [(c, None) for c in dim.choices]
+    if dim.integer:  # draws are rounded, so the rounded ends themselves can come up
+        return [(round(dim.low), None), (round(dim.high), None)]
+    inset = (dim.high - dim.low) * 1e-9
+    return [(dim.low, dim.low + inset), (dim.high, dim.high - inset)]
+
+
+def _problem(base: TrainConfig, name: str, value: Any) -> str:
+    from fitvision.config import validate
+
+    try:
+        validate(replace(base, **{name: value}))
+    except FitVisionError as e:
+        return str(e)
+    return ""
+
+
 def sample_configs(space: dict[str, Dim], trials: int, seed: int) -> list[dict[str, Any]]:
     """The trials' parameters, drawn from one seeded RNG: the same seed gives the same search."""
     rng = random.Random(seed)
@@ -180,6 +212,7 @@ def tune(base: TrainConfig, space: dict[str, Dim], trials: int, out: str | Path,
     """
     if trials < 1:
         raise FitVisionError(f"--trials must be at least 1, got {trials}")
+    check_space(base, space)
     out = Path(out)
     if (out / "trials.csv").exists():  # its trial-NNN runs would refuse to be overwritten, one by one
         raise FitVisionError(f"{out} already holds a search (trials.csv); choose another --out")
@@ -190,7 +223,14 @@ def tune(base: TrainConfig, space: dict[str, Dim], trials: int, out: str | Path,
     for i, params in enumerate(sample_configs(space, trials, base.seed)):
         cfg = replace(search, **params, out=str(out / f"trial-{i:03d}"))
         print(f"trial {i + 1}/{trials}: {format_params(params)}")
-        rows.append({"trial": i, **params, **run_trial(cfg, train)})
+        try:
+            result = run_trial(cfg, train)
+        except KeyboardInterrupt:  # the trial's own advice (--resume that trial) would not go on with the search
+            done = (f"after {len(rows)} of {trials} trials (recorded in {out / 'trials.csv'})" if rows else
+                    "before its first trial finished")
+            raise KeyboardInterrupt(f"the search stopped {done}; a search cannot be continued: start it again "
+                                    "with another --out") from None
+        rows.append({"trial": i, **params, **result})
         write_trials_csv(out / "trials.csv", rows, names)
         print(f"  -> {rows[-1]['status']} val_acc {rows[-1]['val_acc']:.4f} in {rows[-1]['seconds']:.1f}s")
     best = best_trial(rows)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fitvision.data.items import walk
 from fitvision.data.sources import cache_dir
 
 FORMAT_VERSION = 1  # bump when the decode changes, so old caches are not reused
@@ -32,13 +33,20 @@ def fingerprint(source: Path) -> dict:
         st = source.stat()
         return {"path": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     digest = hashlib.sha256()
-    for folder, dirs, files in sorted(os.walk(source)):
+    for folder, dirs, files in sorted(walk(source)):  # symlinked folders too: they are read as data
         dirs.sort()
         for name in sorted(files):
-            st = os.stat(os.path.join(folder, name))
+            st = _stat(os.path.join(folder, name))
             digest.update(f"{os.path.relpath(os.path.join(folder, name), source)}\t{st.st_size}\t"
                           f"{st.st_mtime_ns}\n".encode())
     return {"path": str(source), "files": digest.hexdigest()}
+
+
+def _stat(path: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:  # a dangling symlink: the link itself; decoding skips it as unreadable
+        return os.lstat(path)
 
 
 def cache_folder(name: str, source_fp: dict, storage_size: int, resize_method: str = "crop") -> Path:

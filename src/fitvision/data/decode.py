@@ -314,11 +314,14 @@ def load_dataset(name_or_path, storage_size: int = 160, valid_pct: float = 0.0, 
     _report_skipped(meta, source, strict)
     ds = Dataset(name=name, classes=classnames.readable(list(meta["classes"])), location=str(source),
                  image_size=list(arrays["train_x"].shape[1:3]), **arrays)
-    if valid_pct > 0:
-        train_idx, valid_idx = random_splitter(valid_pct, seed)(range(len(ds.train_y)))
-        ds = replace(ds, train_x=ds.train_x[train_idx], train_y=ds.train_y[train_idx],
-                     valid_x=ds.train_x[valid_idx], valid_y=ds.train_y[valid_idx])
-    return ds
+    return carve_valid(ds, valid_pct, seed) if valid_pct > 0 else ds
+
+
+def carve_valid(ds: Dataset, valid_pct: float, seed: int = 0) -> Dataset:
+    """A seeded random valid_pct of the training images as the validation split (replacing any)."""
+    train_idx, valid_idx = random_splitter(valid_pct, seed)(range(len(ds.train_y)))
+    return replace(ds, train_x=ds.train_x[train_idx], train_y=ds.train_y[train_idx],
+                   valid_x=ds.train_x[valid_idx], valid_y=ds.train_y[valid_idx])
 
 
 def dataset_info(name_or_path, storage_size: int = 160) -> dict:

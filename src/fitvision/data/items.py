@@ -33,6 +33,24 @@ Labeller = Callable[[PurePath], str]
 
 
 # --------------------------------------------------------------------------- files
+def walk(top):
+    """os.walk that also enters symlinked folders: a class folder linked in from elsewhere is
+    data, and os.walk would leave it out without a word. A link back to a folder on its own
+    path (`cat/up -> ..`) is not entered, so the walk cannot loop."""
+    top = os.fspath(top)
+    chains = {top: frozenset({os.path.realpath(top)})}  # each folder's real path and its ancestors'
+    for folder, dirs, files in os.walk(top, followlinks=True):
+        chain = chains.pop(folder, frozenset())
+        kept = []
+        for d in dirs:
+            real = os.path.realpath(os.path.join(folder, d))
+            if real not in chain:
+                kept.append(d)
+                chains[os.path.join(folder, d)] = chain | {real}
+        dirs[:] = kept
+        yield folder, dirs, files
+
+
 def _keep(name: str, extensions: frozenset[str] | None) -> bool:
     # Hidden files are editor/OS litter (".DS_Store", "._x.jpg" from macOS zips), never data.
     if name.startswith("."):
@@ -45,8 +63,8 @@ def get_files(path, extensions: Iterable[str] | None = IMAGE_EXTENSIONS, recurse
     """Files under `path` whose extension (case-insensitive) is in `extensions`, sorted.
 
     extensions=None keeps every file. `include` limits the first level of folders
-    (e.g. ["train", "valid"]). Hidden files and folders are skipped. os.walk/os.scandir
-    because they are much faster than glob on 10^5 files.
+    (e.g. ["train", "valid"]). Hidden files and folders are skipped; symlinked folders are
+    followed. os.walk/os.scandir because they are much faster than glob on 10^5 files.
     """
     path = Path(path)
     if not path.is_dir():
@@ -59,7 +77,7 @@ def get_files(path, extensions: Iterable[str] | None = IMAGE_EXTENSIONS, recurse
         return sorted(path / e.name for e in os.scandir(path) if e.is_file() and _keep(e.name, exts))
     include = None if include is None else set(include)
     found: list[Path] = []
-    for i, (folder, dirs, files) in enumerate(os.walk(path)):
+    for i, (folder, dirs, files) in enumerate(walk(path)):
         if i == 0 and include is not None:
             dirs[:] = [d for d in dirs if d in include]
         else:
@@ -144,22 +162,34 @@ def parent_labeller(item: PurePath) -> str:
 
 def regex_labeller(pattern: str) -> Labeller:
     """The first group of `pattern` matched against the file name (e.g. r"^(.+)_\\d+\\.jpg$")."""
-    regex = re.compile(pattern)
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise FitVisionError(f"regex_labeller: bad pattern {pattern!r} ({e})") from None
     if regex.groups < 1:
         raise FitVisionError(f"regex_labeller needs a pattern with one group, got {pattern!r}")
 
     def label(item: PurePath) -> str:
         m = regex.search(item.name)
-        if m is None:
-            raise FitVisionError(f"regex {pattern!r} does not match file name '{item.name}'")
+        # an optional group that took no part in the match is no label either (it would be None)
+        if m is None or m.group(1) is None:
+            raise FitVisionError(f"regex {pattern!r} does not match file name '{item.name}'"
+                                 + ("" if m is None else " with its first group"))
         return m.group(1)
 
     return label
 
 
 def func_labeller(fn: Callable[[PurePath], str]) -> Labeller:
+    """fn(item) -> the label; a number is made a string ("3"). None is refused: str() would
+    make it a class named "None" that the images fn had no label for would quietly train as."""
+
     def label(item: PurePath) -> str:
-        return str(fn(item))
+        value = fn(item)
+        if value is None:
+            raise FitVisionError(f"the labelling function returned None for '{item}'; leave such files out "
+                                 "before labelling (e.g. with func_splitter returning None)")
+        return str(value)
 
     return label
 
@@ -175,7 +205,7 @@ class Vocab:
     UNKNOWN = "unknown"
 
     def __init__(self, train_labels: Iterable[str], unknown: bool = False):
-        classes = sorted(set(train_labels))
+        classes = _sorted_classes(train_labels)
         self.unknown = unknown
         if unknown:  # last, even when a training label is itself "unknown" (then the two are one class)
             classes = [c for c in classes if c != self.UNKNOWN] + [self.UNKNOWN]
@@ -201,4 +231,20 @@ class Vocab:
         return np.asarray(out, dtype=np.int64)
 
     def decode(self, idxs: Iterable[int]) -> list[str]:
-        return [self.classes[int(i)] for i in idxs]
+        out = []
+        for i in idxs:
+            # a negative index would be a class from the end, quietly: e.g. -1 as an "ignore" label
+            if not 0 <= int(i) < len(self.classes):
+                raise FitVisionError(f"class index {int(i)} is out of range for {len(self.classes)} classes")
+            out.append(self.classes[int(i)])
+        return out
+
+
+def _sorted_classes(labels: Iterable) -> list:
+    labels = set(labels)
+    try:
+        return sorted(labels)
+    except TypeError:  # e.g. a missing label in a table column read as NaN or None among strings
+        kinds = sorted({type(label).__name__ for label in labels})
+        raise FitVisionError(f"labels of different kinds cannot be sorted into classes ({', '.join(kinds)}); "
+                             "make every label a string (a missing one reads as NaN or None)") from None

@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from fitvision.data import extract
-from fitvision.data.items import IMAGE_EXTENSIONS, Vocab, grandparent_splitter, parent_labeller
+from fitvision.data.items import IMAGE_EXTENSIONS, Vocab, grandparent_splitter, parent_labeller, walk
 from fitvision.errors import FitVisionError
 
 VALID_NAMES = ("valid", "val", "test")  # first one present wins
@@ -92,7 +92,7 @@ class Source:
 
 def _walk(root: Path) -> tuple[list[str], set[str]]:
     files, dirs = [], set()
-    for folder, subdirs, names in os.walk(root):
+    for folder, subdirs, names in walk(root):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         rel = Path(folder).relative_to(root).as_posix()
         rel = "" if rel == "." else rel + "/"

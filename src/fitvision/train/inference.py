@@ -8,6 +8,7 @@ thousands of files go fast; a file that cannot be read gets an error entry and t
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +101,7 @@ def evaluate_run(run, data: str | None = None, tta: bool | None = None) -> dict[
     """{"val_acc","val_loss","num_valid","per_class_acc"} on the run's validation split (or `data`'s).
 
     tta None: as the run's own final evaluation (config.json's tta), so the result is summary.json's."""
-    from fitvision.data.decode import load_dataset
+    from fitvision.data.decode import carve_valid, load_dataset
     from fitvision.train.learner import loss_and_accuracy
     from fitvision.train.run import _subset
 
@@ -115,8 +116,8 @@ def evaluate_run(run, data: str | None = None, tta: bool | None = None) -> dict[
     # where it has none (an unsplit folder), as training would.
     ds = load_dataset(data or cfg["data"], storage_size=storage, valid_pct=0.0 if data else valid_pct, seed=seed,
                       resize_method=run.resize_method)
-    if data and len(ds.valid_y) == 0 and valid_pct > 0:
-        ds = load_dataset(data, storage_size=storage, valid_pct=valid_pct, seed=seed, resize_method=run.resize_method)
+    if data and len(ds.valid_y) == 0 and valid_pct > 0:  # carved from what is loaded: a reload warned twice
+        ds = carve_valid(ds, valid_pct, seed)
     if list(ds.classes) != run.classes:
         raise FitVisionError(f"{data or cfg['data']} has classes {ds.classes}, the model was trained on {run.classes}")
     # The run's own data: the validation subset train_run drew (valid_limit), with its seed.
@@ -146,7 +147,8 @@ def _log_probs_all(run: Run, images: np.ndarray, batch_size: int, tta: bool) -> 
 
 # --------------------------------------------------------------------------- predict
 def predict_files(run, files: Iterable[str | Path], topk: int = 3) -> list[dict[str, Any]]:
-    """[{"file", "top": [{"class", "prob"}]}] or [{"file", "error"}], in the order given.
+    """[{"file", "top": [{"class", "prob"}]}] or [{"file", "error"}], in the order given; a folder
+    stands for the images under it.
 
     Each file is decoded as the training data was (decode_image at the run's storage size), then
     the eval pipeline brings it to the model's input size. Threads decode the next chunk of files
@@ -154,6 +156,7 @@ def predict_files(run, files: Iterable[str | Path], topk: int = 3) -> list[dict[
     """
     run = _as_run(run)
     files = [str(files)] if isinstance(files, (str, Path)) else [str(f) for f in files]  # one file, not its letters
+    files = _expand_folders(files)
     if topk < 1:
         raise FitVisionError(f"topk must be at least 1, got {topk}")
     topk = min(topk, len(run.classes))
@@ -185,10 +188,24 @@ def _predict_chunk(run: Run, pipe, chunk: list[str], decoded: list, topk: int) -
     return out
 
 
+def _expand_folders(files: list[str]) -> list[str]:
+    """A folder stands for the images under it (sorted, as get_files lists them); one without
+    images stays, and gets an error entry of its own."""
+    from fitvision.data.items import get_files
+
+    out: list[str] = []
+    for f in files:
+        images = [str(p) for p in get_files(f)] if os.path.isdir(f) else []
+        out += images or [f]
+    return out
+
+
 def _decode(path: str, storage_size: int, resize_method: str) -> np.ndarray | str:
     """uint8 (H, W, 3) decoded as training decoded it, or the reason it could not be."""
     from fitvision.data.decode import decode_image
 
+    if os.path.isdir(path):  # only an empty one gets here (_expand_folders)
+        return f"no images in folder {path}"
     try:
         return decode_image(path, storage_size=storage_size, resize_method=resize_method)
     except FitVisionError as e:

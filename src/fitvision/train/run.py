@@ -130,8 +130,11 @@ def _loaders(cfg: TrainConfig, ds, device: torch.device, notes: list[str]):
     valid_x = ds.valid_x if len(valid_idx) == len(ds.valid_y) else ds.valid_x[valid_idx]
     train_y, valid_y = ds.train_y[train_idx], ds.valid_y[valid_idx]
     if len(train_y) == 0 or len(valid_y) == 0:
+        # with --valid-pct given, "pass --valid-pct" would send the user round in a circle
+        hint = (f"--valid-pct {cfg.valid_pct:g} of {len(ds.train_y) + len(ds.valid_y)} images leaves one side empty; "
+                "choose a fraction that leaves images on both" if cfg.valid_pct > 0 else "unsplit data: pass --valid-pct")
         raise FitVisionError(f"{ds.name} has {len(train_y)} training and {len(valid_y)} validation images; "
-                             "both are needed (unsplit data: pass --valid-pct)")
+                             f"both are needed ({hint})")
     mean, std = _stats(cfg, train_x)
     size = cfg.size or int(ds.image_size[0])
     # A last batch of one image breaks BatchNorm in training mode; drop it only then.
