@@ -1,5 +1,6 @@
 """Muon: the orthogonalising stepper against torch.optim.Muon, and how fitvision routes it."""
 
+import dataclasses
 import math
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from fitvision.config import TrainConfig
-from fitvision.optim import create_optimizer
+from fitvision.optim import create_optimizer, set_hyper
 from fitvision.optim.steppers import orthogonalize
 from fitvision.train.learner import Learner
 
@@ -97,6 +98,24 @@ def test_from_config_routes_body_filters_to_muon_and_the_rest_to_sgd():
     assert body["wd"] == 0.0  # renorm fixes the norm: decay would only fight it
     assert groups["head"]["ortho"] is False and groups["head"]["lr"] == pytest.approx(1.5)
     assert groups["body_no_decay"]["lr"] == pytest.approx(96.0) and groups["body_no_decay"]["mom"] == 0.85
+
+
+def test_cpu_recipe_decays_biases_per_step_like_the_weights_and_steps_the_stem_bias_at_1x():
+    from fitvision.config import RECIPES
+    from fitvision.models import create_model
+
+    cfg = dataclasses.replace(RECIPES["cpu"], device="cpu", precision="fp32")
+    model = create_model("speednet", width=0.25)
+    learner = Learner.from_config(cfg, model, [], [], progress=False)
+    groups = {g["name"]: g for g in learner.opt.param_groups}
+    assert groups["body_stem"]["params"] == [model.stem_bias]
+    assert groups["body_stem"]["lr"] == pytest.approx(1.5) and groups["body_stem"]["wd"] == pytest.approx(1.33e-3)
+    biases = groups["body_no_decay"]
+    assert all(p is not model.stem_bias for p in biases["params"])
+    # 64x the lr, 1/64 the L2 coefficient: 1.5 * 64 * 1.33e-3 / 64 = 0.002 of each bias per step, as for a weight
+    assert biases["lr"] == pytest.approx(96.0) and biases["wd"] == pytest.approx(1.33e-3 / 64)
+    set_hyper(learner.opt, "wd", 1e-3)  # a wd schedule keeps that ratio
+    assert groups["body_no_decay"]["wd"] == pytest.approx(1e-3 / 64) and groups["body"]["wd"] == 0.0
 
 
 def test_config_refuses_momentum_one_with_muon():

@@ -49,7 +49,9 @@ class TrainConfig:
     eps: float = 1e-5  # Adam/LAMB epsilon
     wd: float = 1e-4  # weight decay
     wd_mode: str = "l2"  # "l2" (added to the gradient, as torch.optim.Adam) or "decoupled"
-    wd_bn_bias: bool = False  # also decay biases and norm scales/shifts (torch.optim's default; the seeds do)
+    # Also decay biases and norm scales/shifts (torch.optim's default; the seeds do), as much per
+    # step as the weights: at bias_lr_mult x the lr, their L2 coefficient is wd / bias_lr_mult.
+    wd_bn_bias: bool = False
     clip: float = 0.1  # gradient clipping threshold; 0 = off
     clip_mode: str = "value"  # "value" (the seeds) or "norm"
     sched: str = "one_cycle"  # schedule name, see fitvision.optim.schedules
@@ -184,11 +186,13 @@ RECIPES: dict[str, TrainConfig] = {
     # Third round (airbench94_muon's optimizer): the body's conv filters step with Muon (peak lr
     # 0.24, momentum 0.6, each filter bank held at norm sqrt(out), so no weight decay on them) at
     # batch 2000; the head and the biases keep Nesterov SGD at the same per-example settings.
+    # Fifth round (airbench94's bias treatment): BatchNorm shifts decay as much per step as the
+    # weights (wd_bn_bias), and the whitening stem's bias steps at 1x the lr, decayed like a weight.
     "cpu": TrainConfig(
         model="speednet", width=0.75, epochs=13, bs=2000, opt="muon", muon_lr=0.24, muon_momentum=0.6,
         muon_renorm=True, lr=1.5, momentum=0.85, wd=1.33e-3,
         wd_mode="l2", clip=0.0, sched="one_cycle_linear", pct_start=0.23, div_factor=5.0,
-        final_div_factor=0.2 / 0.07, label_smoothing=0.2, bias_lr_mult=64.0, aug="crop_flip_alt",
+        final_div_factor=0.2 / 0.07, label_smoothing=0.2, bias_lr_mult=64.0, wd_bn_bias=True, aug="crop_flip_alt",
         progressive_size=16, progressive_epochs=8, stem_bias_epochs=3, epoch_valid_limit=2000,
         normalize="auto", tta=True, tta_shift=1, lookahead=True, precision="auto", recipe="cpu",
     ),

@@ -152,15 +152,23 @@ class Learner:
     @classmethod
     def from_config(cls, cfg, model: nn.Module, train_dl, valid_dl, **kwargs) -> Learner:
         """A Learner with every setting from a TrainConfig; kwargs (hooks, progress, ...) pass through."""
-        from fitvision.models import param_groups
+        from fitvision.models import param_groups, unwrap
 
         def opt_func(m: nn.Module):
             groups = param_groups(m, cfg.wd)
+            stem = getattr(unwrap(m), "stem_bias", None)
+            if stem is not None:  # a data-initialised stem's conv bias is no norm shift: the weights' lr and decay
+                for group in groups:
+                    group["params"] = [p for p in group["params"] if p is not stem]
+                groups = [g for g in groups if g["params"]] + [
+                    {"params": [stem], "name": "body_stem", "weight_decay": cfg.wd, "lr_mult": 1.0}]
             for group in groups:  # biases and norm shifts: few numbers, they tolerate (and need) a higher lr
                 if group["name"].endswith("no_decay"):
                     group["lr_mult"] *= cfg.bias_lr_mult
-                    if cfg.wd_bn_bias:  # torch.optim's (and the seeds') way: every parameter decays
-                        group["weight_decay"] = cfg.wd
+                    if cfg.wd_bn_bias:  # torch.optim's (and the seeds') way: every parameter decays, and
+                        # as much per step as the weights do: the higher lr speeds their gradient steps only
+                        group["weight_decay"] = cfg.wd / cfg.bias_lr_mult
+                        group["wd_mult"] = 1.0 / cfg.bias_lr_mult
                 elif group["name"] == "body" and cfg.opt == "muon":  # the orthogonalised weights
                     group["lr_mult"] *= (cfg.muon_lr or cfg.lr) / cfg.lr
                     group["mom"] = cfg.muon_momentum or cfg.momentum
