@@ -118,6 +118,18 @@ def test_predict_a_folder_predicts_the_images_in_it(capsys, tmp_path, tiny_run):
                                                     str(tmp_path / "imgs" / "b" / "2.png")]
 
 
+def test_predict_expands_a_quoted_pattern(capsys, tmp_path, tiny_run):
+    pytest.importorskip("fitvision.data.augment")
+    (tmp_path / "imgs").mkdir()
+    for name in ("2.png", "1.png"):
+        Image.new("RGB", (20, 20), (10, 200, 30)).save(tmp_path / "imgs" / name)
+    # a shell that does not expand the pattern (Windows, or quotes) hands it over as it is
+    rc = main(["predict", str(tiny_run), str(tmp_path / "imgs" / "*.png"), str(tmp_path / "none" / "*.jpg"), "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and err == f"error: image not found: {tmp_path / 'none' / '*.jpg'}\n"
+    assert [r["file"] for r in json.loads(out)] == [str(tmp_path / "imgs" / "1.png"), str(tmp_path / "imgs" / "2.png")]
+
+
 def test_predict_bad_topk(capsys, tiny_run, tmp_path):
     line = _fail(capsys, ["predict", str(tiny_run), "x.png", "--topk", "0"], code=2)
     assert line == "error: --topk must be at least 1, got 0"

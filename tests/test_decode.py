@@ -123,6 +123,18 @@ def test_colour_modes_become_rgb(matrix):
     assert g16[0, 0].tolist() == [255, 255, 255] and g16[-1, -1].tolist() == [128, 128, 128]  # scaled, not clipped
 
 
+def test_float_images_in_0_1_are_scaled_and_decode_image_is_writable(tmp_path):
+    a = np.zeros((8, 8), np.float32)
+    a[:4] = 1.0
+    a[4:] = 0.5
+    Image.fromarray(a, mode="F").save(tmp_path / "f.tif")
+    img = decode_image(tmp_path / "f.tif")
+    # before: 0..1 floats became pixel values 0 and 1 (near-black)
+    assert img[0, 0].tolist() == [255, 255, 255] and img[-1, -1].tolist() == [128, 128, 128]
+    img[0, 0] = 7  # before: "assignment destination is read-only"
+    assert img[0, 0].tolist() == [7, 7, 7]
+
+
 def test_exif_orientation_applied(tmp_path):
     img = decode_image(_exif_rotated_jpeg(tmp_path / "r.jpg"), storage_size=160)
     assert img.shape == (20, 20, 3)  # shorter side 20, never upscaled

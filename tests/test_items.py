@@ -127,6 +127,15 @@ def test_vocab_refuses_mixed_labels_and_out_of_range_indices():
     assert vocab.decode(np.array([1, 0])) == ["dog", "cat"]
 
 
+def test_vocab_refuses_one_string_for_a_list_of_labels():
+    # before: Vocab("cat").classes == ["a", "c", "t"], and encode("cat") encoded three letters
+    with pytest.raises(FitVisionError, match=r"""^expected a list of labels, got the single string 'cat' \(write \['cat'\]\)$"""):
+        Vocab("cat")
+    with pytest.raises(FitVisionError, match=r"^expected a list of labels, got the single string 'dog'"):
+        Vocab(["cat", "dog"]).encode("dog")
+    assert Vocab(("cat", "dog")).encode(iter(["dog"])).tolist() == [1]  # any other iterable of labels is fine
+
+
 def test_custom_dataset_in_a_few_lines(tmp_path):
     _touch(tmp_path, "pets/beagle_1.jpg", "pets/beagle_2.jpg", "pets/pug_1.jpg", "pets/pug_2.jpg", "pets/pug_3.jpg")
     files = get_files(tmp_path / "pets")

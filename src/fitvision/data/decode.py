@@ -63,6 +63,8 @@ def _to_rgb(img):
         a = np.asarray(img, dtype=np.float32)
         if mode.startswith("I;16") or a.max(initial=0) > 255:
             a = a / 257.0
+        elif mode == "F" and a.max(initial=0) <= 1.0:  # float images in 0..1 (the usual convention)
+            a = a * 255.0
         img = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")  # transparent areas become white, not black
@@ -127,7 +129,8 @@ def decode_image(path, storage_size: int = 160, resize_method: str = "crop", siz
         raise FitVisionError(f"size must be at least 1 pixel, got {size}")
     try:
         with _refuse_bombs():
-            return _decode(str(path), size, storage_size, resize_method)
+            # a copy: Pillow's array is read-only, and a caller may well edit the image in place
+            return np.array(_decode(str(path), size, storage_size, resize_method))
     except FileNotFoundError:
         raise FitVisionError(f"image not found: {path}") from None
     except Exception as e:  # every Pillow failure means the same thing to the user

@@ -205,7 +205,7 @@ class Vocab:
     UNKNOWN = "unknown"
 
     def __init__(self, train_labels: Iterable[str], unknown: bool = False):
-        classes = _sorted_classes(train_labels)
+        classes = _sorted_classes(_labels_arg(train_labels))
         self.unknown = unknown
         if unknown:  # last, even when a training label is itself "unknown" (then the two are one class)
             classes = [c for c in classes if c != self.UNKNOWN] + [self.UNKNOWN]
@@ -217,7 +217,7 @@ class Vocab:
 
     def encode(self, labels: Iterable[str]) -> np.ndarray:
         out = []
-        for label in labels:
+        for label in _labels_arg(labels):
             idx = self._index.get(label)
             if idx is None:
                 if not self.unknown:
@@ -238,6 +238,13 @@ class Vocab:
                 raise FitVisionError(f"class index {int(i)} is out of range for {len(self.classes)} classes")
             out.append(self.classes[int(i)])
         return out
+
+
+def _labels_arg(labels: Iterable) -> Iterable:
+    # A string is iterable too: Vocab("cat") would make the classes c, a, t without a word.
+    if isinstance(labels, str):
+        raise FitVisionError(f"expected a list of labels, got the single string {labels!r} (write [{labels!r}])")
+    return labels
 
 
 def _sorted_classes(labels: Iterable) -> list:

@@ -8,6 +8,7 @@ thousands of files go fast; a file that cannot be read gets an error entry and t
 
 from __future__ import annotations
 
+import glob
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -190,11 +191,17 @@ def _predict_chunk(run: Run, pipe, chunk: list[str], decoded: list, topk: int) -
 
 def _expand_folders(files: list[str]) -> list[str]:
     """A folder stands for the images under it (sorted, as get_files lists them); one without
-    images stays, and gets an error entry of its own."""
+    images stays, and gets an error entry of its own. A pattern such as "shots/*.jpg" that no
+    file is named stands for the files it matches (a shell that does not expand it, or quotes),
+    or stays, to be reported as not found."""
     from fitvision.data.items import get_files
 
     out: list[str] = []
     for f in files:
+        if not os.path.exists(f) and any(c in f for c in "*?["):
+            matches = sorted(glob.glob(f, recursive=True))
+            out += [m for m in matches if not os.path.isdir(m)] or [f]
+            continue
         images = [str(p) for p in get_files(f)] if os.path.isdir(f) else []
         out += images or [f]
     return out
