@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify image files with a trained run")
     p.add_argument("run", help="run directory")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders of them, or quoted patterns such as 'shots/*.jpg'")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files, folders of them, or quoted patterns such as 'shots/*.jpg'")
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
