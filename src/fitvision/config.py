@@ -187,7 +187,8 @@ RECIPES: dict[str, TrainConfig] = {
     # 0.24, momentum 0.6, each filter bank held at norm sqrt(out), so no weight decay on them) at
     # batch 2000; the head and the biases keep Nesterov SGD at the same per-example settings.
     # Fifth round (airbench94's bias treatment): BatchNorm shifts decay as much per step as the
-    # weights (wd_bn_bias), and the whitening stem's bias steps at 1x the lr, decayed like a weight.
+    # weights (wd_bn_bias), and the whitening stem's bias steps at 1x the lr, decayed like a weight:
+    # 90.63% (3 seeds) in 552 s, +0.22 over the third round's 90.41%.
     "cpu": TrainConfig(
         model="speednet", width=0.75, epochs=13, bs=2000, opt="muon", muon_lr=0.24, muon_momentum=0.6,
         muon_renorm=True, lr=1.5, momentum=0.85, wd=1.33e-3,
