@@ -31,6 +31,15 @@ def _fail(capsys, argv, code=1):
     return lines[-1]
 
 
+def _class_folders(root, per_class: int, side: int):
+    """An unsplit folder dataset: classes a and b, per_class distinct side x side PNGs each."""
+    for c, cls in enumerate(("a", "b")):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (side, side), (c * 200, i * 40, 0)).save(root / cls / f"{i}.png")
+    return root
+
+
 @pytest.fixture
 def tiny_run(tmp_path):
     """A real, loadable run: an untrained tiny resnet9 saved with modelfile.save_model."""
@@ -263,10 +272,7 @@ def test_one_class_is_refused(capsys, tmp_path, monkeypatch):
 def test_valid_pct_that_empties_a_side_says_so(capsys, tmp_path, monkeypatch, pct, counts):
     pytest.importorskip("fitvision.train.run")
     monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
-    for c, cls in enumerate(("a", "b")):
-        (tmp_path / "ds" / cls).mkdir(parents=True)
-        for i in range(2):
-            Image.new("RGB", (8, 8), (c * 200, i * 40, 0)).save(tmp_path / "ds" / cls / f"{i}.png")
+    _class_folders(tmp_path / "ds", per_class=2, side=8)
     line = _fail(capsys, ["train", "--data", str(tmp_path / "ds"), "--valid-pct", pct, "--out", str(tmp_path / "r")])
     # before the fix the hint was "(unsplit data: pass --valid-pct)", which had been passed
     assert line == (f"error: ds has {counts} images; both are needed (--valid-pct {pct} of 4 images leaves one "
@@ -277,10 +283,7 @@ def test_valid_pct_that_empties_a_side_says_so(capsys, tmp_path, monkeypatch, pc
 def test_too_small_size_is_one_line_before_any_run_directory(capsys, tmp_path, monkeypatch):
     pytest.importorskip("fitvision.train.run")
     monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
-    for c, cls in enumerate(("a", "b")):
-        (tmp_path / "ds" / cls).mkdir(parents=True)
-        for i in range(4):
-            Image.new("RGB", (16, 16), (c * 200, i * 40, 0)).save(tmp_path / "ds" / cls / f"{i}.png")
+    _class_folders(tmp_path / "ds", per_class=4, side=16)
     line = _fail(capsys, ["train", "--data", str(tmp_path / "ds"), "--valid-pct", "0.25", "--model", "speednet",
                           "--size", "7", "--out", str(tmp_path / "r")])
     # The reason in brackets is torch's own first line (its wording varies across torch versions).
