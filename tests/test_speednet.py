@@ -19,6 +19,29 @@ def test_whitening_init_decorrelates_patches():
     assert torch.equal(model.whiten.weight[:12], -model.whiten.weight[12:])
 
 
+def test_whiten_eps_option_damps_the_rarest_patch_directions():
+    import pytest
+
+    from fitvision.errors import FitVisionError
+
+    torch.manual_seed(0)
+    imgs = torch.nn.functional.avg_pool2d(torch.randn(64, 1, 18, 18), 3, 1) + 0.01 * torch.randn(64, 3, 16, 16)
+    norms = {}
+    for eps in (5e-4, 1e-2):
+        model = create_model("speednet", width=0.25, whiten_eps=eps)
+        assert model.whiten_eps == eps
+        model.init_from_data(imgs)  # the model's own eps
+        with torch.no_grad():
+            out = model.whiten(imgs)[:, :12]
+        norms[eps] = out.permute(1, 0, 2, 3).reshape(12, -1).std(1)  # per eigen-direction, rarest first
+    # each direction's output std is sqrt(eigenvalue / (eigenvalue + eps)): a larger eps shrinks the
+    # rare (tiny-eigenvalue) directions a lot and the dominant one hardly at all
+    assert norms[1e-2][0] < 0.5 * norms[5e-4][0]
+    assert torch.isclose(norms[1e-2][-1], norms[5e-4][-1], rtol=0.02)
+    with pytest.raises(FitVisionError, match=r"^speednet: whiten_eps must be above 0, got 0$"):
+        create_model("speednet", whiten_eps=0.0)
+
+
 def test_speednet_shapes_and_frozen_parts():
     model = create_model("speednet", num_classes=7, width=0.5)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fitvision.errors import FitVisionError
 from fitvision.models.base import ImageClassifier
 from fitvision.models.layers import scaled
 from fitvision.models.registry import register_model
@@ -60,13 +61,15 @@ class SpeedNet(ImageClassifier):
     """``whiten``, ``dirac`` and ``bn_scale`` switch airbench's choices off (or on) one at a time,
     for ablations: whiten=False makes the stem an ordinary trainable conv (default init, and
     ``init_from_data`` leaves it alone), dirac=False drops the identity part of the conv init,
-    bn_scale=True lets BatchNorm's scales train."""
+    bn_scale=True lets BatchNorm's scales train. ``whiten_eps`` is added to each patch-covariance
+    eigenvalue before dividing by its square root: the larger it is, the less the rarest patch
+    directions (fine detail, and JPEG's quantisation noise) are amplified."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, ...] = (64, 256, 256),
                  whiten_kernel: int = 2, logit_scale: float = 1 / 9, whiten: bool = True, dirac: bool = True,
-                 bn_scale: bool = False) -> None:
+                 bn_scale: bool = False, whiten_eps: float = 5e-4) -> None:
         super().__init__()
-        self.whiten_kernel, self.data_init = whiten_kernel, whiten
+        self.whiten_kernel, self.data_init, self.whiten_eps = whiten_kernel, whiten, whiten_eps
         whiten_width = 2 * in_channels * whiten_kernel**2
         self.whiten = nn.Conv2d(in_channels, whiten_width, whiten_kernel, padding=0, bias=True)
         self.whiten.weight.requires_grad_(not whiten)
@@ -99,7 +102,7 @@ class SpeedNet(ImageClassifier):
         return self.groups(self.act(self.whiten(x)))
 
     @torch.no_grad()
-    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> bool:
+    def init_from_data(self, images: torch.Tensor, eps: float | None = None) -> bool:
         """Set the whitening conv from normalised training images (B, C, H, W), a few thousand suffice.
 
         Each k x k patch is projected onto the eigenvectors of the patch covariance and divided by
@@ -108,6 +111,7 @@ class SpeedNet(ImageClassifier):
         """
         if not self.data_init:
             return False
+        eps = self.whiten_eps if eps is None else eps
         k = self.whiten_kernel
         x = images.float()
         patches = x.unfold(2, k, 1).unfold(3, k, 1)  # B, C, H', W', k, k
@@ -124,8 +128,10 @@ class SpeedNet(ImageClassifier):
 
 @register_model
 def speednet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, whiten: bool = True,
-             dirac: bool = True, bn_scale: bool = False) -> SpeedNet:
+             dirac: bool = True, bn_scale: bool = False, whiten_eps: float = 5e-4) -> SpeedNet:
     """Airbench-style CIFAR net: whitened 2x2 stem, 3 conv groups (64-256-256), fast to train."""
+    if whiten_eps <= 0:
+        raise FitVisionError(f"speednet: whiten_eps must be above 0, got {whiten_eps:g}")
     widths = tuple(scaled(c, width) for c in (64, 256, 256))
     return SpeedNet(num_classes=num_classes, in_channels=in_channels, widths=widths, whiten=whiten, dirac=dirac,
-                    bn_scale=bn_scale)
+                    bn_scale=bn_scale, whiten_eps=whiten_eps)
