@@ -416,13 +416,16 @@ def test_seed_recipe_decays_every_parameter_like_torch_adam():
         assert torch.allclose(p, q, rtol=0, atol=1e-7), name
 
 
-def test_recipes_other_than_seed_keep_biases_and_norms_undecayed():
+def test_general_and_imagenette_keep_biases_undecayed_cpu_decays_them_per_step_like_weights():
     import dataclasses
 
     from fitvision.config import get_recipe
 
-    for name in ("general", "cpu"):
+    for name in ("general", "imagenette", "cpu"):
         cfg = dataclasses.replace(get_recipe(name), device="cpu", opt="adam")
         groups = {g["name"]: g for g in Learner.from_config(cfg, _conv_bn_net(), [], [], progress=False).opt.param_groups}
-        assert groups["body_no_decay"]["wd"] == 0.0 and groups["head_no_decay"]["wd"] == 0.0, name
+        # cpu (airbench's way): biases at bias_lr_mult x the lr with wd / bias_lr_mult, the same decay per step
+        bias_wd = cfg.wd / cfg.bias_lr_mult if name == "cpu" else 0.0
+        assert groups["body_no_decay"]["wd"] == bias_wd and groups["head_no_decay"]["wd"] == bias_wd, name
         assert groups["body"]["wd"] == cfg.wd, name
+    assert bias_wd > 0 and groups["body_no_decay"]["lr"] * bias_wd == pytest.approx(groups["body"]["lr"] * cfg.wd)
