@@ -48,3 +48,28 @@ def test_speednet_shapes_and_frozen_parts():
     assert not model.whiten.weight.requires_grad
     bn_weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bn_weights and not any(w.requires_grad for w in bn_weights)
+
+
+def test_convs_option_adds_a_residual_third_conv_to_the_named_groups():
+    import pytest
+
+    from fitvision.errors import FitVisionError
+
+    plain = create_model("speednet", width=0.25)
+    deep = create_model("speednet", width=0.25, convs="2-2-3")
+    assert [hasattr(g, "conv3") for g in deep.groups] == [False, False, True]
+    assert not any(hasattr(g, "conv3") for g in plain.groups)
+    c = deep.groups[2].conv3.weight.shape[0]
+    assert sum(p.numel() for p in deep.parameters()) - sum(p.numel() for p in plain.parameters()) == c * c * 9 + 2 * c
+    # the third conv's output is added to the group's pooled activation
+    g = deep.groups[2].eval()
+    x = torch.randn(2, g.conv1.in_channels, 8, 8)
+    with torch.no_grad():
+        pooled = g.act(g.norm1(g.pool(g.conv1(x))))
+        expected = pooled + g.act(g.norm3(g.conv3(g.act(g.norm2(g.conv2(pooled))))))
+        assert torch.equal(g(x), expected)
+    assert deep(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    for bad in ("2-2", "2-2-4", "two"):
+        with pytest.raises(FitVisionError, match=r"^speednet: convs takes three counts of 2 or 3 joined by '-' "
+                                                 rf"\(e\.g\. 2-2-3\), got '{bad}'$"):
+            create_model("speednet", convs=bad)

@@ -43,31 +43,40 @@ def _batchnorm(channels: int, train_scale: bool = False) -> nn.BatchNorm2d:
 
 
 class ConvGroup(nn.Module):
-    def __init__(self, c_in: int, c_out: int, bn_scale: bool = False) -> None:
+    """conv, max-pool, BN, GELU, conv, BN, GELU; with ``convs=3`` a third conv/BN/GELU whose output
+    is added to the pooled activation (airbench96's group): more depth at the group's pooled size."""
+
+    def __init__(self, c_in: int, c_out: int, bn_scale: bool = False, convs: int = 2) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = _batchnorm(c_out, bn_scale)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.norm2 = _batchnorm(c_out, bn_scale)
+        if convs == 3:
+            self.conv3 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+            self.norm3 = _batchnorm(c_out, bn_scale)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
-        return self.act(self.norm2(self.conv2(x)))
+        if not hasattr(self, "conv3"):
+            return self.act(self.norm2(self.conv2(x)))
+        return x + self.act(self.norm3(self.conv3(self.act(self.norm2(self.conv2(x))))))
 
 
 class SpeedNet(ImageClassifier):
     """``whiten``, ``dirac`` and ``bn_scale`` switch airbench's choices off (or on) one at a time,
     for ablations: whiten=False makes the stem an ordinary trainable conv (default init, and
     ``init_from_data`` leaves it alone), dirac=False drops the identity part of the conv init,
-    bn_scale=True lets BatchNorm's scales train. ``whiten_eps`` is added to each patch-covariance
+    bn_scale=True lets BatchNorm's scales train. ``convs`` gives each group's conv count (2, or 3
+    for a residual third conv), e.g. (2, 2, 3). ``whiten_eps`` is added to each patch-covariance
     eigenvalue before dividing by its square root: the larger it is, the less the rarest patch
     directions (fine detail, and JPEG's quantisation noise) are amplified."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, ...] = (64, 256, 256),
                  whiten_kernel: int = 2, logit_scale: float = 1 / 9, whiten: bool = True, dirac: bool = True,
-                 bn_scale: bool = False, whiten_eps: float = 5e-4) -> None:
+                 bn_scale: bool = False, whiten_eps: float = 5e-4, convs: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.whiten_kernel, self.data_init, self.whiten_eps = whiten_kernel, whiten, whiten_eps
         whiten_width = 2 * in_channels * whiten_kernel**2
@@ -75,8 +84,8 @@ class SpeedNet(ImageClassifier):
         self.whiten.weight.requires_grad_(not whiten)
         self.act = nn.GELU()
         groups, c_in = [], whiten_width
-        for width in widths:
-            groups.append(ConvGroup(c_in, width, bn_scale))
+        for width, n in zip(widths, convs or (2,) * len(widths)):
+            groups.append(ConvGroup(c_in, width, bn_scale, n))
             c_in = width
         self.groups = nn.Sequential(*groups)
         self.classifier = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), Scale(logit_scale),
@@ -128,10 +137,16 @@ class SpeedNet(ImageClassifier):
 
 @register_model
 def speednet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, whiten: bool = True,
-             dirac: bool = True, bn_scale: bool = False, whiten_eps: float = 5e-4) -> SpeedNet:
-    """Airbench-style CIFAR net: whitened 2x2 stem, 3 conv groups (64-256-256), fast to train."""
+             dirac: bool = True, bn_scale: bool = False, whiten_eps: float = 5e-4, convs: str = "2-2-2") -> SpeedNet:
+    """Airbench-style CIFAR net: whitened 2x2 stem, 3 conv groups (64-256-256), fast to train.
+
+    ``convs``: each group's conv count joined by '-', 2 or 3 ("2-2-3" adds a residual third conv to
+    the last group)."""
     if whiten_eps <= 0:
         raise FitVisionError(f"speednet: whiten_eps must be above 0, got {whiten_eps:g}")
+    counts = convs.split("-")
+    if len(counts) != 3 or any(c not in ("2", "3") for c in counts):
+        raise FitVisionError(f"speednet: convs takes three counts of 2 or 3 joined by '-' (e.g. 2-2-3), got '{convs}'")
     widths = tuple(scaled(c, width) for c in (64, 256, 256))
     return SpeedNet(num_classes=num_classes, in_channels=in_channels, widths=widths, whiten=whiten, dirac=dirac,
-                    bn_scale=bn_scale, whiten_eps=whiten_eps)
+                    bn_scale=bn_scale, whiten_eps=whiten_eps, convs=tuple(int(c) for c in counts))
