@@ -53,14 +53,15 @@ class ConvGroup(nn.Module):
         self.norm1 = _batchnorm(c_out, bn_scale)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.norm2 = _batchnorm(c_out, bn_scale)
-        if convs == 3:
+        self.residual = convs == 3
+        if self.residual:
             self.conv3 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
             self.norm3 = _batchnorm(c_out, bn_scale)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
-        if not hasattr(self, "conv3"):
+        if not self.residual:
             return self.act(self.norm2(self.conv2(x)))
         return x + self.act(self.norm3(self.conv3(self.act(self.norm2(self.conv2(x))))))
 
