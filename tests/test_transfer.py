@@ -319,3 +319,18 @@ def test_timm_model_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert main(["train", *common, "--model", "keras:resnet", "--out", str(tmp_path / "c")]) == 2
     assert capsys.readouterr().err == "error: external model 'keras:resnet' must be timm:NAME or torchvision:NAME\n"
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()  # refused before any work
+
+
+def test_body_lr_mult_scales_each_groups_own_multiplier():
+    """Fine-tune phases slow the body down without erasing its groups' own multipliers (biases at
+    64x the lr), and going back to 1x restores them exactly."""
+    torch.manual_seed(0)
+    model = TinyNet(3)
+    cfg = TrainConfig(lr=0.01, bias_lr_mult=64.0, device="cpu", precision="fp32")
+    learn = Learner.from_config(cfg, model, Batches(), Batches(), progress=False)
+    mults = lambda: {g["name"]: g["lr_mult"] for g in learn.opt.param_groups}  # noqa: E731
+    assert mults() == {"body": 1.0, "body_no_decay": 64.0, "head": 1.0, "head_no_decay": 64.0}
+    learn.set_body_lr_mult(0.1)
+    assert mults() == {"body": 0.1, "body_no_decay": pytest.approx(6.4), "head": 1.0, "head_no_decay": 64.0}
+    learn.set_body_lr_mult(1.0)
+    assert mults() == {"body": 1.0, "body_no_decay": 64.0, "head": 1.0, "head_no_decay": 64.0}

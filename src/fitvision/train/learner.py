@@ -488,10 +488,15 @@ class Learner:
         unfreeze(self.model)
 
     def set_body_lr_mult(self, mult: float) -> None:
-        """Discriminative learning rates: the body's groups get lr x mult (param_groups names them)."""
+        """Discriminative learning rates: the body's groups get lr x mult (param_groups names them).
+
+        The multiplier scales each group's own lr_mult as the optimizer was built (biases at
+        bias_lr_mult, Muon's filters at muon_lr / lr), which the first call records as
+        "base_lr_mult"; it lives in the optimizer's state, so a resumed run keeps it."""
         for group in self.opt.param_groups:
             if str(group.get("name", "")).startswith("body"):
-                group["lr_mult"] = mult
+                base = group.setdefault("base_lr_mult", group.get("lr_mult", 1.0))
+                group["lr_mult"] = base * mult
 
     def lr_find(self, **kwargs):
         """The learning-rate range test; see fitvision.train.lr_find.lr_find."""
