@@ -8,7 +8,7 @@ import pytest
 
 from fitvision.config import TrainConfig
 from fitvision.errors import FitVisionError
-from fitvision.tune import Dim, parse_space, sample_configs, tune
+from fitvision.tune import Dim, parse_space, resume_tune, sample_configs, tune
 
 
 def test_parse_space_ranges_and_choices():
@@ -115,7 +115,7 @@ def test_tune_keeps_users_valid_pct_and_fails_when_all_trials_fail(tmp_path):
     assert len((tmp_path / "trials.csv").read_text().splitlines()) == 3
     with pytest.raises(FitVisionError) as e:
         tune(TrainConfig(), parse_space("lr=0.1|0.2"), trials=2, out=tmp_path, train=fake)
-    assert str(e.value) == f"{tmp_path} already holds a search (trials.csv); choose another --out"
+    assert str(e.value) == f"{tmp_path} already holds a search; continue it with --resume, or choose another --out"
 
 
 def test_tune_records_oom_but_raises_bugs(tmp_path):
@@ -145,13 +145,13 @@ def test_ctrl_c_says_where_the_search_stopped(tmp_path):
     with pytest.raises(KeyboardInterrupt) as e:  # before: the trial's advice, which resumes no search
         tune(TrainConfig(), parse_space("lr=0.1|0.2"), trials=3, out=tmp_path, train=interrupted_second)
     assert str(e.value) == (f"the search stopped after 1 of 3 trials (recorded in {tmp_path / 'trials.csv'}); "
-                            "a search cannot be continued: start it again with another --out")
+                            f"continue with: fitvision tune --resume --out {tmp_path}")
     assert len((tmp_path / "trials.csv").read_text().splitlines()) == 2
     fake.configs.append("a first trial seen, so the next one is interrupted")
     with pytest.raises(KeyboardInterrupt) as e:
         tune(TrainConfig(), parse_space("lr=0.1|0.2"), trials=3, out=tmp_path / "b", train=interrupted_second)
-    assert str(e.value) == ("the search stopped before its first trial finished; a search cannot be continued: "
-                            "start it again with another --out")
+    assert str(e.value) == ("the search stopped before its first trial finished; continue with: "
+                            f"fitvision tune --resume --out {tmp_path / 'b'}")
 
 
 def test_random_module_state_untouched():
@@ -221,3 +221,80 @@ def test_tune_with_real_training_validates_on_carved_training_images(tmp_path, c
     assert (retrain["num_train"], retrain["num_valid"]) == (60, 15)
     assert best["test_acc"] == retrain["val_acc"]
     assert f"best: trial {best['trial']}" in capsys.readouterr().out
+
+
+def _rows(path):
+    """trials.csv without its timing column, which no two runs share."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(path / "trials.csv"))]
+
+
+def test_interrupted_search_resumes_where_it_stopped(tmp_path):
+    """Ctrl-C in the third of five trials, after its first checkpoint: --resume keeps the two
+    finished trials, resumes the third from its checkpoint and ends as an uninterrupted search."""
+    space, base = parse_space("lr=1e-4..1:log,bs=128|256"), TrainConfig(epochs=1, seed=3)
+    tune(base, space, trials=5, out=tmp_path / "whole", retrain=True, train=FakeTrain())
+
+    first = FakeTrain()
+
+    def interrupted_third(cfg):
+        if len(first.configs) == 2:
+            Path(cfg.out).mkdir(parents=True)
+            (Path(cfg.out) / "checkpoint.pt").write_bytes(b"an epoch's checkpoint")
+            raise KeyboardInterrupt(f"continue with: fitvision train --resume --out {cfg.out}")
+        return first(cfg)
+
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt) as e:
+        tune(base, space, trials=5, out=out, retrain=True, train=interrupted_third)
+    assert str(e.value) == (f"the search stopped after 2 of 5 trials (recorded in {out / 'trials.csv'}); "
+                            f"continue with: fitvision tune --resume --out {out}")
+
+    second = FakeTrain()
+
+    def resumed(cfg):
+        if cfg.resume:  # train_run would go on from the checkpoint; the stand-in finishes the run
+            assert (Path(cfg.out) / "checkpoint.pt").is_file()
+            (Path(cfg.out) / "checkpoint.pt").unlink()
+            Path(cfg.out).rmdir()
+        return second(cfg)
+
+    result = resume_tune(out, train=resumed)
+    assert [(c.out, c.resume) for c in second.configs] == [
+        (str(out / "trial-002"), True), (str(out / "trial-003"), False), (str(out / "trial-004"), False),
+        (str(out / "retrain"), False)]
+    assert _rows(out) == _rows(tmp_path / "whole")
+    whole = json.loads((tmp_path / "whole" / "best.json").read_text())
+    assert result == {**whole, "run_dir": whole["run_dir"].replace("whole", "cut"),
+                      "retrain_run": whole["retrain_run"].replace("whole", "cut")}
+    assert json.loads((out / "best.json").read_text()) == result
+
+
+def test_resume_keeps_a_trial_that_finished_unrecorded_and_needs_a_search(tmp_path):
+    fake = FakeTrain()
+
+    def stop_after_first_run(cfg):
+        fake(cfg)
+        raise KeyboardInterrupt("after the run, before trials.csv took it in")
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(TrainConfig(), parse_space("lr=0.01|0.1"), trials=2, out=tmp_path / "s", train=stop_after_first_run)
+    resume_tune(tmp_path / "s", train=fake)
+    assert [c.out for c in fake.configs] == [str(tmp_path / "s" / "trial-000"), str(tmp_path / "s" / "trial-001")]
+    assert [r["status"] for r in _rows(tmp_path / "s")] == ["ok", "ok"]
+    with pytest.raises(FitVisionError) as e:
+        resume_tune(tmp_path / "nothing", train=fake)
+    assert str(e.value) == f"cannot resume: {tmp_path / 'nothing' / 'search.json'} does not exist"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tune", "--resume", "--out", "S", "--lr", "0.1", "--trials", "3"],
+     "--resume continues the search in --out exactly as its search.json says; drop --lr, --trials (to search "
+     "with other settings, start a new search in another --out)"),
+    (["tune", "--resume"], "--resume needs --out DIR: the search directory to continue"),
+    (["tune", "--trials", "2"], 'tune needs --space, e.g. --space "lr=1e-4..1e-1:log,bs=128|256"'),
+])
+def test_cli_tune_resume_usage_errors(capsys, argv, message):
+    from fitvision.cli import main
+
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"

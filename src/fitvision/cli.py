@@ -153,16 +153,19 @@ def _train_config(args):
     return validate(cfg), why
 
 
-def _refuse_resume_overrides(args) -> None:
-    """--resume continues a run as its config.json says; any other option would be dropped
-    without a word (an epoch count, a learning rate), so name them and stop instead."""
+def _refuse_resume_overrides(args, what: str = "run", file: str = "config.json", extra: list[str] = ()) -> None:
+    """--resume continues a run (or a search) as its config.json (search.json) says; any other
+    option would be dropped without a word (an epoch count, a learning rate), so name them and
+    stop instead."""
     given = [flag for flag, dest, _, _ in _TRAIN_FLAGS if dest != "out" and getattr(args, dest) is not None]
     given += [flag for flag, dest, _ in _TRAIN_SWITCHES if dest != "resume" and getattr(args, dest) is not None]
     given += [flag for flag in ("--recipe", "--config") if getattr(args, flag[2:]) is not None]
+    given += list(extra)
     if given:
-        raise UsageError(f"--resume continues the run in --out exactly as its config.json says; drop "
-                         f"{', '.join(given)} (to train on with other settings, start a new run from its "
-                         "weights with --init-from RUN)")
+        advice = ("to train on with other settings, start a new run from its weights with --init-from RUN"
+                  if what == "run" else "to search with other settings, start a new search in another --out")
+        raise UsageError(f"--resume continues the {what} in --out exactly as its {file} says; drop "
+                         f"{', '.join(given)} ({advice})")
 
 
 def cmd_train(args) -> int:
@@ -234,22 +237,34 @@ def cmd_report(args) -> int:
 def cmd_tune(args) -> int:
     import time
 
-    from fitvision.tune import check_space, format_params, parse_space, tune
+    from fitvision.tune import check_space, format_params, parse_space, resume_tune, tune
 
-    try:
-        space = parse_space(args.space)  # a syntax error should not wait for the recipe to resolve
-    except FitVisionError as e:
-        raise UsageError(str(e)) from e
-    if args.trials < 1:
-        raise UsageError(f"--trials must be at least 1, got {args.trials}")
-    cfg, why = train_config_from_args(args)
-    try:
-        check_space(cfg, space)  # a bad value among the choices is a usage error, found before any trial
-    except FitVisionError as e:
-        raise UsageError(str(e)) from e
-    print(why)
-    out = cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-tune"
-    best = tune(cfg, space, args.trials, out, retrain=args.retrain)
+    if args.resume:
+        _refuse_resume_overrides(args, what="search", file="search.json",
+                                 extra=[f for f in ("--space", "--trials", "--retrain")
+                                        if getattr(args, f[2:]) not in (None, False)])
+        if not args.out:
+            raise UsageError("--resume needs --out DIR: the search directory to continue")
+        print(f"resuming the search in {args.out} with the settings in its search.json")
+        out, best = args.out, resume_tune(args.out)
+    else:
+        if args.space is None:
+            raise UsageError('tune needs --space, e.g. --space "lr=1e-4..1e-1:log,bs=128|256"')
+        try:
+            space = parse_space(args.space)  # a syntax error should not wait for the recipe to resolve
+        except FitVisionError as e:
+            raise UsageError(str(e)) from e
+        trials = 8 if args.trials is None else args.trials
+        if trials < 1:
+            raise UsageError(f"--trials must be at least 1, got {trials}")
+        cfg, why = train_config_from_args(args)
+        try:
+            check_space(cfg, space)  # a bad value among the choices is a usage error, found before any trial
+        except FitVisionError as e:
+            raise UsageError(str(e)) from e
+        print(why)
+        out = cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-tune"
+        best = tune(cfg, space, trials, out, retrain=args.retrain)
     print(f"best: trial {best['trial']} ({format_params(best['params'])}) val_acc {best['val_acc']:.4f}; wrote {out}/best.json")
     if "test_acc" in best:
         print(f"retrained on all training data: test_acc {best['test_acc']:.4f} ({best['retrain_run']})")
@@ -316,9 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("tune", help="random hyperparameter search on a validation split of the training data")
-    p.add_argument("--trials", type=int, default=8, help="number of configurations to try (default 8)")
-    p.add_argument("--space", required=True,
-                   help='search space, e.g. "lr=1e-4..1e-1:log,wd=1e-5..1e-3:log,bs=128|256"')
+    p.add_argument("--trials", type=int, default=None, help="number of configurations to try (default 8)")
+    p.add_argument("--space", default=None,
+                   help='search space, e.g. "lr=1e-4..1e-1:log,wd=1e-5..1e-3:log,bs=128|256" '
+                        '(with --resume --out DIR: the interrupted search\'s own)')
     p.add_argument("--retrain", action="store_true",
                    help="retrain the best on all training data and report test accuracy once")
     _add_train_options(p)

@@ -14,7 +14,7 @@ import random
 import re
 import time
 import typing
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -204,32 +204,75 @@ def _default_train(cfg: TrainConfig):
     return train_run(cfg)
 
 
+SEARCH_FILE = "search.json"  # what the search is (base config, space, trials): enough to continue it
+
+
 def tune(base: TrainConfig, space: dict[str, Dim], trials: int, out: str | Path, retrain: bool = False,
          train: Callable[[TrainConfig], Any] = _default_train) -> dict[str, Any]:
     """Run the search, write trials.csv and best.json in ``out``, and return best.json's content.
 
     ``train`` maps a TrainConfig to a finished run directory (``train_run``; a stand-in in tests).
+    An interrupted search goes on with ``resume_tune(out)``.
     """
     if trials < 1:
         raise FitVisionError(f"--trials must be at least 1, got {trials}")
     check_space(base, space)
     out = Path(out)
-    if (out / "trials.csv").exists():  # its trial-NNN runs would refuse to be overwritten, one by one
-        raise FitVisionError(f"{out} already holds a search (trials.csv); choose another --out")
+    if (out / "trials.csv").exists() or (out / SEARCH_FILE).exists():  # its trial-NNN runs would refuse,
+        # one by one, to be overwritten
+        raise FitVisionError(f"{out} already holds a search; continue it with --resume, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     search = replace(base, valid_pct=base.valid_pct or TUNE_VALID_PCT, out="", resume=False)
+    spec = {"base": asdict(search), "space": [asdict(d) for d in space.values()], "trials": trials, "retrain": retrain}
+    (out / SEARCH_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    return _search(search, space, trials, out, retrain, train, rows=[])
+
+
+def resume_tune(out: str | Path, train: Callable[[TrainConfig], Any] = _default_train) -> dict[str, Any]:
+    """Continue the search in ``out`` where it stopped: finished trials are kept as trials.csv
+    records them, an interrupted trial resumes from its last checkpoint (or starts again if it
+    had none), and the remaining trials draw the same parameters they would have drawn."""
+    from fitvision.config import updated
+
+    out = Path(out)
+    if not (out / SEARCH_FILE).is_file():
+        raise FitVisionError(f"cannot resume: {out / SEARCH_FILE} does not exist")
+    spec = json.loads((out / SEARCH_FILE).read_text())
+    search = updated(TrainConfig(), spec["base"])
+    space = {d["name"]: Dim(**{**d, "choices": tuple(d["choices"])}) for d in spec["space"]}
+    rows = _read_trials_csv(out / "trials.csv", list(space)) if (out / "trials.csv").exists() else []
+    return _search(search, space, spec["trials"], out, spec["retrain"], train, rows)
+
+
+def _read_trials_csv(path: Path, names: list[str]) -> list[dict[str, Any]]:
+    with open(path, newline="") as f:
+        return [{"trial": int(r["trial"]), **{n: coerce(n, r[n]) for n in names}, "val_acc": float(r["val_acc"]),
+                 "seconds": float(r["seconds"]), "status": r["status"], "error": r["error"]}
+                for r in csv.DictReader(f)]
+
+
+def _continued(cfg: TrainConfig) -> TrainConfig:
+    """A run left behind by an interrupted search: resume it if it saved a checkpoint."""
+    from fitvision.train.checkpoint import CHECKPOINT
+
+    return replace(cfg, resume=True) if (Path(cfg.out) / CHECKPOINT).is_file() else cfg
+
+
+def _search(search: TrainConfig, space: dict[str, Dim], trials: int, out: Path, retrain: bool,
+            train: Callable[[TrainConfig], Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     names = list(space)
-    rows: list[dict[str, Any]] = []
-    for i, params in enumerate(sample_configs(space, trials, base.seed)):
-        cfg = replace(search, **params, out=str(out / f"trial-{i:03d}"))
-        print(f"trial {i + 1}/{trials}: {format_params(params)}")
+    for i, params in enumerate(sample_configs(space, trials, search.seed)):
+        if i < len(rows):  # finished before an interruption
+            continue
+        cfg = _continued(replace(search, **params, out=str(out / f"trial-{i:03d}")))
+        print(f"trial {i + 1}/{trials}: {format_params(params)}" + (" (resuming)" if cfg.resume else ""))
         try:
-            result = run_trial(cfg, train)
+            result = _finished_trial(cfg) or run_trial(cfg, train)
         except KeyboardInterrupt:  # the trial's own advice (--resume that trial) would not go on with the search
             done = (f"after {len(rows)} of {trials} trials (recorded in {out / 'trials.csv'})" if rows else
                     "before its first trial finished")
-            raise KeyboardInterrupt(f"the search stopped {done}; a search cannot be continued: start it again "
-                                    "with another --out") from None
+            raise KeyboardInterrupt(f"the search stopped {done}; continue with: fitvision tune --resume --out {out}"
+                                    ) from None
         rows.append({"trial": i, **params, **result})
         write_trials_csv(out / "trials.csv", rows, names)
         print(f"  -> {rows[-1]['status']} val_acc {rows[-1]['val_acc']:.4f} in {rows[-1]['seconds']:.1f}s")
@@ -238,13 +281,27 @@ def tune(base: TrainConfig, space: dict[str, Dim], trials: int, out: str | Path,
               "run_dir": str(out / f"trial-{best['trial']:03d}"), "valid_pct": search.valid_pct,
               "trials": trials, "failed": sum(r["status"] != "ok" for r in rows)}
     if retrain:
-        result.update(_retrain(base, result["params"], out, train))
+        try:
+            result.update(_retrain(search, result["params"], out, train))
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"the search stopped while retraining its best trial; continue with: "
+                                    f"fitvision tune --resume --out {out}") from None
     (out / "best.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def _retrain(base: TrainConfig, params: dict[str, Any], out: Path, train) -> dict[str, Any]:
+def _finished_trial(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The record of a trial that finished just before the search was interrupted, before
+    trials.csv took it in; None if it has not finished."""
+    summary = Path(cfg.out) / "summary.json"
+    if not summary.is_file():
+        return None
+    seconds = float(json.loads(summary.read_text()).get("train_seconds", 0.0))
+    return {"val_acc": _read_val_acc(Path(cfg.out)), "seconds": seconds, "status": "ok", "error": ""}
+
+
+def _retrain(search: TrainConfig, params: dict[str, Any], out: Path, train) -> dict[str, Any]:
     """The best configuration on all the training data; its validation set is the test set, seen once."""
-    cfg = replace(base, **params, valid_pct=0.0, out=str(out / "retrain"), resume=False)
-    run_dir = train(cfg)
+    cfg = _continued(replace(search, **params, valid_pct=0.0, out=str(out / "retrain"), resume=False))
+    run_dir = cfg.out if _finished_trial(cfg) else train(cfg)
     return {"retrain_run": str(run_dir), "test_acc": _read_val_acc(Path(run_dir))}
