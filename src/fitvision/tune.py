@@ -297,7 +297,10 @@ def _finished_trial(cfg: TrainConfig) -> dict[str, Any] | None:
     if not summary.is_file():
         return None
     seconds = float(json.loads(summary.read_text()).get("train_seconds", 0.0))
-    return {"val_acc": _read_val_acc(Path(cfg.out)), "seconds": seconds, "status": "ok", "error": ""}
+    try:
+        return {"val_acc": _read_val_acc(Path(cfg.out)), "seconds": seconds, "status": "ok", "error": ""}
+    except FitVisionError as e:
+        return {"val_acc": float("nan"), "seconds": seconds, "status": "failed", "error": str(e)}
 
 
 def _retrain(search: TrainConfig, params: dict[str, Any], out: Path, train) -> dict[str, Any]:
