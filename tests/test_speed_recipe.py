@@ -162,7 +162,7 @@ def test_model_options_parse_and_unknown_ones_fail_before_any_work():
     assert str(e.value) == "model_options must be name=value pairs separated by commas, got 'dirac'"
     with pytest.raises(FitVisionError) as e:
         validate(TrainConfig(model="speednet", model_options="whitening=false"))
-    assert str(e.value) == "model 'speednet' has no option(s) whitening (valid: whiten, dirac, bn_scale, whiten_eps, convs)"
+    assert str(e.value) == "model 'speednet' has no option(s) whitening (valid: whiten, dirac, bn_scale, whiten_eps, convs, widths)"
 
 
 def test_speednet_ablation_switches():

@@ -73,3 +73,20 @@ def test_convs_option_adds_a_residual_third_conv_to_the_named_groups():
         with pytest.raises(FitVisionError, match=r"^speednet: convs takes three counts of 2 or 3 joined by '-' "
                                                  rf"\(e\.g\. 2-2-3\), got '{bad}'$"):
             create_model("speednet", convs=bad)
+
+
+def test_widths_option_sets_each_groups_channels():
+    import pytest
+
+    from fitvision.errors import FitVisionError
+
+    net = create_model("speednet", width=0.75, widths="48-192-256")
+    assert [g.conv1.out_channels for g in net.groups] == [48, 192, 256]
+    assert net.classifier[-1].in_features == 256
+    default = create_model("speednet", width=0.75)
+    assert [g.conv1.out_channels for g in default.groups] == [48, 192, 192]
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    for bad in ("48-192", "48-0-256", "a-b-c"):
+        with pytest.raises(FitVisionError) as e:
+            create_model("speednet", widths=bad)
+        assert str(e.value) == f"speednet: widths takes three channel counts joined by '-' (e.g. 48-192-256), got '{bad}'"

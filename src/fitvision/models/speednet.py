@@ -138,16 +138,22 @@ class SpeedNet(ImageClassifier):
 
 @register_model
 def speednet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, whiten: bool = True,
-             dirac: bool = True, bn_scale: bool = False, whiten_eps: float = 5e-4, convs: str = "2-2-2") -> SpeedNet:
+             dirac: bool = True, bn_scale: bool = False, whiten_eps: float = 5e-4, convs: str = "2-2-2",
+             widths: str = "") -> SpeedNet:
     """Airbench-style CIFAR net: whitened 2x2 stem, 3 conv groups (64-256-256), fast to train.
 
     ``convs``: each group's conv count joined by '-', 2 or 3 ("2-2-3" adds a residual third conv to
-    the last group)."""
+    the last group). ``widths``: each group's channel count joined by '-' (e.g. "48-192-256"),
+    used as given instead of ``width`` x 64-256-256."""
     if whiten_eps <= 0:
         raise FitVisionError(f"speednet: whiten_eps must be above 0, got {whiten_eps:g}")
     counts = convs.split("-")
     if len(counts) != 3 or any(c not in ("2", "3") for c in counts):
         raise FitVisionError(f"speednet: convs takes three counts of 2 or 3 joined by '-' (e.g. 2-2-3), got '{convs}'")
-    widths = tuple(scaled(c, width) for c in (64, 256, 256))
-    return SpeedNet(num_classes=num_classes, in_channels=in_channels, widths=widths, whiten=whiten, dirac=dirac,
-                    bn_scale=bn_scale, whiten_eps=whiten_eps, convs=tuple(int(c) for c in counts))
+    channels = str(widths).split("-") if widths else [str(scaled(c, width)) for c in (64, 256, 256)]
+    if len(channels) != 3 or not all(c.isdigit() and int(c) > 0 for c in channels):
+        raise FitVisionError(f"speednet: widths takes three channel counts joined by '-' (e.g. 48-192-256), "
+                             f"got '{widths}'")
+    return SpeedNet(num_classes=num_classes, in_channels=in_channels, widths=tuple(int(c) for c in channels),
+                    whiten=whiten, dirac=dirac, bn_scale=bn_scale, whiten_eps=whiten_eps,
+                    convs=tuple(int(c) for c in counts))
