@@ -153,7 +153,7 @@ def _train_config(args):
     return validate(cfg), why
 
 
-def _refuse_resume_overrides(args, what: str = "run", file: str = "config.json", extra: list[str] = ()) -> None:
+def _refuse_resume_overrides(args, what: str = "run", extra: list[str] = ()) -> None:
     """--resume continues a run (or a search) as its config.json (search.json) says; any other
     option would be dropped without a word (an epoch count, a learning rate), so name them and
     stop instead."""
@@ -162,6 +162,7 @@ def _refuse_resume_overrides(args, what: str = "run", file: str = "config.json",
     given += [flag for flag in ("--recipe", "--config") if getattr(args, flag[2:]) is not None]
     given += list(extra)
     if given:
+        file = "config.json" if what == "run" else "search.json"
         advice = ("to train on with other settings, start a new run from its weights with --init-from RUN"
                   if what == "run" else "to search with other settings, start a new search in another --out")
         raise UsageError(f"--resume continues the {what} in --out exactly as its {file} says; drop "
@@ -240,7 +241,7 @@ def cmd_tune(args) -> int:
     from fitvision.tune import check_space, format_params, parse_space, resume_tune, tune
 
     if args.resume:
-        _refuse_resume_overrides(args, what="search", file="search.json",
+        _refuse_resume_overrides(args, what="search",
                                  extra=[f for f in ("--space", "--trials", "--retrain")
                                         if getattr(args, f[2:]) not in (None, False)])
         if not args.out:

@@ -150,10 +150,13 @@ def speednet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, wh
     counts = convs.split("-")
     if len(counts) != 3 or any(c not in ("2", "3") for c in counts):
         raise FitVisionError(f"speednet: convs takes three counts of 2 or 3 joined by '-' (e.g. 2-2-3), got '{convs}'")
-    channels = str(widths).split("-") if widths else [str(scaled(c, width)) for c in (64, 256, 256)]
-    if len(channels) != 3 or not all(c.isdigit() and int(c) > 0 for c in channels):
-        raise FitVisionError(f"speednet: widths takes three channel counts joined by '-' (e.g. 48-192-256), "
-                             f"got '{widths}'")
-    return SpeedNet(num_classes=num_classes, in_channels=in_channels, widths=tuple(int(c) for c in channels),
+    channels = tuple(scaled(c, width) for c in (64, 256, 256))
+    if widths:
+        given = str(widths).split("-")
+        if len(given) != 3 or not all(c.isdigit() and int(c) > 0 for c in given):
+            raise FitVisionError(f"speednet: widths takes three channel counts joined by '-' (e.g. 48-192-256), "
+                                 f"got '{widths}'")
+        channels = tuple(int(c) for c in given)
+    return SpeedNet(num_classes=num_classes, in_channels=in_channels, widths=channels,
                     whiten=whiten, dirac=dirac, bn_scale=bn_scale, whiten_eps=whiten_eps,
                     convs=tuple(int(c) for c in counts))
