@@ -175,7 +175,7 @@ def test_resolve_recipe():
     cfg, why = resolve_recipe("auto", data="imagenette")
     assert why == "recipe auto -> imagenette: the recipe for Imagenette-size images (128 px)"
     assert (cfg.recipe, cfg.size, cfg.storage_size, cfg.aug, cfg.tta) == ("imagenette", 128, 160, "rrc_flip", False)
-    assert (cfg.model, cfg.model_options, cfg.sched, cfg.pct_start) == ("xresnet18", "act=silu", "one_cycle", 0.25)
+    assert (cfg.model, cfg.model_options, cfg.opt, cfg.sched) == ("xresnet18", "act=silu", "muon", "one_cycle_linear")
     with pytest.raises(FitVisionError, match=r"unknown recipe 'fastest' \(valid recipes: auto, "):
         resolve_recipe("fastest")
     assert isinstance(cfg, TrainConfig)
