@@ -247,13 +247,16 @@ def describe(s: Setup) -> list[str]:
     clip = f"clip {cfg.clip:g} by {cfg.clip_mode}" if cfg.clip else "no clipping"
     options = f" ({cfg.model_options})" if cfg.model_options else ""
     width = "" if is_external(cfg.model) else f" width {cfg.width:g}"
+    # Muon's filters have their own lr and momentum: the line would otherwise show only the rest's
+    muon = (f", conv filters {cfg.muon_lr or cfg.lr:g} momentum {cfg.muon_momentum or cfg.momentum:g}"
+            + (" renormed" if cfg.muon_renorm else "")) if cfg.opt == "muon" else ""
     lines = [
         f"data      {s.dataset}: {s.num_train:,} train / {len(s.valid_indices):,} valid images, "
         f"{len(s.classes)} classes, {h}x{w} px, aug {cfg.aug} ({s.location})",
         f"model     {cfg.model}{width}{options}: {s.params:,} parameters",
         f"device    {learn.device}{threads}, precision {learn.precision}"
         + (", channels_last" if cfg.channels_last else "") + (", compiled" if cfg.compile else ""),
-        f"optimiser {cfg.opt} lr {cfg.lr:g} ({cfg.sched}), wd {cfg.wd:g} ({cfg.wd_mode}), {clip}, "
+        f"optimiser {cfg.opt} lr {cfg.lr:g}{muon} ({cfg.sched}), wd {cfg.wd:g} ({cfg.wd_mode}), {clip}, "
         f"batch {cfg.bs}, {cfg.epochs:g} epochs x {len(learn.train_dl)} batches, seed {cfg.seed}",
     ]
     extras = [f"label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else "",
