@@ -208,8 +208,8 @@ RECIPES: dict[str, TrainConfig] = {
 # evaluation on the central 0.875 resized to 128 px (+1.15 points over the whole image). The conv
 # filters step with Muon (orthogonalised Nesterov momentum, each filter bank held at norm sqrt(out)
 # as in the cpu recipe), the head, biases and norms with Nesterov SGD; a linear one-cycle ends at
-# 1% of the peak. Against Adam one-cycle (80.7% after 5 epochs over 3 seeds, 88.8% after 20) Muon
-# learns much faster: see docs/benchmarks.md ("Imagenette, sixth round"). SiLU gave +1.0 over ReLU
+# 1% of the peak: 87.70% after 5 epochs (3 seeds; Adam one-cycle gave 80.70%, and 88.8% after
+# 20), docs/benchmarks.md ("Imagenette, sixth round"). SiLU gave +1.0 over ReLU
 # on every seed for 5% more time, and beat xresnet50 with ReLU (80.4%) at 2.4x less time. The
 # leaderboard's Mish + flat-cos gave nothing over 3 seeds (80.2%) at 60% more time: options only.
 RECIPES["imagenette"] = TrainConfig(
