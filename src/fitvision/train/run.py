@@ -247,8 +247,8 @@ def describe(s: Setup) -> list[str]:
     clip = f"clip {cfg.clip:g} by {cfg.clip_mode}" if cfg.clip else "no clipping"
     options = f" ({cfg.model_options})" if cfg.model_options else ""
     width = "" if is_external(cfg.model) else f" width {cfg.width:g}"
-    # Muon's filters have their own lr and momentum: the line would otherwise show only the rest's
-    muon = (f", conv filters {cfg.muon_lr or cfg.lr:g} momentum {cfg.muon_momentum or cfg.momentum:g}"
+    # Muon's body weights (filters, matrices) have their own lr and momentum: show them too
+    muon = (f", body weights {cfg.muon_lr or cfg.lr:g} momentum {cfg.muon_momentum or cfg.momentum:g}"
             + (" renormed" if cfg.muon_renorm else "")) if cfg.opt == "muon" else ""
     lines = [
         f"data      {s.dataset}: {s.num_train:,} train / {len(s.valid_indices):,} valid images, "
