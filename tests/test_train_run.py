@@ -248,7 +248,7 @@ def test_setup_lines_show_muons_own_lr_for_the_filters(real_env):
     cfg = dataclasses.replace(get_recipe("imagenette"), data="cifar10", model="cnn", model_options="", size=32,
                               epochs=1, train_limit=64, valid_limit=32, device="cpu")
     line = next(x for x in describe(build(cfg, progress=False)) if x.startswith("optimiser "))
-    assert line.startswith("optimiser muon lr 0.2, body weights 0.06 momentum 0.85 renormed (one_cycle_linear), "
+    assert line.startswith("optimiser muon lr 0.2, body weights 0.04 momentum 0.85 renormed (one_cycle_linear), "
                            "wd 0.0005 (l2), no clipping, batch 64, 1 epochs x 1 batches, seed 0")
     cfg = dataclasses.replace(cfg, opt="adam", lr=3e-3, sched="one_cycle")
     line = next(x for x in describe(build(cfg, progress=False)) if x.startswith("optimiser "))
