@@ -145,6 +145,12 @@ def test_predict_bad_topk(capsys, tiny_run, tmp_path):
     assert "invalid int value: 'many'" in _fail(capsys, ["predict", str(tiny_run), "x.png", "--topk", "many"], code=2)
 
 
+def test_eval_bad_crop_pct(capsys, tiny_run):
+    assert _fail(capsys, ["eval", str(tiny_run), "--crop-pct", "0"], code=2) == "error: --crop-pct must be in (0, 1], got 0"
+    assert _fail(capsys, ["eval", str(tiny_run), "--crop-pct", "1.5"], code=2) == \
+        "error: --crop-pct must be in (0, 1], got 1.5"
+
+
 def test_predict_needs_an_image_usage_error(capsys, tmp_path):
     assert "the following arguments are required: IMAGE" in _fail(capsys, ["predict", str(tmp_path)], code=2)
 

@@ -156,6 +156,23 @@ def test_evaluate_run_matches_a_hand_computation(run, folder):
     assert tta["num_valid"] == 21 and tta["val_loss"] != out["val_loss"]
 
 
+def test_evaluate_run_crop_pct_scores_another_central_crop(run):
+    """A crop_pct given replaces model.json's for this evaluation only: the same figures as a run
+    saved with that crop, and other figures than the run's own (the whole image)."""
+    from fitvision.errors import FitVisionError
+
+    whole = inference.evaluate_run(run)
+    half = inference.evaluate_run(run, crop_pct=0.5)
+    assert half["num_valid"] == 21 and half["val_loss"] != whole["val_loss"]
+    cropped = inference.load_run(run.path, device="cpu")
+    cropped.meta["crop_pct"] = 0.5  # as a run trained with --crop-pct 0.5 would have saved
+    assert inference.evaluate_run(cropped) == half
+    assert inference.evaluate_run(cropped, crop_pct=1.0) == whole
+    with pytest.raises(FitVisionError) as e:
+        inference.evaluate_run(run, crop_pct=1.5)
+    assert str(e.value) == "crop_pct must be in (0, 1], got 1.5"
+
+
 def test_evaluate_run_other_data_must_have_the_same_classes(run, tmp_path):
     from fitvision.errors import FitVisionError
 
@@ -233,6 +250,9 @@ def test_crop_pct_is_kept_in_the_run_and_used_by_eval(folder, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["val_loss"] == summary["val_loss"]
+    assert main(["eval", str(out), "--json", "--crop-pct", "1"]) == 0  # the whole image, this once
+    assert json.loads(capsys.readouterr().out)["val_loss"] != summary["val_loss"]
+    assert json.loads((out / "model.json").read_text())["crop_pct"] == 0.5  # the run is left as it was
     run = inference.load_run(out, device="cpu")
     x = torch.from_numpy(_images(2, 0, seed=5)).permute(0, 3, 1, 2)
     x[:, :, 8:24, 8:24] = 0  # the centre black: only a pipeline that crops sees nothing else

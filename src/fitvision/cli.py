@@ -193,7 +193,9 @@ def cmd_lr_find(args) -> int:
 def cmd_eval(args) -> int:
     from fitvision.train.inference import evaluate_run
 
-    result = evaluate_run(args.run, data=args.data, tta=args.tta)
+    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
+        raise UsageError(f"--crop-pct must be in (0, 1], got {args.crop_pct:g}")
+    result = evaluate_run(args.run, data=args.data, tta=args.tta, crop_pct=args.crop_pct)
     if args.json:
         _print_json(result)
     else:
@@ -317,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="evaluate on other data with the same classes")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="flip test-time augmentation (default: as the run was evaluated in training)")
+    p.add_argument("--crop-pct", type=float, default=None, metavar="P",
+                   help="evaluate on the central fraction P of each image (default: the run's own, model.json)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 

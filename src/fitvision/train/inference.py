@@ -67,12 +67,13 @@ def _as_run(run) -> Run:
 
 
 # --------------------------------------------------------------------------- forward
-def _eval_pipeline(run: Run):
+def _eval_pipeline(run: Run, crop_pct: float | None = None):
+    """The run's evaluation transform; crop_pct None: the run's own (runs before crop_pct: whole images)."""
     from fitvision.data.augment import eval_pipeline
 
     h, w = run.meta["input_size"]
-    return eval_pipeline(h if h == w else (h, w), run.meta["mean"], run.meta["std"],
-                         crop_pct=run.meta.get("crop_pct", 1.0))  # runs before crop_pct: whole images
+    crop_pct = run.meta.get("crop_pct", 1.0) if crop_pct is None else crop_pct
+    return eval_pipeline(h if h == w else (h, w), run.meta["mean"], run.meta["std"], crop_pct=crop_pct)
 
 
 def _autocast(run: Run):
@@ -98,14 +99,19 @@ def _log_probs(run: Run, pipe, x_uint8_nchw: torch.Tensor, tta: bool = False) ->
 
 
 # --------------------------------------------------------------------------- evaluate
-def evaluate_run(run, data: str | None = None, tta: bool | None = None) -> dict[str, Any]:
+def evaluate_run(run, data: str | None = None, tta: bool | None = None,
+                 crop_pct: float | None = None) -> dict[str, Any]:
     """{"val_acc","val_loss","num_valid","per_class_acc"} on the run's validation split (or `data`'s).
 
-    tta None: as the run's own final evaluation (config.json's tta), so the result is summary.json's."""
+    tta and crop_pct None: as the run's own final evaluation (config.json's tta, model.json's
+    crop_pct), so the result is summary.json's. A crop_pct given scores the same weights on
+    another central fraction of each image, timm's validate --crop-pct."""
     from fitvision.data.decode import carve_valid, load_dataset
     from fitvision.train.learner import loss_and_accuracy
     from fitvision.train.run import _subset
 
+    if crop_pct is not None and not 0 < crop_pct <= 1:
+        raise FitVisionError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
     run = _as_run(run)
     cfg = run.config
     tta = bool(cfg.get("tta", False)) if tta is None else tta
@@ -127,7 +133,7 @@ def evaluate_run(run, data: str | None = None, tta: bool | None = None) -> dict[
         raise FitVisionError(f"{data or cfg['data']} has no validation images")
     images = ds.valid_x if len(idx) == len(ds.valid_y) else ds.valid_x[idx]
     targets = torch.from_numpy(np.asarray(ds.valid_y[idx], dtype=np.int64))
-    log_probs = _log_probs_all(run, images, batch_size=2 * int(cfg.get("bs", 400)), tta=tta)
+    log_probs = _log_probs_all(run, images, batch_size=2 * int(cfg.get("bs", 400)), tta=tta, crop_pct=crop_pct)
     preds = log_probs.argmax(1)
     per_class = {name: int((preds[targets == i] == i).sum()) / int((targets == i).sum())
                  for i, name in enumerate(run.classes) if bool((targets == i).any())}
@@ -135,9 +141,10 @@ def evaluate_run(run, data: str | None = None, tta: bool | None = None) -> dict[
     return {**loss_and_accuracy(log_probs, targets), "num_valid": int(len(targets)), "per_class_acc": per_class}
 
 
-def _log_probs_all(run: Run, images: np.ndarray, batch_size: int, tta: bool) -> torch.Tensor:
+def _log_probs_all(run: Run, images: np.ndarray, batch_size: int, tta: bool,
+                   crop_pct: float | None = None) -> torch.Tensor:
     """Log-probabilities (N, C) on the CPU, in the batches train_run's validation loader used."""
-    pipe = _eval_pipeline(run)
+    pipe = _eval_pipeline(run, crop_pct)
     chunks = []
     for start in range(0, len(images), batch_size):
         batch = np.array(images[start:start + batch_size])  # a copy: memory maps are read-only
