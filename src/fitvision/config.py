@@ -209,9 +209,9 @@ RECIPES: dict[str, TrainConfig] = {
 # filters step with Muon (orthogonalised Nesterov momentum, each filter bank held at norm sqrt(out)
 # as in the cpu recipe), the head, biases and norms with Nesterov SGD; a linear one-cycle ends at
 # 1% of the peak: 87.70% after 5 epochs (3 seeds; Adam one-cycle gave 80.70%, and 88.8% after
-# 20), docs/benchmarks.md ("Imagenette, sixth round"), with Muon's lr at 0.06. Its lr at 0.04 did
-# better at both lengths on seed 0 (5 epochs 88.74% against 87.77%, 20 epochs 91.64% against
-# 91.06%; seed 1, 20 epochs: 92.28%), "Imagenette, seventh round". SiLU gave +1.0 over ReLU
+# 20), docs/benchmarks.md ("Imagenette, sixth round"), with Muon's lr at 0.06. Its lr at 0.04
+# does better: 88.70% after 5 epochs and 91.91% after 20 (3 seeds each; 91.06% at 0.06 on seed
+# 0), "Imagenette, seventh round". SiLU gave +1.0 over ReLU
 # on every seed for 5% more time, and beat xresnet50 with ReLU (80.4%) at 2.4x less time. The
 # leaderboard's Mish + flat-cos gave nothing over 3 seeds (80.2%) at 60% more time: options only.
 RECIPES["imagenette"] = TrainConfig(
