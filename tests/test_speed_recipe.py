@@ -192,3 +192,35 @@ def test_model_options_reach_the_model_and_model_json(tiny_speednet):
     default = build(tiny_speednet, progress=False)
     assert "whiten" not in default.meta["model_kwargs"]
     assert any("first layer initialised from" in note for note in default.notes)
+
+
+def test_gpu_recipe_is_the_cpu_recipe_at_full_width():
+    """docs and config say so; the CPU test below then covers the gpu recipe's code too."""
+    from dataclasses import fields
+
+    from fitvision.config import RECIPES
+
+    cpu, gpu = RECIPES["cpu"], RECIPES["gpu"]
+    differ = {f.name: (getattr(cpu, f.name), getattr(gpu, f.name)) for f in fields(cpu)
+              if getattr(cpu, f.name) != getattr(gpu, f.name)}
+    assert differ == {"width": (0.75, 1.0), "model_options": ("convs=2-3-3,widths=48-192-256", "convs=2-3-3"),
+                      "recipe": ("cpu", "gpu")}
+
+
+@pytest.mark.parametrize("recipe", ["cpu", "gpu"])
+def test_speed_recipes_learn_real_cifar(data_dir, tmp_path, recipe):
+    """Each speed recipe end to end on this device (a GPU runs the same code), at a scale a test
+    affords: 2,000 real images in 4 epochs, batches of 200 instead of 2,000 so that there are steps
+    to take, progressive resizing over 2 epochs instead of 8. Well above chance (10%): 61% and 63% here."""
+    import json
+    from dataclasses import replace
+
+    from fitvision.train.run import resolve_recipe, train_run
+
+    torch.set_num_threads(2)  # the one_thread fixture restores it; a real network, not a tiny tensor
+    cfg, _ = resolve_recipe(recipe, data="cifar10")
+    cfg = replace(cfg, device="cpu", epochs=4, bs=200, train_limit=2000, valid_limit=500, progressive_epochs=2,
+                  stem_bias_epochs=1, epoch_valid_limit=0, out=str(tmp_path / "r"))
+    summary = json.loads((train_run(cfg) / "summary.json").read_text())
+    assert summary["recipe"] == recipe and summary["num_train"] == 2000
+    assert summary["val_acc"] > 0.5, summary
