@@ -146,9 +146,9 @@ def test_predict_bad_topk(capsys, tiny_run, tmp_path):
 
 
 def test_eval_bad_crop_pct(capsys, tiny_run):
-    assert _fail(capsys, ["eval", str(tiny_run), "--crop-pct", "0"], code=2) == "error: --crop-pct must be in (0, 1], got 0"
-    assert _fail(capsys, ["eval", str(tiny_run), "--crop-pct", "1.5"], code=2) == \
-        "error: --crop-pct must be in (0, 1], got 1.5"
+    for value in ("0", "1.5"):
+        line = _fail(capsys, ["eval", str(tiny_run), "--crop-pct", value], code=2)
+        assert line == f"error: --crop-pct must be in (0, 1], got {value}"
 
 
 def test_predict_needs_an_image_usage_error(capsys, tmp_path):
