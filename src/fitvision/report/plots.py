@@ -257,7 +257,8 @@ def _augmented(batch_nhwc: np.ndarray, seed: int) -> np.ndarray:
     import torch
 
     from fitvision.config import TrainConfig
-    from fitvision.data.augment import CIFAR_STATS, denormalize, train_pipeline
+    from fitvision.data.augment import CIFAR_STATS, train_pipeline
+    from fitvision.data.color import denormalize
 
     mean, std = CIFAR_STATS  # any stats do: normalize then denormalize is the identity
     size = batch_nhwc.shape[1]
