@@ -1,5 +1,7 @@
 """DeviceLoader: order, batching, subsets, sharding and the transform hook."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -125,6 +127,30 @@ def test_memmap_input_and_host_staging_give_the_same_batches(tmp_path):
     a = [b for b, _ in DeviceLoader(x, y, 16, shuffle=True, seed=5)]
     b = [b for b, _ in DeviceLoader(mapped, y, 16, shuffle=True, seed=5, host_staging=True)]
     assert len(a) == 3 and all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+def test_read_only_memmaps_load_without_warning_and_are_copied(tmp_path):
+    x, y = _data(n=40)
+    for name, arr in (("x", x), ("y", y)):
+        out = np.lib.format.open_memmap(tmp_path / f"{name}.npy", mode="w+", dtype=arr.dtype, shape=arr.shape)
+        out[:] = arr
+        out.flush()
+        del out
+    mx = np.lib.format.open_memmap(tmp_path / "x.npy", mode="r")
+    my = np.lib.format.open_memmap(tmp_path / "y.npy", mode="r")
+    assert not mx.flags.writeable and not my.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "not writable" warning becomes an error
+        dl = DeviceLoader(mx, my, 16)
+        sub = dl.subset(my[:10])
+        batches = list(dl)
+    ref = DeviceLoader(x, y, 16)
+    assert torch.equal(dl.images, ref.images) and torch.equal(dl.labels, ref.labels)
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(batches, ref))
+    assert torch.equal(sub.labels, torch.arange(10))
+    # torch warns only once per process, so also check the cause: the labels are a copy, not
+    # a view of the file.
+    assert dl.labels.data_ptr() != my.ctypes.data
 
 
 def test_bad_inputs_have_clear_messages():

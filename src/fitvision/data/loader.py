@@ -47,7 +47,9 @@ def _as_nchw_uint8(images, device: torch.device, pin: bool) -> torch.Tensor:
 
 
 def _as_labels(labels, n: int, device: torch.device) -> torch.Tensor:
-    y = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.asarray(labels))
+    # A copy (8 bytes a label): from_numpy(np.asarray(...)) would share a read-only memmap's
+    # memory, which torch warns about, and on CPU the labels would stay a view of the file.
+    y = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.array(labels))
     if y.shape != (n,):
         raise FitVisionError(f"expected {n} labels to match the images, got shape {tuple(y.shape)}")
     return y.to(device=device, dtype=torch.int64)
@@ -157,7 +159,7 @@ class DeviceLoader:
     # ------------------------------------------------------------------ views
     def subset(self, indices) -> DeviceLoader:
         """A loader over images[indices] with the same settings (the images are copied)."""
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
+        idx = torch.as_tensor(np.array(indices), dtype=torch.int64)  # a copy: indices may be read-only
         n = self.images.shape[0]
         if idx.numel() and (int(idx.min()) < -n or int(idx.max()) >= n):
             raise FitVisionError(f"subset indices must lie in [0, {n}), got {int(idx.min())}..{int(idx.max())}")
