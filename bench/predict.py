@@ -60,7 +60,7 @@ def untrained_run(folder: Path) -> Path:
 
 
 def main() -> None:
-    from fitvision.train.inference import load_run, predict_files
+    from fitvision.train.evaluate import load_run, predict_files
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default=None, help="a trained run directory (default: untrained ResNet9)")

@@ -58,7 +58,8 @@ def fill_cache(data: str) -> float:
 
 
 def resolved_config(recipe: str, config: str | None, extra: list[str]):
-    """The TrainConfig `fitvision train` would use for these arguments (seed aside)."""
+    """The TrainConfig `fitvision train` would use for these arguments (seed aside): the CLI's
+    flags parsed by its parser, then the one config path (fitvision.recipes.resolve_config)."""
     from fitvision.cli import build_parser, train_config_from_args
 
     argv = ["train", "--recipe", recipe] + (["--config", config] if config else []) + extra
@@ -84,8 +85,8 @@ def compute_bound(cfg, steps: int) -> dict:
     """Images/s of the run's own train_step on a pre-made batch, combined over its phases."""
     from fitvision.data.augment import resize
     from fitvision.optim.schedules import create_schedule
-    from fitvision.train.run import build
-    from fitvision.train.perf import keep_freed_memory
+    from fitvision.train.device import keep_freed_memory
+    from fitvision.train.setup import build
 
     s = build(dataclasses.replace(cfg, progressive_size=0, progressive_epochs=0.0, stem_bias_epochs=0.0), progress=False)
     learn = s.learn
@@ -96,7 +97,6 @@ def compute_bound(cfg, steps: int) -> dict:
     hypers = {k: fn(0.5) for k, fn in sched.items() if fn is not None}
     x, y = next(iter(learn.train_dl))
     learn.model.train()
-    learn.state.total_steps = 10**9  # lookahead reads progress; mid-run behaviour
     rates = {}
     stem = getattr(learn.model, "stem_bias", None)
     full = int(x.shape[-1])
@@ -110,7 +110,8 @@ def compute_bound(cfg, steps: int) -> dict:
             if learn.device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            learn.train_step(xb, y, hypers)
+            # progress passed as mid-run (far from the end): lookahead averages every 5th step, as in the run
+            learn.train_step(xb, y, hypers, progress=(i + 1, 10**9))
             if learn.device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= 2:  # two warm-up steps: kernel selection, allocator

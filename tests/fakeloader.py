@@ -65,7 +65,7 @@ def make_loaders(n=384, bs=32, seed=0):
 
 def make_learner(seed=0, hooks=(), init_seed=None, **kwargs):
     """A Learner on the synthetic task; init_seed (default: seed) drives the model's init only."""
-    from fitvision.train.checkpoint import seed_everything
+    from fitvision.train.seeding import seed_everything
     from fitvision.train.learner import Learner
 
     seed_everything(seed if init_seed is None else init_seed)

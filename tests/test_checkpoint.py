@@ -9,7 +9,8 @@ import torch
 
 from fakeloader import make_learner, same, weights
 from fitvision.errors import FitVisionError
-from fitvision.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fitvision.train.checkpoint import load_checkpoint, save_checkpoint
+from fitvision.train.seeding import rng_state, set_rng_state
 from fitvision.train.hooks import Checkpointer, Hook
 
 

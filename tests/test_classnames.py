@@ -10,7 +10,7 @@ from fitvision.data.classnames import WORDNET_NAMES, readable, same_classes
 from fitvision.data.decode import load_dataset
 from fitvision.errors import FitVisionError
 from fitvision.models import create_model
-from fitvision.train import inference
+from fitvision.train import evaluate as inference
 from fitvision.train.modelfile import save_model
 from synthetic_images import make_image_folder
 

@@ -175,7 +175,7 @@ def test_cli_onnx_export_agrees_with_predict_files_on_100_validation_images(trai
     pytest.importorskip("onnx", reason="onnx absent: pip install 'fitvision[onnx]'")
     from fitvision.cli import main
     from fitvision.data.decode import decode_image
-    from fitvision.train.inference import predict_files
+    from fitvision.train.evaluate import predict_files
 
     run, files = trained_run
     assert len(files) == 100

@@ -13,7 +13,7 @@ pytest.importorskip("fitvision.data.augment")
 
 from fakerun import make_fake_run  # noqa: E402
 from fitvision.models import create_model  # noqa: E402
-from fitvision.train import inference  # noqa: E402
+from fitvision.train import evaluate as inference  # noqa: E402
 from fitvision.train.modelfile import save_model  # noqa: E402
 
 CLASSES = ["blue", "green", "red"]

@@ -10,11 +10,12 @@ import torch.nn.functional as F
 
 from fakeloader import TinyNet, make_learner, make_loaders, same, weights
 from fitvision.errors import FitVisionError
-from fitvision.train.checkpoint import load_checkpoint, seed_everything
+from fitvision.train.checkpoint import load_checkpoint
+from fitvision.train.seeding import seed_everything
 from fitvision.train.hooks import Checkpointer, EarlyStopping, Progress, TrainState, epoch_line
 from fitvision.train.ema import ModelEMA
 from fitvision.train.learner import Learner
-from fitvision.train.precision import cpu_has_bf16, resolve_precision
+from fitvision.train.device import cpu_has_bf16, resolve_precision
 
 
 def test_learns_the_synthetic_task():
@@ -317,7 +318,7 @@ def test_precision_rules():
 def test_bf16_autocast_keeps_fp32_weights():
     learn = make_learner(precision="bf16")
     x, y = next(iter(learn.train_dl))
-    with learn._autocast():
+    with learn.autocast():
         out = learn.model(x)
     assert out.dtype == torch.bfloat16
     learn.fit(1)
@@ -398,7 +399,7 @@ def test_seed_recipe_decays_every_parameter_like_torch_adam():
     import copy
     import dataclasses
 
-    from fitvision.config import get_recipe
+    from fitvision.recipes import get_recipe
 
     cfg = dataclasses.replace(get_recipe("seed"), device="cpu")
     ours, theirs = _conv_bn_net(), _conv_bn_net()
@@ -419,7 +420,7 @@ def test_seed_recipe_decays_every_parameter_like_torch_adam():
 def test_general_and_imagenette_keep_biases_undecayed_cpu_decays_them_per_step_like_weights():
     import dataclasses
 
-    from fitvision.config import get_recipe
+    from fitvision.recipes import get_recipe
 
     for name in ("general", "imagenette", "cpu"):
         cfg = dataclasses.replace(get_recipe(name), device="cpu", opt="adam")

@@ -101,7 +101,7 @@ def test_from_config_routes_body_filters_to_muon_and_the_rest_to_sgd():
 
 
 def test_cpu_recipe_decays_biases_per_step_like_the_weights_and_steps_the_stem_bias_at_1x():
-    from fitvision.config import RECIPES
+    from fitvision.recipes import RECIPES
     from fitvision.models import create_model
 
     cfg = dataclasses.replace(RECIPES["cpu"], device="cpu", precision="fp32")

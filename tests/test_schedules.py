@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from fitvision.config import TrainConfig, get_recipe
+from fitvision.config import TrainConfig
+from fitvision.recipes import get_recipe
 from fitvision.errors import FitVisionError
 from fitvision.optim.schedules import (
     combine_scheds,

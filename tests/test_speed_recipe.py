@@ -15,7 +15,7 @@ from fitvision.data.augment import ProgressiveResize, train_pipeline
 from fitvision.errors import FitVisionError
 from fitvision.models import create_model
 from fitvision.train.hooks import FreezeAfter, Hook, TrainState
-from fitvision.train.learner import eval_log_probs, tta_views
+from fitvision.train.evaluate import eval_log_probs, tta_views
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,7 +85,7 @@ def tiny_speednet(data_dir):
 
 def test_stem_bias_trains_only_its_epochs_and_intermediate_evaluations_use_the_subset(tiny_speednet):
     from fitvision.optim.schedules import create_schedule
-    from fitvision.train.run import build
+    from fitvision.train.setup import build
 
     class Snapshot(Hook):
         def __init__(self, model):
@@ -110,7 +110,7 @@ def test_stem_bias_trains_only_its_epochs_and_intermediate_evaluations_use_the_s
 def test_stem_bias_epochs_needs_a_stem(tiny_speednet):
     from dataclasses import replace
 
-    from fitvision.train.run import build
+    from fitvision.train.setup import build
 
     with pytest.raises(FitVisionError) as e:
         build(replace(tiny_speednet, model="cnn"), progress=False)
@@ -183,7 +183,7 @@ def test_speednet_ablation_switches():
 def test_model_options_reach_the_model_and_model_json(tiny_speednet):
     from dataclasses import replace
 
-    from fitvision.train.run import build
+    from fitvision.train.setup import build
 
     s = build(replace(tiny_speednet, model_options="whiten=false,bn_scale=true"), progress=False)
     assert s.meta["model_kwargs"]["whiten"] is False and s.meta["model_kwargs"]["bn_scale"] is True
@@ -198,7 +198,7 @@ def test_gpu_recipe_is_the_cpu_recipe_at_full_width():
     """docs and config say so; the CPU test below then covers the gpu recipe's code too."""
     from dataclasses import fields
 
-    from fitvision.config import RECIPES
+    from fitvision.recipes import RECIPES
 
     cpu, gpu = RECIPES["cpu"], RECIPES["gpu"]
     differ = {f.name: (getattr(cpu, f.name), getattr(gpu, f.name)) for f in fields(cpu)
@@ -215,7 +215,8 @@ def test_speed_recipes_learn_real_cifar(data_dir, tmp_path, recipe):
     import json
     from dataclasses import replace
 
-    from fitvision.train.run import resolve_recipe, train_run
+    from fitvision.recipes import resolve_recipe
+    from fitvision.train.run import train_run
 
     torch.set_num_threads(2)  # the one_thread fixture restores it; a real network, not a tiny tensor
     cfg, _ = resolve_recipe(recipe, data="cifar10")

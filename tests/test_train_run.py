@@ -12,7 +12,7 @@ import torch
 from fitvision.cli import main
 from fitvision.config import TrainConfig
 from fitvision.errors import FitVisionError
-from fitvision.train.run import resolve_recipe
+from fitvision.recipes import resolve_recipe
 
 TINY = ["--recipe", "seed", "--data", "cifar10", "--model", "cnn", "--epochs", "2", "--bs", "50", "--train-limit", "500",
         "--valid-limit", "200", "--precision", "fp32", "--device", "cpu"]
@@ -186,7 +186,7 @@ def test_real_pipeline_resumes_mid_epoch_exactly(real_env, tmp_path):
     from fitvision.optim.schedules import create_schedule
     from fitvision.train.checkpoint import load_checkpoint
     from fitvision.train.hooks import Checkpointer, Hook
-    from fitvision.train.run import build
+    from fitvision.train.setup import build
 
     class Crash(Hook):
         def on_batch_end(self, state):
@@ -220,8 +220,8 @@ def test_recipe_model_options_follow_the_model_the_user_picks(monkeypatch):
     import dataclasses
 
     from fitvision.cli import build_parser, train_config_from_args
-    from fitvision.config import RECIPES
-    from fitvision.train.run import recipe_model_options
+    from fitvision.recipes import RECIPES
+    from fitvision.recipes import recipe_model_options
 
     assert recipe_model_options("xresnet18", "act=mish,sa=true") == "act=mish,sa=true"
     assert recipe_model_options("resnet9", "act=mish") == ""
@@ -242,8 +242,8 @@ def test_setup_lines_show_muons_own_lr_for_the_filters(real_env):
     """With Muon the body weights step at muon_lr and muon_momentum: the printed setup says so."""
     import dataclasses
 
-    from fitvision.config import get_recipe
-    from fitvision.train.run import build, describe
+    from fitvision.recipes import get_recipe
+    from fitvision.train.setup import build, describe
 
     cfg = dataclasses.replace(get_recipe("imagenette"), data="cifar10", model="cnn", model_options="", size=32,
                               epochs=1, train_limit=64, valid_limit=32, device="cpu")

@@ -9,7 +9,8 @@ from fitvision.errors import FitVisionError
 from fitvision.train.hooks import Hook, Phases
 from fitvision.train.learner import Learner
 from fitvision.train.modelfile import save_model
-from fitvision.train.transfer import BODY_LR_MULT, Phase, apply_init_from, final_layer_name, fine_tune_phases
+from fitvision.models import final_layer_name
+from fitvision.train.transfer import BODY_LR_MULT, Phase, apply_init_from, fine_tune_phases
 
 
 class TinyNet(nn.Module):
@@ -218,7 +219,7 @@ def test_cli_init_from_loads_and_freezes_the_body(tmp_path, capsys):
 def test_external_model_needs_its_library():
     import importlib.util
 
-    from fitvision.train.transfer import external_model
+    from fitvision.models.external import external_model
 
     with pytest.raises(FitVisionError) as e:
         external_model("keras:resnet", 3)
@@ -233,7 +234,7 @@ def test_external_model_needs_its_library():
 @pytest.mark.parametrize("lib", ["timm", "torchvision"])
 def test_external_model_head_sized_for_new_classes(lib):
     pytest.importorskip(lib, reason=f"{lib} not installed (optional)")
-    from fitvision.train.transfer import external_model
+    from fitvision.models.external import external_model
 
     model = external_model(f"{lib}:resnet18", 3, pretrained=False).eval()
     assert model(torch.rand(2, 3, 64, 64)).shape == (2, 3)

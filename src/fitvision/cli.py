@@ -134,23 +134,14 @@ def train_config_from_args(args):
 
 
 def _train_config(args):
-    from fitvision.config import load_config_file, updated, validate
-    from fitvision.train.run import recipe_model_options, resolve_recipe
-    from fitvision.train.transfer import is_external
+    from fitvision.recipes import resolve_config
+    from fitvision.train.setup import preflight
 
-    overrides = load_config_file(args.config) if args.config else {}
-    recipe = args.recipe or overrides.pop("recipe", None) or "auto"
-    cfg, why = resolve_recipe(recipe, data=args.data or overrides.get("data"),
-                              model=args.model or overrides.get("model"))
-    cfg = updated(cfg, overrides)
     flags = {dest: getattr(args, dest) for _, dest, _, _ in _TRAIN_FLAGS}
     flags.update({dest: getattr(args, dest) for _, dest, _ in _TRAIN_SWITCHES})
-    cfg = updated(cfg, {k: v for k, v in flags.items() if v is not None})
-    if "model_options" not in overrides and args.model_options is None:
-        cfg = updated(cfg, {"model_options": recipe_model_options(cfg.model, cfg.model_options)})
-    if is_external(cfg.model) and "width" not in overrides and args.width is None:
-        cfg = updated(cfg, {"width": 1.0})  # a recipe's width sizes its own network, not a library's
-    return validate(cfg), why
+    cfg, why = resolve_config(args.recipe, args.config, **flags)
+    preflight(cfg)  # the device, precision, phases and --init-from run: still before any work
+    return cfg, why
 
 
 def _refuse_resume_overrides(args, what: str = "run", extra: list[str] = ()) -> None:
@@ -191,10 +182,15 @@ def cmd_lr_find(args) -> int:
 
 # --------------------------------------------------------------------------- eval / predict / report
 def cmd_eval(args) -> int:
-    from fitvision.train.inference import evaluate_run
+    from fitvision.train.evaluate import evaluate_run
 
-    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
-        raise UsageError(f"--crop-pct must be in (0, 1], got {args.crop_pct:g}")
+    if args.crop_pct is not None:
+        from fitvision.data.augment import check_crop_pct
+
+        try:
+            check_crop_pct(args.crop_pct)
+        except FitVisionError:
+            raise UsageError(f"--crop-pct must be in (0, 1], got {args.crop_pct:g}") from None
     result = evaluate_run(args.run, data=args.data, tta=args.tta, crop_pct=args.crop_pct)
     if args.json:
         _print_json(result)
@@ -206,7 +202,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from fitvision.train.inference import predict_files
+    from fitvision.train.evaluate import predict_files
 
     if args.topk < 1:
         raise UsageError(f"--topk must be at least 1, got {args.topk}")
@@ -361,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from fitvision.logs import set_verbosity
+
+    set_verbosity("info")  # the library's setup and result lines, on stdout as before
     with warnings.catch_warnings():  # restores the default display on the way out
         warnings.showwarning = _show_warning
         return _run(args)

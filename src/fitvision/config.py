@@ -1,6 +1,7 @@
-"""The one training config: every default lives here, recipes are named instances.
+"""The one training config: every default lives here; recipes (fitvision.recipes) are named instances.
 
-The CLI and config files only fill in a TrainConfig; nothing else holds a default.
+The CLI, config files and the Python API only fill in a TrainConfig (fitvision.recipes.resolve_config);
+nothing else holds a default.
 Units are in the comments: "per batch" etc. matter when batch size changes.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from fitvision.errors import FitVisionError
+from fitvision.errors import FitVisionError, check_choice
 
 
 @dataclass
@@ -89,7 +90,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        from fitvision.files import write_json
+
+        write_json(path, self.to_dict())
 
 
 def _field_types() -> dict[str, type]:
@@ -161,93 +164,19 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-# Named recipes. Each is a complete TrainConfig; "auto" picks one by hardware.
-RECIPES: dict[str, TrainConfig] = {
-    # Exactly the hyperparameters of seed 001: ResNet9, torch's Adam defaults (betas 0.9/0.999,
-    # eps 1e-8) with L2 weight decay 1e-4, one-cycle to 0.01 (torch OneCycleLR defaults: pct_start 0.3, div 25, final div 1e4),
-    # clip by value 0.1, batch 400, 16 epochs, reflect-pad crop + flip, the seeds' stats.
-    "seed": TrainConfig(
-        model="resnet9", epochs=16, bs=400, opt="adam", lr=0.01, momentum=0.9, beta2=0.999, eps=1e-8,
-        wd=1e-4, wd_mode="l2", wd_bn_bias=True, pct_start=0.3,
-        clip=0.1, clip_mode="value", sched="one_cycle", aug="crop_flip", normalize="cifar",
-        precision="fp32", recipe="seed",
-    ),
-    # The fastest route to a good CIFAR-10 model on a CPU (airbench's techniques, fitvision's code):
-    # SpeedNet with a whitened stem, Nesterov SGD at a high lr with a linear one-cycle (warm-up
-    # 0.2 -> 1 over 23%, then down to 0.07), biases at 64x the lr, label smoothing 0.2, batch 1024,
-    # alternating flip + 2 px translation, lookahead every 5 steps, TTA, bf16 where the CPU has
-    # it. Width and epochs are sized for 2 cores: docs/benchmarks.md has what each choice measured.
-    # lr/wd per batch-mean loss: airbench's 11.5 per 1024 examples with Nesterov momentum 0.85 is
-    # 11.5 / (1 + 1/(1-0.85)) = 1.5; its decoupled wd 0.0153 per 1024 examples is 0.002 per step,
-    # i.e. L2 0.002 / 1.5 = 1.33e-3.
-    # On top of airbench's set: progressive resizing (16 px growing to 32 by epoch 8: 12 epochs
-    # for the compute of about 8), the stem bias trained for 3 epochs only, 6-view TTA, and
-    # intermediate evaluations on 2,000 images.
-    # Third round (airbench94_muon's optimizer): the body's conv filters step with Muon (peak lr
-    # 0.24, momentum 0.6, each filter bank held at norm sqrt(out), so no weight decay on them) at
-    # batch 2000; the head and the biases keep Nesterov SGD at the same per-example settings.
-    # Fifth round (airbench94's bias treatment): BatchNorm shifts decay as much per step as the
-    # weights (wd_bn_bias), and the whitening stem's bias steps at 1x the lr, decayed like a weight:
-    # 90.63% (3 seeds) in 552 s, +0.22 over the third round's 90.41%.
-    # Sixth round (depth): the second and third conv groups get airbench96's residual third conv
-    # (convs=2-3-3), and 12 epochs instead of 13 pay for it: 90.89% (3 seeds) in 596 s, +0.26.
-    # Seventh round (width where it is cheap): the last group at 256 channels instead of 192 (its
-    # maps are 8 and 4 px): 91.04% (3 seeds) in 652 s, +0.15.
-    "cpu": TrainConfig(
-        model="speednet", model_options="convs=2-3-3,widths=48-192-256", width=0.75, epochs=12, bs=2000,
-        opt="muon", muon_lr=0.24, muon_momentum=0.6, muon_renorm=True, lr=1.5, momentum=0.85, wd=1.33e-3,
-        wd_mode="l2", clip=0.0, sched="one_cycle_linear", pct_start=0.23, div_factor=5.0,
-        final_div_factor=0.2 / 0.07, label_smoothing=0.2, bias_lr_mult=64.0, wd_bn_bias=True, aug="crop_flip_alt",
-        progressive_size=16, progressive_epochs=8, stem_bias_epochs=3, epoch_valid_limit=2000,
-        normalize="auto", tta=True, tta_shift=1, lookahead=True, precision="auto", recipe="cpu",
-    ),
-}
-
-# Imagenette / Imagewoof (issue 9's leaderboard setting: 128 px, random init, no TTA): ResNet-D 18
-# (xresnet18) with SiLU; 128 px random-resized crops (scale 0.35-1) + flip from 160 px storage,
-# evaluation on the central 0.875 resized to 128 px (+1.15 points over the whole image). The conv
-# filters step with Muon (orthogonalised Nesterov momentum, each filter bank held at norm sqrt(out)
-# as in the cpu recipe), the head, biases and norms with Nesterov SGD; a linear one-cycle ends at
-# 1% of the peak: 87.70% after 5 epochs (3 seeds; Adam one-cycle gave 80.70%, and 88.8% after
-# 20), docs/benchmarks.md ("Imagenette, sixth round"), with Muon's lr at 0.06. Its lr at 0.04
-# does better: 88.70% after 5 epochs and 91.91% after 20 (3 seeds each; 91.06% at 0.06 on seed
-# 0), "Imagenette, seventh round". SiLU gave +1.0 over ReLU
-# on every seed for 5% more time, and beat xresnet50 with ReLU (80.4%) at 2.4x less time. The
-# leaderboard's Mish + flat-cos gave nothing over 3 seeds (80.2%) at 60% more time: options only.
-RECIPES["imagenette"] = TrainConfig(
-    data="imagenette", size=128, storage_size=160, aug="rrc_flip", crop_pct=0.875, model="xresnet18",
-    model_options="act=silu", epochs=5, bs=64, opt="muon", muon_lr=0.04, muon_momentum=0.85, muon_renorm=True,
-    lr=0.2, momentum=0.9, wd=5e-4, wd_mode="l2", clip=0.0, sched="one_cycle_linear", pct_start=0.25,
-    div_factor=10.0, final_div_factor=10.0, label_smoothing=0.1, normalize="auto", precision="auto",
-    recipe="imagenette",
-)
-# Any model, any data: the seed's robust Adam one-cycle, in the hardware's best precision.
-RECIPES["general"] = dataclasses.replace(RECIPES["seed"], normalize="auto", precision="auto", wd_bn_bias=False,
-                                         recipe="general")
-# The cpu recipe (convs=2-3-3, 12 epochs) at full width (64-256-256) for a CUDA GPU (bf16 autocast). Not yet
-# measured on a GPU: no session so far had one; see docs/benchmarks.md.
-RECIPES["gpu"] = dataclasses.replace(RECIPES["cpu"], width=1.0, model_options="convs=2-3-3", recipe="gpu")
-
-
-def get_recipe(name: str) -> TrainConfig:
-    if name not in RECIPES:
-        valid = ", ".join(sorted(RECIPES))
-        raise FitVisionError(f"unknown recipe '{name}' (valid recipes: auto, {valid})")
-    return dataclasses.replace(RECIPES[name])
-
-
 def field_names() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
 
 # Checked before any work starts, so a typo fails in a second, not after the data is decoded.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_CHOICES = {"precision": PRECISIONS, "wd_mode": ("l2", "decoupled"), "clip_mode": ("value", "norm"),
-            "normalize": ("auto", "cifar"), "init": ("default", "lsuv"), "resize_method": ("crop", "squish")}
+# Lists of choices live beside their implementations; checks that need the hardware or files
+# (the device, the precision on it, a run to initialise from) are fitvision.train.setup.preflight's.
 _POSITIVE = ("epochs", "bs", "lr", "width", "eps", "bias_lr_mult", "div_factor", "final_div_factor")
 _NON_NEGATIVE = ("size", "train_limit", "valid_limit", "wd", "clip", "label_smoothing", "ema", "early_stop",
                  "freeze_epochs", "checkpoint_every", "seed", "progressive_size", "progressive_epochs", "stem_bias_epochs",
                  "tta_shift", "epoch_valid_limit", "muon_lr")
+_FRACTIONS = ("momentum", "beta2", "label_smoothing")  # in [0, 1)
+_PCT_START_SCHEDULES = ("one_cycle", "one_cycle_linear", "cosine_warmup", "flat_cos")
 
 
 def parse_model_options(text: str) -> dict[str, Any]:
@@ -274,15 +203,21 @@ def _option_value(value: str) -> Any:
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
-    """Raise FitVisionError naming the first bad value; names are checked against the registries."""
+    """Raise FitVisionError naming the first bad value; names are checked against the registries.
+    Pure: reads no file and asks no hardware."""
+    from fitvision.data.augment import NORMALIZE, check_crop_pct
+    from fitvision.data.decode import RESIZE_METHODS
+    from fitvision.data.items import check_valid_pct
+    from fitvision.models.init import INITS
+    from fitvision.optim.factory import WD_MODES
+
     for name in _POSITIVE:
         if not getattr(cfg, name) > 0:
             raise FitVisionError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
     for name in _NON_NEGATIVE:
         if getattr(cfg, name) < 0:
             raise FitVisionError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
-    if not 0 <= cfg.valid_pct < 1:
-        raise FitVisionError(f"valid_pct must be in [0, 1), got {cfg.valid_pct!r}")
+    check_valid_pct(cfg.valid_pct)
     for name in ("momentum", "muon_momentum") if cfg.opt == "muon" else ():
         if not 0 <= getattr(cfg, name) < 1:  # muon keeps an EWMA buffer and divides by 1 - momentum
             raise FitVisionError(f"{name} must be in [0, 1) with opt muon, got {getattr(cfg, name)!r}")
@@ -292,44 +227,28 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                              "use one_cycle_linear or another schedule, or leave muon_momentum 0")
     # Fractions and decays outside these ranges fail only later (a schedule, the loss) or turn
     # the loss to NaN mid-run (beta2 = 1 makes Adam's debiasing divide by 0): catch them here.
-    if cfg.sched in ("one_cycle", "one_cycle_linear", "cosine_warmup", "flat_cos") and not 0 < cfg.pct_start < 1:
+    if cfg.sched in _PCT_START_SCHEDULES and not 0 < cfg.pct_start < 1:
         raise FitVisionError(f"pct_start must be in (0, 1) with sched {cfg.sched}, got {cfg.pct_start!r}")
-    for name in ("momentum", "beta2", "label_smoothing"):
+    for name in _FRACTIONS:
         if not 0 <= getattr(cfg, name) < 1:
             raise FitVisionError(f"{name} must be in [0, 1), got {getattr(cfg, name)!r}")
-    if not 0 < cfg.crop_pct <= 1:
-        raise FitVisionError(f"crop_pct must be in (0, 1], got {cfg.crop_pct!r}")
+    check_crop_pct(cfg.crop_pct)
     if cfg.ema >= 1:
         raise FitVisionError(f"ema must be < 1 (a decay per step), got {cfg.ema!r}")
-    for name, valid in _CHOICES.items():
-        if getattr(cfg, name) not in valid:
-            raise FitVisionError(f"unknown {name} '{getattr(cfg, name)}' (valid: {', '.join(valid)})")
+    for name, valid in (("wd_mode", WD_MODES), ("normalize", NORMALIZE), ("init", INITS),
+                        ("resize_method", RESIZE_METHODS)):
+        check_choice(name, getattr(cfg, name), valid)
     _validate_names(cfg)
-    _validate_setup(cfg)
     return cfg
-
-
-def _validate_setup(cfg: TrainConfig) -> None:
-    """What train_run would refuse only after making the run directory: the device, the
-    precision on it, the fine-tuning phases and the run --init-from names."""
-    from fitvision.train.modelfile import read_meta
-    from fitvision.train.precision import resolve_device, resolve_precision
-    from fitvision.train.transfer import fine_tune_phases
-
-    resolve_precision(cfg.precision, resolve_device(cfg.device))
-    fine_tune_phases(cfg)
-    if cfg.init_from:
-        read_meta(cfg.init_from)
 
 
 def _validate_names(cfg: TrainConfig) -> None:
     from fitvision.data.augment import PRESETS
     from fitvision.models import list_models
+    from fitvision.models.external import check_external, is_external
     from fitvision.models.registry import check_options
     from fitvision.optim.factory import optimizer_names
     from fitvision.optim.schedules import SCHEDULES
-
-    from fitvision.train.transfer import check_external, is_external
 
     if is_external(cfg.model):  # timm:NAME / torchvision:NAME, pretrained
         check_external(cfg.model)

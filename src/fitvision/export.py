@@ -13,7 +13,6 @@ import copy
 import importlib.util
 import inspect
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from torch import nn
 
 from fitvision import __version__
 from fitvision.errors import FitVisionError
+from fitvision.files import atomic_path
+from fitvision.models.groups import unwrap
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUT_DTYPES = ("float", "uint8")
@@ -87,14 +88,13 @@ def export_model(model: nn.Module, meta: dict[str, Any], fmt: str, out: str | Pa
     if exporter not in EXPORTERS:
         raise FitVisionError(f"unknown ONNX exporter '{exporter}' (valid: {', '.join(EXPORTERS)})")
     # A copy: the caller's model stays on its device, in its mode and memory format.
-    model = copy.deepcopy(getattr(model, "_orig_mod", model))
+    model = copy.deepcopy(unwrap(model))
     model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
     out = Path(out)
     if out.is_dir():  # checked before the export's work, which would end failing to replace a folder
         raise FitVisionError(f"{out} is a folder; give the file to write, e.g. {out / ('model' + FORMATS[fmt])}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         # TorchScript and the legacy ONNX exporter warn that they are deprecated on every call, and
         # torch.export's internals warn about their own API: noise to someone exporting a model.
         with torch.no_grad(), warnings.catch_warnings():
@@ -104,9 +104,6 @@ def export_model(model: nn.Module, meta: dict[str, Any], fmt: str, out: str | Pa
                 _export_onnx(model, meta, tmp, input_dtype, exporter)
             else:
                 _export_torchscript(model, meta, tmp, input_dtype)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

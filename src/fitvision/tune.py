@@ -180,7 +180,7 @@ def _free_device_memory() -> None:
 
 
 def write_trials_csv(path: Path, rows: list[dict[str, Any]], names: list[str]) -> None:
-    from fitvision.train.modelfile import atomic_write_bytes
+    from fitvision.files import atomic_write_bytes
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["trial", *names, "val_acc", "seconds", "status", "error"],

@@ -15,9 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-# channel_stats is not used here: re-exported because fitvision.train.run (and tests) import it
-# from this module.
-from fitvision.data.color import channel_stats, color_jitter, normalize  # noqa: F401
+from fitvision.data.color import channel_stats, color_jitter, normalize
 from fitvision.data.transforms import (
     _CL,
     _channels_last,
@@ -32,9 +30,10 @@ from fitvision.data.transforms import (
     resize,
     resize_cover,
 )
-from fitvision.errors import FitVisionError
+from fitvision.errors import FitVisionError, check_choice
 
 CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # the seeds' CIFAR-10 mean, std
+NORMALIZE = ("auto", "cifar")  # "auto": the training split's own channel stats; "cifar": the seeds' stats
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -171,6 +170,17 @@ def train_pipeline(aug: str, size, mean, std, dtype=torch.float32) -> Pipeline:
                   Aug(color_jitter, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02)],
     }[aug]
     return Pipeline(ops, mean, std, dtype)
+
+
+def normalization_stats(normalize: str, train_images) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel as the config's ``normalize`` names them (NORMALIZE)."""
+    check_choice("normalize", normalize, NORMALIZE)
+    return CIFAR_STATS if normalize == "cifar" else channel_stats(train_images)
+
+
+def check_crop_pct(crop_pct: float) -> None:
+    if not 0 < crop_pct <= 1:
+        raise FitVisionError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
 
 
 def center_crop_resize(x: torch.Tensor, size=None, *, pct: float) -> torch.Tensor:

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from fitvision.data import cache, classnames, readers
-from fitvision.data.items import random_splitter
+from fitvision.data.items import check_valid_pct, random_splitter
 from fitvision.data.readers import DataWarning
 from fitvision.data.sources import dataset_name, resolve
-from fitvision.errors import FitVisionError
+from fitvision.errors import FitVisionError, check_choice
 
 CHUNK = 256  # images per task sent to a decode worker
 SNIFF = 64  # images whose header sizes choose the dataset's storage side
@@ -103,8 +103,7 @@ def _refuse_bombs():
 
 
 def check_resize_method(resize_method: str) -> None:
-    if resize_method not in RESIZE_METHODS:
-        raise FitVisionError(f"unknown resize_method '{resize_method}' (valid: {', '.join(RESIZE_METHODS)})")
+    check_choice("resize_method", resize_method, RESIZE_METHODS)
 
 
 def _decode(src, side: int | None, storage_size: int, resize_method: str = "crop") -> np.ndarray:
@@ -121,12 +120,17 @@ def _decode(src, side: int | None, storage_size: int, resize_method: str = "crop
 
 
 def decode_image(path, storage_size: int = 160, resize_method: str = "crop", size: int | None = None) -> np.ndarray:
-    """uint8 (H, W, 3) exactly as training data is decoded; for prediction. size: exactly
+    """uint8 (H, W, 3) exactly as training data is decoded; for prediction. ``path`` may also be a
+    PIL image or a uint8 array (H, W, 3) or (H, W): it goes through the same resize. size: exactly
     (size, size, 3) whatever the image's own size, as a dataset's arrays are (so a folder of
     mixed sizes stacks); None: a square of min(storage_size, the image's shorter side)."""
     check_resize_method(resize_method)
     if size is not None and size < 1:
         raise FitVisionError(f"size must be at least 1 pixel, got {size}")
+    if not isinstance(path, (str, os.PathLike)):
+        path = _image_bytes(path)
+        with _refuse_bombs():
+            return np.array(_decode(path, size, storage_size, resize_method))
     try:
         with _refuse_bombs():
             # a copy: Pillow's array is read-only, and a caller may well edit the image in place
@@ -135,6 +139,22 @@ def decode_image(path, storage_size: int = 160, resize_method: str = "crop", siz
         raise FitVisionError(f"image not found: {path}") from None
     except Exception as e:  # every Pillow failure means the same thing to the user
         raise FitVisionError(f"cannot read image {path}: {e}") from None
+
+
+def _image_bytes(image) -> bytes:
+    """An in-memory image as PNG bytes (lossless), so it is decoded exactly as a file would be."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+            raise FitVisionError(f"an image array must be uint8 (H, W, 3), got {image.dtype} of shape {image.shape}")
+        image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+    if not isinstance(image, Image.Image):
+        raise FitVisionError(f"cannot read an image from a {type(image).__name__}: give a path, a PIL image "
+                             "or a uint8 array")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _decode_chunk(chunk: list, side: int, storage_size: int, resize_method: str):
@@ -304,8 +324,7 @@ def load_dataset(name_or_path, storage_size: int = 160, valid_pct: float = 0.0, 
     if storage_size < 8:
         raise FitVisionError(f"storage_size must be at least 8 pixels, got {storage_size}")
     check_resize_method(resize_method)
-    if not 0.0 <= valid_pct < 1.0:
-        raise FitVisionError(f"valid_pct must be in [0, 1), got {valid_pct}")
+    check_valid_pct(valid_pct)
     source = resolve(name_or_path)
     name = dataset_name(name_or_path)
     source_fp = cache.fingerprint(source)

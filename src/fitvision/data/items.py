@@ -119,10 +119,14 @@ def grandparent_splitter(valid_name: str | Sequence[str] = "valid", train_name: 
     return func_splitter(side)
 
 
-def random_splitter(valid_pct: float, seed: int = 0) -> Splitter:
-    """A seeded random `valid_pct` of the items for validation (rounded to the nearest item)."""
+def check_valid_pct(valid_pct: float) -> None:
     if not 0.0 <= valid_pct < 1.0:
         raise FitVisionError(f"valid_pct must be in [0, 1), got {valid_pct}")
+
+
+def random_splitter(valid_pct: float, seed: int = 0) -> Splitter:
+    """A seeded random `valid_pct` of the items for validation (rounded to the nearest item)."""
+    check_valid_pct(valid_pct)
 
     def split(items):
         n = len(items)

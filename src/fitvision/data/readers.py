@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import os
 import pickle
 import posixpath
 import warnings

@@ -7,7 +7,7 @@
 """
 
 from fitvision.models.base import ImageClassifier
-from fitvision.models.groups import freeze, head_module, param_groups, unfreeze, unwrap
+from fitvision.models.groups import final_layer_name, freeze, head_module, param_groups, unfreeze, unwrap
 from fitvision.models.init import kaiming_init, lsuv_init
 from fitvision.models.registry import count_params, create_model, list_models, model_table, register_model
 
@@ -15,6 +15,7 @@ __all__ = [
     "ImageClassifier",
     "count_params",
     "create_model",
+    "final_layer_name",
     "freeze",
     "head_module",
     "kaiming_init",

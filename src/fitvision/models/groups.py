@@ -26,6 +26,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def head_module(model: nn.Module) -> nn.Module:
+    """The head (frozen last, its own parameter groups): ``model.classifier`` (fitvision's models:
+    pooling, dropout and linear layers), else the last ``nn.Linear``."""
     model = unwrap(model)
     head = getattr(model, "classifier", None)
     if isinstance(head, nn.Module):
@@ -34,6 +36,23 @@ def head_module(model: nn.Module) -> nn.Module:
     if not linears:
         raise FitVisionError(f"{type(model).__name__} has neither a classifier nor a linear layer to use as head")
     return linears[-1]
+
+
+def final_layer_name(model: nn.Module) -> str:
+    """The module name of the layer that maps features to class scores (the one a new set of
+    classes replaces): ``get_classifier()`` (fitvision's and timm's models), else the last
+    ``nn.Linear`` in the head."""
+    model = unwrap(model)
+    if hasattr(model, "get_classifier"):
+        layer = model.get_classifier()
+    else:
+        head = getattr(model, "classifier", model)
+        linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+        layer = linears[-1] if linears else None
+    for name, module in model.named_modules():
+        if module is layer and name:
+            return name
+    raise FitVisionError(f"{type(model).__name__} has no classifier layer: cannot tell its head from its body")
 
 
 def _no_decay(name: str, p: nn.Parameter, norm_params: set[int]) -> bool:

@@ -10,6 +10,8 @@ from torch import nn
 from fitvision.errors import FitVisionError
 from fitvision.models.groups import unwrap
 
+INITS = ("default", "lsuv")  # "default": each model's own (kaiming); "lsuv": lsuv_init on a training batch
+
 INIT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _BN = nn.modules.batchnorm._BatchNorm
 

@@ -108,6 +108,11 @@ class SpeedNet(ImageClassifier):
         """The whitening conv's bias: airbench trains it for the first few epochs only."""
         return self.whiten.bias
 
+    def weight_like_params(self) -> list[nn.Parameter]:
+        """1-D parameters that step like weights (fitvision.optim.policy): the data-initialised stem's
+        bias is no norm shift, so it takes the weights' lr and weight decay (airbench94's treatment)."""
+        return [self.stem_bias]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.groups(self.act(self.whiten(x)))
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from fitvision.data.classnames import readable
 from fitvision.errors import FitVisionError
+from fitvision.files import atomic_write_text
 from fitvision.train.modelfile import read_json
 
 REPORT = "report.html"
@@ -193,9 +194,7 @@ def write_report(run_dir: str | Path, notes: list[str] | None = None) -> Path:
     title = f"fitvision run {run_dir.resolve().name}"
     page = _PAGE.format(title=_e(title), css=_CSS, body=body, footer=_footer(meta))
     path = run_dir / REPORT
-    tmp = path.with_name(f".{REPORT}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, page)
     return path
 
 

@@ -27,8 +27,11 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: str | Path) -> Path:
-    """Save as the path's format (no suffix: .png, as matplotlib would); return where it went."""
+def _save(fig, path: str | Path | None):
+    """Save as the path's format (no suffix: .png, as matplotlib would); return where it went.
+    No path: return the Figure itself (a notebook shows it)."""
+    if path is None:
+        return fig
     path = Path(path)
     if path.is_dir():
         raise FitVisionError(f"{path} is a folder; give a file name such as {path / 'batch.png'}")
@@ -110,7 +113,7 @@ def most_confused(cm: np.ndarray, classes: Sequence[str], k: int = 10) -> list[t
     return [(classes[t], classes[p], int(off[t, p])) for t, p in pairs if off[t, p] > 0]
 
 
-def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path) -> Path:
+def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path | None = None):
     """Counts, coloured by the fraction of each true class, with class names on both axes."""
     cm = np.asarray(cm)
     n = len(classes)
@@ -159,13 +162,14 @@ def show_batch(
     images_uint8_nhwc: np.ndarray,
     labels: Sequence[int],
     classes: Sequence[str],
-    path: str | Path,
+    path: str | Path | None = None,
     preds: Sequence[int] | None = None,
     probs: Sequence[float] | None = None,
     ncols: int = 8,
     title: str | None = None,
-) -> Path:
-    """A labelled grid (the seeds' show_batch). With preds: 'true / predicted', mistakes in red."""
+):
+    """A labelled grid (the seeds' show_batch), saved to ``path`` (None: the Figure returned).
+    With preds: 'true / predicted', mistakes in red."""
     images = np.asarray(images_uint8_nhwc)
     n = len(images)
     ncols = max(1, min(ncols, n))

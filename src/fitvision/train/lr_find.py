@@ -1,9 +1,10 @@
 """The learning-rate range test (Smith 2015; fastai's lr_find).
 
 Train for up to `num_it` batches with the lr growing exponentially from start_lr to end_lr,
-record the loss, stop once the smoothed loss runs away, then put everything back: weights,
-BatchNorm statistics, optimizer state, RNG states and loader state are restored exactly, so
-a fit after lr_find is the same fit as without it.
+record the loss, stop once the smoothed loss runs away, then put everything back: a snapshot
+(checkpoint.snapshot: weights, BatchNorm statistics, optimizer, EMA and lookahead state, RNG
+and loader states) is restored exactly, so a fit after lr_find is the same fit as without it.
+The sweep measures the optimizer alone: lookahead's averaging is left out of its steps.
 
 The suggestion is the lr at the minimum of the smoothed loss, divided by 10: a minimum is not
 moved by an early spike (a steepest-descent rule is: the drop after a spike looks steepest),
@@ -12,14 +13,12 @@ and a tenth of it sits on the descending part of the curve, where training makes
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fitvision.errors import FitVisionError
-from fitvision.train.checkpoint import rng_state, set_rng_state
+from fitvision.train.checkpoint import restore, snapshot
 
 
 @dataclass
@@ -41,31 +40,6 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> tuple[float, float]:
     return lr_min, lr_min / 10
 
 
-def _snapshot(learn) -> dict[str, Any]:
-    return {
-        "model": copy.deepcopy(learn.model.state_dict()),
-        "opt": copy.deepcopy(learn.opt.state_dict()),
-        "scaler": copy.deepcopy(learn.scaler.state_dict()),
-        "ema": copy.deepcopy(learn.ema.state_dict()) if learn.ema is not None else None,
-        "rng": rng_state(),
-        "loader": copy.deepcopy(learn.train_dl.state_dict()) if hasattr(learn.train_dl, "state_dict") else None,
-        "training": learn.model.training,
-    }
-
-
-def _restore(learn, snap: dict[str, Any]) -> None:
-    learn.model.load_state_dict(snap["model"])
-    learn.opt.load_state_dict(snap["opt"])
-    learn.opt.zero_grad(set_to_none=True)
-    learn.scaler.load_state_dict(snap["scaler"])
-    if snap["ema"] is not None:
-        learn.ema.load_state_dict(snap["ema"])
-    set_rng_state(snap["rng"])
-    if snap["loader"] is not None:
-        learn.train_dl.load_state_dict(snap["loader"])
-    learn.model.train(snap["training"])
-
-
 def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, beta: float = 0.98,
             stop_div: float = 4.0) -> LRFindResult:
     """Sweep the lr from start_lr to end_lr over num_it batches (looping over the data if needed);
@@ -73,7 +47,7 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 1
     if not 0 < start_lr < end_lr:
         raise FitVisionError(f"lr_find needs 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
     result = LRFindResult()
-    snap = _snapshot(learn)
+    snap = snapshot(learn, copy_tensors=True)
     avg, best, epoch = 0.0, math.inf, 0
     try:
         learn.model.train()
@@ -82,6 +56,8 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 1
             for x, y in learn.train_dl:
                 it = len(result.lrs)
                 lr = start_lr * (end_lr / start_lr) ** (it / max(num_it - 1, 1))
+                # no progress passed: lookahead, an averaging over a whole fit, stays out of the
+                # sweep (with it the weights were pulled back to their average every step)
                 loss = learn.train_step(x, y, {"lr": lr}).float().item()
                 if not math.isfinite(loss):
                     result.diverged = True
@@ -98,7 +74,7 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 1
                     break
             epoch += 1
     finally:
-        _restore(learn, snap)
+        restore(learn, snap)
     result.lr_min, result.suggestion = suggest_lr(result.lrs, result.smoothed)
     return result
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,26 +10,22 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fitvision.errors import FitVisionError
+from fitvision.files import atomic_path, write_json
+from fitvision.models.external import external_model, is_external
+from fitvision.models.groups import unwrap
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
 META_KEYS = ("model", "model_kwargs", "classes", "mean", "std", "input_size", "storage_size")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a run's files are meant to be shared like any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def save_weights(path: str | Path, model: torch.nn.Module) -> Path:
+    """The model's state as safetensors, written atomically: contiguous CPU copies (safetensors
+    refuses shared storage), from inside any torch.compile/DDP wrapper."""
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap(model).state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+    return Path(path)
 
 
 def save_model(run_dir: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
@@ -41,14 +35,8 @@ def save_model(run_dir: str | Path, model: torch.nn.Module, meta: dict[str, Any]
         raise ValueError(f"model meta lacks {missing}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    # Unwrap torch.compile and make tensors contiguous CPU copies: safetensors refuses shared storage.
-    module = getattr(model, "_orig_mod", model)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
-    tmp = run_dir / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp))
-    os.chmod(tmp, 0o644)  # safetensors writes 0600; the weights are shared like the run's other files
-    os.replace(tmp, run_dir / WEIGHTS)
-    atomic_write_bytes(run_dir / META, (json.dumps(meta, indent=2) + "\n").encode())
+    save_weights(run_dir / WEIGHTS, model)
+    write_json(run_dir / META, meta)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -84,7 +72,6 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the architecture from model.json and load model.safetensors into it."""
     from fitvision.models import create_model
-    from fitvision.train.transfer import external_model, is_external
 
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)

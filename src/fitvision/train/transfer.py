@@ -19,6 +19,8 @@ from torch import nn
 
 from fitvision.data.classnames import same_classes
 from fitvision.errors import FitVisionError
+from fitvision.models.external import is_external
+from fitvision.models.groups import final_layer_name, unwrap
 
 BODY_LR_MULT = 0.1  # body lr = this x head lr once a pretrained body is unfrozen
 
@@ -49,20 +51,6 @@ def fine_tune_phases(cfg) -> list[Phase]:
         raise FitVisionError(f"--freeze-epochs {cfg.freeze_epochs} leaves no epoch of the {cfg.epochs:g} "
                              "to train the whole network; use fewer, or --freeze alone")
     return [Phase(cfg.freeze_epochs, True), Phase(cfg.epochs - cfg.freeze_epochs, False, unfrozen.body_lr_mult)]
-
-
-def final_layer_name(model: nn.Module) -> str:
-    """The module name of the layer that maps features to class scores: get_classifier(), else
-    the last nn.Linear (as fitvision.models.param_groups decides the head of a plain module)."""
-    if hasattr(model, "get_classifier"):
-        layer = model.get_classifier()
-    else:
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        layer = linears[-1] if linears else None
-    for name, module in model.named_modules():
-        if module is layer and name:
-            return name
-    raise FitVisionError(f"{type(model).__name__} has no classifier layer: cannot tell its head from its body")
 
 
 def _describe(model_name: str, kwargs: dict[str, Any]) -> str:
@@ -108,7 +96,7 @@ def apply_init_from(model: nn.Module, cfg_or_run_dir, classes: list[str] | None 
         raise FitVisionError(f"{run_dir} has no {WEIGHTS}") from None
     except Exception as e:  # safetensors raises its own types for corrupt headers
         raise FitVisionError(f"{run_dir / WEIGHTS} is corrupt: {e}") from None
-    model = getattr(model, "_orig_mod", model)  # torch.compile keeps the weights in the inner module
+    model = unwrap(model)  # torch.compile keeps the weights in the inner module
     head = final_layer_name(model) + "."
     dest = model.state_dict()
     _check_compatible(run_dir, meta, cfg, source, dest, head)
@@ -120,57 +108,3 @@ def apply_init_from(model: nn.Module, cfg_or_run_dir, classes: list[str] | None 
             dest[key].copy_(value)
     return {"init_from": str(run_dir), "loaded": len(state), "head_reset": not keep_head,
             "source_classes": meta["classes"]}
-
-
-EXTERNAL_LIBRARIES = ("timm", "torchvision")
-
-
-def is_external(model_name: str) -> bool:
-    """A "library:NAME" model (timm or torchvision) rather than one of fitvision's registry."""
-    return ":" in model_name
-
-
-def check_external(spec: str) -> None:
-    """FitVisionError unless ``spec`` is timm:NAME or torchvision:NAME with that library installed."""
-    import importlib.util
-
-    lib, _, name = spec.partition(":")
-    if lib not in EXTERNAL_LIBRARIES or not name:
-        raise FitVisionError(f"external model '{spec}' must be timm:NAME or torchvision:NAME")
-    if importlib.util.find_spec(lib) is None:
-        raise FitVisionError(f"model '{spec}' needs {lib}, which is not installed: pip install {lib}")
-
-
-def external_model(spec: str, num_classes: int, pretrained: bool = True) -> nn.Module:
-    """A pretrained timm or torchvision network as a body, its final layer sized for num_classes.
-
-    ``spec`` is "timm:NAME" or "torchvision:NAME". Optional: neither library is a dependency.
-    The result works with param_groups/freeze (head = its final nn.Linear) and a Learner.
-    A saved run rebuilds it with pretrained=False: its own weights replace the downloaded ones.
-    """
-    check_external(spec)
-    lib, _, name = spec.partition(":")
-    try:
-        return _build_external(lib, name, num_classes, pretrained)
-    except FitVisionError:
-        raise
-    except Exception as e:  # unknown name, no network for the weights, ...: the library's words
-        what = "with its pretrained weights " if pretrained else ""
-        first = (str(e).strip().splitlines() or [""])[0]  # one line: hub errors run to many
-        raise FitVisionError(f"model '{spec}' could not be built {what}by {lib}: "
-                             f"{type(e).__name__}: {first}") from None
-
-
-def _build_external(lib: str, name: str, num_classes: int, pretrained: bool) -> nn.Module:
-    if lib == "timm":
-        import timm
-
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
-    import torchvision
-
-    model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
-    path = final_layer_name(model)
-    parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
-    old = model.get_submodule(path)
-    setattr(parent, path.rpartition(".")[2], nn.Linear(old.in_features, num_classes))
-    return model

@@ -1,4 +1,5 @@
-"""Evaluate and predict from a run directory alone: the same decode and eval transform as training.
+"""Evaluation and prediction: the forward pass the Learner evaluates with, and the same from a
+run directory alone (`fitvision eval`, `fitvision predict`, ``fitvision.load``).
 
 evaluate_run reproduces summary.json's val_acc exactly (without TTA): the same validation subset,
 the same eval pipeline, batch size and precision as train_run's final evaluation.
@@ -13,15 +14,99 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from fitvision.data.classnames import readable
 from fitvision.errors import FitVisionError
+from fitvision.train.device import autocast, resolve_device, resolve_precision
 
 PREDICT_BATCH = 256  # images per forward pass in predict_files; also the decode chunk
+
+
+def eval_batch_size(bs: int) -> int:
+    """Validation batches are twice the training batch: no gradients or optimizer state to hold."""
+    return 2 * bs
+
+
+def subset_indices(n: int, limit: int, seed: int) -> np.ndarray:
+    """All indices, or ``limit`` of them drawn by a seeded permutation (sorted: reads stay sequential)."""
+    if not limit or limit >= n:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit]).astype(np.int64)
+
+
+def valid_indices(n: int, limit: int, seed: int) -> np.ndarray:
+    """The validation images a run with this seed and valid_limit evaluates on (train_run and
+    evaluate_run alike); its own stream (seed + 1), apart from the training subset's."""
+    return subset_indices(n, limit, seed + 1)
+
+
+def tta_views(x: torch.Tensor, shift: int = 0) -> list[tuple[torch.Tensor, float]]:
+    """(view, weight) pairs for test-time augmentation of a normalised batch (N, C, H, W).
+
+    The image and its mirror; with ``shift`` also the image moved diagonally by ``shift`` px
+    up-left and down-right (reflect padding), each with its mirror. The unshifted pair keeps half
+    the weight: the shifted views see slightly less of the image (airbench's multi-view TTA).
+    """
+    views = [(x, 0.5), (x.flip(3), 0.5)]
+    if shift:
+        h, w = x.shape[2:]
+        padded = F.pad(x, (shift,) * 4, mode="reflect")
+        moved = [padded[:, :, :h, :w], padded[:, :, 2 * shift:, 2 * shift:]]
+        views = [(v, wt / 2) for v, wt in views] + [(v, 0.125) for m in moved for v in (m, m.flip(3))]
+    return views
+
+
+@torch.no_grad()
+def eval_log_probs(module: Callable, x: torch.Tensor, tta: bool, autocast, shift: int = 0) -> torch.Tensor:
+    """fp32 log-probabilities of a normalised batch, the forward under the training precision's
+    autocast (bf16 evaluation is several times faster on a CPU, and `fitvision eval` uses the same
+    precision, so it still reproduces a run's val_acc). With TTA: the log of the weighted mean of
+    the probabilities over ``tta_views`` (the image and its mirror, plus shifted views if ``shift``)."""
+    if not tta:
+        with autocast:
+            return F.log_softmax(module(x).float(), dim=1)
+    log_probs, weights = [], []
+    for view, weight in tta_views(x, shift):
+        if x.is_contiguous(memory_format=torch.channels_last):
+            view = view.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            log_probs.append(F.log_softmax(module(view).float(), dim=1))
+        weights.append(weight)
+    logw = torch.tensor(weights, device=x.device).log().view(-1, 1, 1)
+    return torch.logsumexp(torch.stack(log_probs) + logw, dim=0)
+
+
+def loss_and_accuracy(log_probs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """{"val_loss": mean cross-entropy, "val_acc": top-1 accuracy} from log-probabilities."""
+    return {"val_loss": F.nll_loss(log_probs, targets).item(),
+            "val_acc": (log_probs.argmax(1) == targets).float().mean().item()}
+
+
+@torch.no_grad()
+def collect_log_probs(model: nn.Module, forward: Callable, batches, tta: bool, autocast, shift: int = 0,
+                      channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probabilities (N, C), targets (N,)) on the CPU over (x, y) batches, ``model`` in eval
+    mode meanwhile (``forward`` is the module that computes: the model, compiled or its EMA)."""
+    was_training = model.training
+    model.eval()
+    try:
+        pairs = []
+        for x, y in batches:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            pairs.append((eval_log_probs(forward, x, tta, autocast, shift), y))
+    finally:
+        model.train(was_training)
+    if not pairs:
+        raise FitVisionError("the validation set is empty; check --valid-limit / --valid-pct")
+    log_probs, targets = zip(*pairs)
+    return torch.cat(log_probs).cpu(), torch.cat(targets).cpu()
 
 
 @dataclass
@@ -44,22 +129,30 @@ class Run:
         # how training made its images square (runs from before the option all cropped)
         return str(self.meta.get("resize_method", "crop"))
 
+    def predict(self, images, topk: int = 3):
+        """A path, PIL image or uint8 array (H, W, 3) -> {"class", "prob", "top": [{"class", "prob"}]};
+        a list of them -> a list. Decoded and transformed as the run's validation images were."""
+        single = not isinstance(images, (list, tuple))
+        out = predict_images(self, [images] if single else list(images), topk)
+        return out[0] if single else out
+
+    def evaluate(self, data: str | None = None, tta: bool | None = None,
+                 crop_pct: float | None = None) -> dict[str, Any]:
+        """evaluate_run on this run: summary.json's val_acc again, or on other data with the same classes."""
+        return evaluate_run(self, data=data, tta=tta, crop_pct=crop_pct)
+
 
 def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> Run:
     """Load model.safetensors + model.json (and config.json when present) onto a device."""
     from fitvision.train.modelfile import load_model, read_json
 
     run_dir = Path(run_dir)
-    device = torch.device(device) if device is not None else _default_device()
+    device = resolve_device("auto" if device is None else device)
     model, meta = load_model(run_dir, device=device)
     config = read_json(run_dir / "config.json")
     if config.get("channels_last", True):  # as the Learner held it: the conv kernels, hence the numerics, match
         model = model.to(memory_format=torch.channels_last)
     return Run(path=run_dir, model=model, meta=meta, config=config, device=device)
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _as_run(run) -> Run:
@@ -78,20 +171,15 @@ def _eval_pipeline(run: Run, crop_pct: float | None = None):
 
 def _autocast(run: Run):
     """The autocast the run trained (and evaluated) under, resolved for this device."""
-    from fitvision.train.precision import resolve_precision
-
     try:
         precision = resolve_precision(str(run.config.get("precision", "fp32")), run.device)
     except FitVisionError:  # e.g. an fp16 run evaluated on a CPU
         precision = "fp32"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.bfloat16)
-    return torch.autocast(run.device.type, dtype=dtype, enabled=precision != "fp32")
+    return autocast(run.device, precision)
 
 
 def _log_probs(run: Run, pipe, x_uint8_nchw: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """fp32 log-probabilities for a uint8 batch, exactly as the Learner evaluates."""
-    from fitvision.train.learner import eval_log_probs
-
     x = pipe(x_uint8_nchw.to(run.device))
     if run.config.get("channels_last", True):
         x = x.contiguous(memory_format=torch.channels_last)
@@ -107,8 +195,6 @@ def evaluate_run(run, data: str | None = None, tta: bool | None = None,
     crop_pct), so the result is summary.json's. A crop_pct given scores the same weights on
     another central fraction of each image, timm's validate --crop-pct."""
     from fitvision.data.decode import carve_valid, load_dataset
-    from fitvision.train.learner import loss_and_accuracy
-    from fitvision.train.run import _subset
 
     if crop_pct is not None and not 0 < crop_pct <= 1:
         raise FitVisionError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
@@ -128,12 +214,12 @@ def evaluate_run(run, data: str | None = None, tta: bool | None = None,
     if list(ds.classes) != run.classes:
         raise FitVisionError(f"{data or cfg['data']} has classes {ds.classes}, the model was trained on {run.classes}")
     # The run's own data: the validation subset train_run drew (valid_limit), with its seed.
-    idx = _subset(len(ds.valid_y), 0 if data else int(cfg.get("valid_limit", 0)), seed + 1)
+    idx = valid_indices(len(ds.valid_y), 0 if data else int(cfg.get("valid_limit", 0)), seed)
     if len(idx) == 0:
         raise FitVisionError(f"{data or cfg['data']} has no validation images")
     images = ds.valid_x if len(idx) == len(ds.valid_y) else ds.valid_x[idx]
     targets = torch.from_numpy(np.asarray(ds.valid_y[idx], dtype=np.int64))
-    log_probs = _log_probs_all(run, images, batch_size=2 * int(cfg.get("bs", 400)), tta=tta, crop_pct=crop_pct)
+    log_probs = _log_probs_all(run, images, batch_size=eval_batch_size(int(cfg.get("bs", 400))), tta=tta, crop_pct=crop_pct)
     preds = log_probs.argmax(1)
     per_class = {name: int((preds[targets == i] == i).sum()) / int((targets == i).sum())
                  for i, name in enumerate(run.classes) if bool((targets == i).any())}
@@ -179,6 +265,21 @@ def predict_files(run, files: Iterable[str | Path], topk: int = 3) -> list[dict[
             pending = [pool.submit(_decode, f, *storage) for f in chunks[k + 1]] if k + 1 < len(chunks) else []
             results += _predict_chunk(run, pipe, chunk, decoded, topk)
     return results
+
+
+def predict_images(run, images: list, topk: int = 3) -> list[dict[str, Any]]:
+    """[{"class", "prob", "top"}] for paths, PIL images or uint8 arrays, decoded as training
+    decoded its files (decode_image at the run's storage size); an unreadable one raises."""
+    from fitvision.data.decode import decode_image
+
+    run = _as_run(run)
+    if topk < 1:
+        raise FitVisionError(f"topk must be at least 1, got {topk}")
+    decoded = [decode_image(im, int(run.meta["storage_size"]), run.resize_method) for im in images]
+    names = [str(im) if isinstance(im, (str, os.PathLike)) else None for im in images]
+    out = _predict_chunk(run, _eval_pipeline(run), names, decoded, min(topk, len(run.classes))) if images else []
+    return [{**({"file": r["file"]} if r["file"] else {}), "class": r["top"][0]["class"],
+             "prob": r["top"][0]["prob"], "top": r["top"]} for r in out]
 
 
 def _predict_chunk(run: Run, pipe, chunk: list[str], decoded: list, topk: int) -> list[dict[str, Any]]:
