@@ -118,16 +118,16 @@ def test_hypers_round_trip(name):
         get_hyper(opt, "beta2")
 
 
-# Bug: factory._prepare_group takes every group that states weight_decay 0 for a no-decay group
-# (wd_mult 0), and param_groups(model, 0.0) states 0 for the body and head weights as well. So an
-# optimizer built with wd=0 (Learner's default) ignores set_hyper("wd", x) on every group, and
-# Learner.fit_one_cycle(wd=x) silently trains without weight decay.
-@pytest.mark.xfail(strict=True, reason="built with wd=0, no group follows set_hyper('wd'): all get wd_mult 0")
+# param_groups marks which groups decay (wd_mult), so an optimizer built with wd=0 (the
+# Learner's default) still takes set_hyper("wd", x) on its weights: fit_one_cycle(wd=x) decays.
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_wd_round_trips_when_built_with_wd_zero(name):
     opt = make_opt(name, Net(), wd=0.0)
     set_hyper(opt, "wd", 0.0371)
     assert get_hyper(opt, "wd") == 0.0371
+    for g in opt.param_groups:  # the no-decay groups stay at 0
+        wd = g.get("wd", g.get("weight_decay"))
+        assert wd == (0.0 if g["name"].endswith("no_decay") else 0.0371)
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)

@@ -61,7 +61,7 @@ def _no_decay(name: str, p: nn.Parameter, norm_params: set[int]) -> bool:
 
 
 def param_groups(model: nn.Module, wd: float, body_lr_mult: float = 1.0) -> list[dict]:
-    """Optimizer groups ``{"params", "weight_decay", "lr_mult", "name"}``.
+    """Optimizer groups ``{"params", "weight_decay", "wd_mult", "lr_mult", "name"}``.
 
     Names: body, body_no_decay, head, head_no_decay (empty groups left out). Frozen
     parameters are included, so that ``unfreeze`` needs no new optimizer: they have no
@@ -76,8 +76,11 @@ def param_groups(model: nn.Module, wd: float, body_lr_mult: float = 1.0) -> list
     for name, p in model.named_parameters():
         part = "head" if id(p) in head_ids else "body"
         groups[part + ("_no_decay" if _no_decay(name, p, norm_ids) else "")].append(p)
+    # wd_mult says which groups follow a later set_hyper("wd", ...): the weights, even when built
+    # with wd 0 (fit_one_cycle(wd=...) on a Learner made without decay), never the no-decay groups.
     return [{"params": params, "name": key,
              "weight_decay": 0.0 if key.endswith("_no_decay") else wd,
+             "wd_mult": 0.0 if key.endswith("_no_decay") else 1.0,
              "lr_mult": 1.0 if key.startswith("head") else body_lr_mult}
             for key, params in groups.items() if params]
 
