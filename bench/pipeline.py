@@ -14,7 +14,7 @@ Measures, in one process on one machine:
                                 the same step on one pre-made batch (bf16 autocast, channels_last)
 
 Images are random uint8 of the right shapes (the pipeline's cost does not depend on content)
-unless --data names a dataset for fitvision.data.decode.load_dataset. Each figure is the
+unless --data names a dataset for fitvision.data.dataset.load_dataset. Each figure is the
 median over --repeats timed passes after a warm-up.
 """
 
@@ -147,7 +147,7 @@ def _timed(fn) -> tuple[float, float]:
 # --------------------------------------------------------------------------- main
 def _data(args):
     if args.data:
-        from fitvision.data.decode import load_dataset
+        from fitvision.data.dataset import load_dataset
 
         ds = load_dataset(args.data, storage_size=160)
         return ds.train_x, ds.train_y, f"real: {ds.name} train split {ds.train_x.shape}"

@@ -31,7 +31,7 @@ def write_images(folder: Path, n: int) -> str:
     """n 32x32 JPEGs in folder; returns where they came from."""
     images, source = None, "random"
     if os.environ.get("FITVISION_DATA_DIR"):
-        from fitvision.data.decode import load_dataset
+        from fitvision.data.dataset import load_dataset
         from fitvision.errors import FitVisionError
 
         try:

@@ -50,7 +50,7 @@ def cpu_model() -> str:
 
 
 def fill_cache(data: str) -> float:
-    from fitvision.data.decode import load_dataset
+    from fitvision.data.dataset import load_dataset
 
     t0 = time.perf_counter()
     load_dataset(data)

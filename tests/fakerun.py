@@ -53,7 +53,7 @@ def make_fake_run(run: Path, n_valid: int = 200, data: str = "cifar10", classes=
 
 
 def fake_dataset(n: int, seed: int = 0) -> SimpleNamespace:
-    """Stands in for decode.Dataset where only valid_x/valid_y are read: each image a flat colour."""
+    """Stands in for dataset.Dataset where only valid_x/valid_y are read: each image a flat colour."""
     rng = np.random.default_rng(seed)
     colours = rng.integers(0, 256, (n, 1, 1, 3), dtype=np.uint8)
     return SimpleNamespace(valid_x=np.broadcast_to(colours, (n, 32, 32, 3)).copy(), valid_y=np.zeros(n, np.int64))

@@ -7,7 +7,7 @@ import torch
 
 from fakerun import make_fake_run
 from fitvision.data.classnames import WORDNET_NAMES, readable, same_classes
-from fitvision.data.decode import load_dataset
+from fitvision.data.dataset import load_dataset
 from fitvision.errors import FitVisionError
 from fitvision.models import create_model
 from fitvision.train import evaluate as inference

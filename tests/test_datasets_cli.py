@@ -9,7 +9,7 @@ from PIL import Image
 from fitvision.cli import main
 from fitvision.data import readers
 from fitvision.data.classnames import readable
-from fitvision.data.decode import load_dataset
+from fitvision.data.dataset import load_dataset
 
 
 def _folder(root, classes=("cat", "dog"), n=(3, 2)):

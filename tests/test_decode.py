@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from fitvision.data import decode
-from fitvision.data.decode import decode_image, load_dataset
+from fitvision.data.dataset import load_dataset
+from fitvision.data.decode import decode_image
 from fitvision.data.readers import DataWarning
 from fitvision.errors import FitVisionError
 

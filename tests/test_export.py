@@ -146,7 +146,7 @@ def trained_run(tmp_path_factory):
     validation image files. (Fitted here, not with train_run, and an MLP, to keep the test fast
     on a busy CPU; test_onnx_export_for_every_model covers the conv nets.)"""
     from fitvision.data.augment import channel_stats, normalize
-    from fitvision.data.decode import load_dataset
+    from fitvision.data.dataset import load_dataset
     from fitvision.models import create_model
     from fitvision.train.modelfile import save_model
     from synthetic_images import make_image_folder

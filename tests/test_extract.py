@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fitvision.data.decode import load_dataset
+from fitvision.data.dataset import load_dataset
 from fitvision.data.extract import list_members, safe_extract
 from fitvision.errors import FitVisionError
 

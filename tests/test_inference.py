@@ -140,7 +140,7 @@ def test_predict_squares_images_as_training_did(tmp_path, run):
 
 
 def test_evaluate_run_matches_a_hand_computation(run, folder):
-    from fitvision.data.decode import load_dataset
+    from fitvision.data.dataset import load_dataset
 
     ds = load_dataset(str(folder))
     probs = _reference_probs(run, np.array(ds.valid_x))
@@ -228,7 +228,7 @@ def test_eval_reproduces_train_runs_val_acc_exactly(folder, tmp_path, capsys):
     assert result["val_loss"] == summary["val_loss"]
     # preds.npz agrees image by image with a fresh evaluation, and its indices point at the images
     # with those labels (the report's mistakes grid relies on it).
-    from fitvision.data.decode import load_dataset
+    from fitvision.data.dataset import load_dataset
 
     z = np.load(out / "preds.npz")
     assert np.array_equal(load_dataset(str(folder)).valid_y[z["indices"]], z["targets"])

@@ -347,7 +347,7 @@ def test_channels_last_model_and_input():
 def test_real_cifar_learning(data_dir, monkeypatch):
     """3,000 real CIFAR-10 images, two epochs of the seed 003 CNN: far above chance (10%)."""
     from fitvision.data.augment import CIFAR_STATS, eval_pipeline, train_pipeline
-    from fitvision.data.decode import load_dataset
+    from fitvision.data.dataset import load_dataset
     from fitvision.data.loader import DeviceLoader
     from fitvision.models import create_model
 

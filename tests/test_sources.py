@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fitvision.data.decode import load_dataset
+from fitvision.data.dataset import load_dataset
 from fitvision.data.sources import CATALOG, DatasetSpec, catalog_status, find_local, resolve
 from fitvision.errors import FitVisionError
 

@@ -83,7 +83,7 @@ def test_run_directory_holds_every_file(run):
 
 def test_preds_and_model_json_reproduce_the_evaluation(run, real_env):
     from fitvision.data.augment import eval_pipeline
-    from fitvision.data.decode import load_dataset
+    from fitvision.data.dataset import load_dataset
     from fitvision.train.modelfile import load_model
 
     out, _ = run

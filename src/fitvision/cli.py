@@ -40,7 +40,7 @@ def cmd_datasets(args) -> int:
     if args.target is None:
         raise UsageError(f"'fitvision datasets {args.action}' needs a dataset name or path")
     if args.action == "info":
-        from fitvision.data.decode import dataset_info
+        from fitvision.data.dataset import dataset_info
 
         info = dataset_info(args.target, storage_size=args.size)
         if args.json:

@@ -1,9 +1,10 @@
-"""Decode every image once with Pillow into uint8 arrays at a storage size, cache, memory-map.
+"""Decode images with Pillow into uint8 squares at a storage size: one (decode_image, for
+prediction) or a whole folder or archive on all cores (decode_images, for data/dataset.py).
 
 Storage: 32x32 data stays as is; larger images have their shorter side resized to S
-(antialiased) and are centre-cropped to SxS. A dataset is stored at one side: S, or the
-images' own shorter side when that is smaller (so CIFAR stays 32x32 at S=160). Images are
-read straight from the archive stream (no 60,000-file extraction) and decoded on all cores.
+(antialiased) and are centre-cropped to SxS ("crop") or resized whole ("squish"). A dataset is
+stored at one side: S, or the images' own shorter side when that is smaller (so CIFAR stays
+32x32 at S=160). Images are read straight from the archive stream (no 60,000-file extraction).
 """
 
 from __future__ import annotations
@@ -18,33 +19,16 @@ import statistics
 import sys
 import warnings
 from collections import deque
-from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
-from fitvision.data import cache, classnames, readers
-from fitvision.data.items import check_valid_pct, random_splitter
-from fitvision.data.readers import DataWarning
-from fitvision.data.sources import dataset_name, resolve
+from fitvision.data import readers
 from fitvision.errors import FitVisionError, check_choice
 
 CHUNK = 256  # images per task sent to a decode worker
 SNIFF = 64  # images whose header sizes choose the dataset's storage side
 MIN_PARALLEL = 2000  # below this, starting worker processes costs more than it saves
 RESIZE_METHODS = ("crop", "squish")  # how a non-square image becomes a stored square
-
-
-@dataclass
-class Dataset:
-    name: str
-    classes: list[str]
-    train_x: np.ndarray  # uint8 (N, H, W, 3)
-    train_y: np.ndarray  # int64 (N,)
-    valid_x: np.ndarray
-    valid_y: np.ndarray
-    location: str
-    image_size: list[int]  # [H, W]
 
 
 # --------------------------------------------------------------------------- one image
@@ -230,7 +214,7 @@ def _decode_stream(stream, side: int, storage_size: int, resize_method: str, n: 
             yield pending.popleft().get()
 
 
-def _decode_images(source: readers.Source, splits: dict[str, list[str]], storage_size: int, resize_method: str,
+def decode_images(source: readers.Source, splits: dict[str, list[str]], storage_size: int, resize_method: str,
                    writer, label: str):
     """Decode each split's files into a cache array: ({split: array}, {split: keep mask}, {file: reason})."""
     from tqdm import tqdm
@@ -254,99 +238,3 @@ def _decode_images(source: readers.Source, splits: dict[str, list[str]], storage
             bad.update((names[i], why) for i, why in errors)
             bar.update(len(idxs) + len(errors))
     return xs, keep, bad
-
-
-def _build_folders(source: readers.Source, storage_size: int, resize_method: str, writer, label: str):
-    layout = readers.folder_layout(source)
-    readers.warn_empty(source, layout)
-    xs, keep, bad = _decode_images(source, {"train": layout.train, "valid": layout.valid}, storage_size,
-                                   resize_method, writer, label)
-    if not keep["train"].any():
-        name, why = next(iter(bad.items()))
-        raise FitVisionError(f"none of the {len(layout.train)} training images in {source} could be decoded "
-                             f"(first: {name}: {why})")
-    arrays = {"train_y": layout.train_y[keep["train"]], "valid_y": layout.valid_y[keep["valid"]]}
-    for split, x in xs.items():
-        if keep[split].all():
-            arrays[f"{split}_x"] = x
-        else:  # compact: drop the slots of images that failed
-            kept = writer.array(f"{split}_x_kept", (int(keep[split].sum()),) + x.shape[1:], np.uint8)
-            kept[:] = x[keep[split]]
-            arrays[f"{split}_x"] = kept
-    return layout.classes, arrays, sorted(bad.items())
-
-
-def _build(path: Path, folder: Path, storage_size: int, resize_method: str, label: str, source_fp: dict):
-    source = readers.Source(path)
-    writer = cache.CacheWriter(folder)
-    try:
-        meta_name = readers.cifar_meta_name(source.files)
-        if meta_name is not None:
-            classes, tx, ty, vx, vy = readers.read_cifar(source, meta_name)
-            arrays, skipped = {"train_x": tx, "train_y": ty, "valid_x": vx, "valid_y": vy}, []
-        else:
-            classes, arrays, skipped = _build_folders(source, storage_size, resize_method, writer, label)
-        meta = {"classes": classes, "source": source_fp, "storage_size": storage_size, "resize_method": resize_method,
-                "counts": {"train": len(arrays["train_y"]), "valid": len(arrays["valid_y"])},
-                "skipped": [{"file": f, "reason": why} for f, why in skipped]}
-        writer.commit(arrays, meta)
-    except BaseException:
-        writer.discard()
-        raise
-    loaded = cache.load(folder)
-    if loaded is None:
-        raise FitVisionError(f"the decoded cache in {folder} could not be read back; check free disk space")
-    return loaded
-
-
-def _report_skipped(meta: dict, source, strict: bool) -> None:
-    skipped = meta.get("skipped") or []
-    if not skipped:
-        return
-    shown = "; ".join(f"{s['file']} ({s['reason']})" for s in skipped[:3])
-    msg = f"{len(skipped)} unreadable image(s) in {source} skipped: {shown}{' ...' if len(skipped) > 3 else ''}"
-    if strict:
-        raise FitVisionError(msg.replace("skipped", "found", 1) + " (strict mode; remove or fix them)")
-    warnings.warn(msg, DataWarning, stacklevel=3)
-
-
-# --------------------------------------------------------------------------- public
-def load_dataset(name_or_path, storage_size: int = 160, valid_pct: float = 0.0, seed: int = 0,
-                 strict: bool = False, resize_method: str = "crop") -> Dataset:
-    """Decoded train/valid arrays (memory-mapped from the cache after the first call).
-
-    Images larger than storage_size are stored as squares of that side: "crop" keeps the
-    central square of the shorter side, "squish" the whole picture with its aspect ratio
-    given up (fastai's ResizeMethod names; CIFAR's arrays are stored as they are).
-    valid_pct > 0 carves a seeded random validation split from the training images (the whole
-    data set when unsplit); an existing valid/test split is then not used.
-    """
-    if storage_size < 8:
-        raise FitVisionError(f"storage_size must be at least 8 pixels, got {storage_size}")
-    check_resize_method(resize_method)
-    check_valid_pct(valid_pct)
-    source = resolve(name_or_path)
-    name = dataset_name(name_or_path)
-    source_fp = cache.fingerprint(source)
-    folder = cache.cache_folder(name, source_fp, storage_size, resize_method)
-    loaded = cache.load(folder)
-    if loaded is None:
-        loaded = _build(source, folder, storage_size, resize_method, name, source_fp)
-    meta, arrays = loaded
-    _report_skipped(meta, source, strict)
-    ds = Dataset(name=name, classes=classnames.readable(list(meta["classes"])), location=str(source),
-                 image_size=list(arrays["train_x"].shape[1:3]), **arrays)
-    return carve_valid(ds, valid_pct, seed) if valid_pct > 0 else ds
-
-
-def carve_valid(ds: Dataset, valid_pct: float, seed: int = 0) -> Dataset:
-    """A seeded random valid_pct of the training images as the validation split (replacing any)."""
-    train_idx, valid_idx = random_splitter(valid_pct, seed)(range(len(ds.train_y)))
-    return replace(ds, train_x=ds.train_x[train_idx], train_y=ds.train_y[train_idx],
-                   valid_x=ds.train_x[valid_idx], valid_y=ds.train_y[valid_idx])
-
-
-def dataset_info(name_or_path, storage_size: int = 160) -> dict:
-    ds = load_dataset(name_or_path, storage_size=storage_size)
-    return {"name": ds.name, "train": int(len(ds.train_y)), "valid": int(len(ds.valid_y)),
-            "classes": ds.classes, "image_size": ds.image_size, "location": ds.location}

@@ -96,7 +96,7 @@ def _check_run_dir(run_dir: str | Path) -> Path:
 def render_plots(run_dir: str | Path, dataset=None) -> list[str]:
     """Draw every plot into run_dir/plots from the run's files; returns notes on what was skipped.
 
-    dataset: an already loaded fitvision.data.decode.Dataset (saves reloading it after training);
+    dataset: an already loaded fitvision.data.dataset.Dataset (saves reloading it after training);
     otherwise the validation images for the mistakes grid are loaded from config.json's data.
     """
     from fitvision.report import plots
@@ -132,7 +132,7 @@ def _render_mistakes(run_dir: Path, preds: dict, meta: dict, dataset) -> str | N
     pick = plots.pick_grid(preds["probs"], preds["targets"], n=32, seed=int(config.get("seed", 0)))
     if dataset is None:
         try:
-            from fitvision.data.decode import load_dataset
+            from fitvision.data.dataset import load_dataset
             from fitvision.data.readers import DataWarning
 
             # the split train_run evaluated on: its data, decode size, valid_pct and seed. Its data

@@ -231,7 +231,7 @@ def show_dataset(
     target: str, out: str | Path, augment: bool = False, n: int = 32, seed: int = 0, storage_size: int = 160
 ) -> Path:
     """`fitvision datasets show`: a labelled grid of training images, optionally as training sees them."""
-    from fitvision.data.decode import load_dataset
+    from fitvision.data.dataset import load_dataset
 
     if n < 1:
         raise FitVisionError(f"--n must be at least 1, got {n}")

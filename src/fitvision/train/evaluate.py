@@ -194,7 +194,7 @@ def evaluate_run(run, data: str | None = None, tta: bool | None = None,
     tta and crop_pct None: as the run's own final evaluation (config.json's tta, model.json's
     crop_pct), so the result is summary.json's. A crop_pct given scores the same weights on
     another central fraction of each image, timm's validate --crop-pct."""
-    from fitvision.data.decode import carve_valid, load_dataset
+    from fitvision.data.dataset import carve_valid, load_dataset
 
     if crop_pct is not None and not 0 < crop_pct <= 1:
         raise FitVisionError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
