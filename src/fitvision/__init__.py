@@ -23,7 +23,7 @@ _LAZY = {
     "ImageData": "fitvision.train.imagedata",
     "Learner": "fitvision.api",
     "load": "fitvision.api",
-    "train": "fitvision.api",
+    "fit": "fitvision.api",  # not "train": fitvision.train is the training subpackage
     "Run": "fitvision.train.evaluate",
     "TrainConfig": "fitvision.config",
     "resolve_config": "fitvision.recipes",
@@ -37,7 +37,7 @@ _LAZY = {
 __all__ = ["FitVisionError", "__version__", *sorted(_LAZY)]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from fitvision.api import Learner, load, train
+    from fitvision.api import Learner, fit, load
     from fitvision.config import TrainConfig
     from fitvision.logs import set_verbosity
     from fitvision.models import create_model, list_models

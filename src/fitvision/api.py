@@ -8,7 +8,7 @@
     learn.predict("cat.jpg")                                # a path, a PIL image or an array
     learn.export("runs/mine")                               # a run directory the CLI accepts
     run = fv.load("runs/mine"); run.predict(["a.jpg", "b.jpg"]); run.evaluate()
-    run = fv.train(recipe="cpu", data="cifar10", epochs=5)  # what `fitvision train` does
+    run = fv.fit(recipe="cpu", data="cifar10", epochs=5)    # what `fitvision train` does
 
 Everything here is built from the same pieces as `fitvision train`: one config path
 (fitvision.recipes.resolve_config), the same setup, loop, evaluation and run directory.
@@ -29,7 +29,7 @@ from fitvision.train import learner as loop
 from fitvision.train.evaluate import Run, load_run, predict_images
 from fitvision.train.imagedata import ImageData
 
-__all__ = ["ImageData", "Learner", "load", "train"]
+__all__ = ["ImageData", "Learner", "fit", "load"]
 
 
 class Learner(loop.Learner):
@@ -122,14 +122,15 @@ class Learner(loop.Learner):
 
 
 def load(path: str | Path, device: str | None = None) -> Run:
-    """A run directory (from `fitvision train`, ``train`` or ``Learner.export``), ready to predict and evaluate."""
+    """A run directory (from `fitvision train`, ``fit`` or ``Learner.export``), ready to predict and evaluate."""
     return load_run(path, device=device)
 
 
-def train(recipe: str | None = None, data: str | None = None, config: str | Path | None = None,
+def fit(recipe: str | None = None, data: str | None = None, config: str | Path | None = None,
           progress: bool = True, **settings: Any) -> Run:
     """What `fitvision train` does, from Python: the recipe (None: "auto"), a config file, then
-    ``settings`` (any TrainConfig field, e.g. epochs=5, out="runs/x"); returns the finished run."""
+    ``settings`` (any TrainConfig field, e.g. epochs=5, out="runs/x"); returns the finished run.
+    (Not ``fitvision.train``: that name is the training subpackage.)"""
     from fitvision.logs import logger
     from fitvision.recipes import resolve_config
     from fitvision.train.run import train_run

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from fitvision.config import TrainConfig, coerce
 from fitvision.errors import FitVisionError
+from fitvision.logs import logger
 
 TUNE_VALID_PCT = 0.1  # used when the base config carves no validation split of its own
 _RANGE = re.compile(r"^(?P<low>[^.][^:]*?)\.\.(?P<high>[^.:][^:]*)(?::(?P<scale>.*))?$")
@@ -265,7 +266,7 @@ def _search(search: TrainConfig, space: dict[str, Dim], trials: int, out: Path, 
         if i < len(rows):  # finished before an interruption
             continue
         cfg = _continued(replace(search, **params, out=str(out / f"trial-{i:03d}")))
-        print(f"trial {i + 1}/{trials}: {format_params(params)}" + (" (resuming)" if cfg.resume else ""))
+        logger.info(f"trial {i + 1}/{trials}: {format_params(params)}" + (" (resuming)" if cfg.resume else ""))
         try:
             result = _finished_trial(cfg) or run_trial(cfg, train)
         except KeyboardInterrupt:  # the trial's own advice (--resume that trial) would not go on with the search
@@ -275,7 +276,7 @@ def _search(search: TrainConfig, space: dict[str, Dim], trials: int, out: Path, 
                                     ) from None
         rows.append({"trial": i, **params, **result})
         write_trials_csv(out / "trials.csv", rows, names)
-        print(f"  -> {rows[-1]['status']} val_acc {rows[-1]['val_acc']:.4f} in {rows[-1]['seconds']:.1f}s")
+        logger.info(f"  -> {rows[-1]['status']} val_acc {rows[-1]['val_acc']:.4f} in {rows[-1]['seconds']:.1f}s")
     best = best_trial(rows)
     result = {"trial": best["trial"], "params": {k: best[k] for k in names}, "val_acc": best["val_acc"],
               "run_dir": str(out / f"trial-{best['trial']:03d}"), "valid_pct": search.valid_pct,

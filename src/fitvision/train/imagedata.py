@@ -41,10 +41,9 @@ class ImageData:
     def __init__(self, source: str | Path = "cifar10", *, recipe: str | None = "general",
                  config: str | Path | None = None, **settings: Any):
         from fitvision.recipes import resolve_config
-        from fitvision.train.setup import preflight
 
         cfg, _ = resolve_config(recipe, config, data=str(source), **settings)
-        self._load(preflight(cfg))
+        self._load(cfg)  # resolves the device: the one check of setup.preflight that data needs
         self.request = (recipe, config, {"data": str(source), **settings})
 
     @classmethod
@@ -72,7 +71,7 @@ class ImageData:
         return dataclasses.replace(cfg, device=self.cfg.device)
 
     def _load(self, cfg: TrainConfig) -> None:
-        from fitvision.data.decode import load_dataset
+        from fitvision.data.dataset import load_dataset
 
         seed_everything(cfg.seed)
         cfg = dataclasses.replace(cfg, device=str(resolve_device(cfg.device)))

@@ -314,7 +314,8 @@ class Learner:
 
         Only the eval transform is applied (resize/normalise), never augmentation.
         """
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2) if isinstance(images, np.ndarray) \
+        # a copy: a memory-mapped dataset's arrays are read-only, which torch.from_numpy warns about
+        x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2) if isinstance(images, np.ndarray) \
             else torch.as_tensor(images)
         if x.dtype != torch.uint8 or x.ndim != 4:
             raise FitVisionError(f"predict expects a batch of uint8 images, got {x.dtype} of shape {tuple(x.shape)}")

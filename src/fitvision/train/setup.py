@@ -30,7 +30,8 @@ DATA_INIT_IMAGES = 5000  # images a data-dependent init (whitening) looks at: en
 def preflight(cfg: TrainConfig) -> TrainConfig:
     """What would fail only after the data is decoded or the run directory made: the device, the
     precision on it, the loop's choices, the fine-tuning phases and the run --init-from names.
-    Returns cfg with the device and precision resolved (what config.json records)."""
+    Returns cfg with the device and precision resolved (what the Learner runs with; config.json
+    keeps what was asked for, e.g. "auto", so a resumed run resolves it again on its machine)."""
     from fitvision.train.modelfile import read_meta
     from fitvision.train.transfer import fine_tune_phases
 

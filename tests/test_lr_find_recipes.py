@@ -1,0 +1,51 @@
+"""lr_find on every recipe, as `fitvision lr-find` builds it, on real CIFAR-10 images."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from fitvision.recipes import RECIPES, resolve_config
+from fitvision.train.setup import build
+
+pytestmark = pytest.mark.usefixtures("data_dir")
+SMALL = {"data": "cifar10", "train_limit": 1000, "valid_limit": 200, "bs": 100, "device": "cpu"}
+
+
+def _learner(recipe: str, **settings):
+    cfg, _ = resolve_config(recipe, **{**SMALL, **settings})
+    return build(cfg, progress=False).learn
+
+
+def test_default_recipe_suggests_what_the_sweep_without_lookahead_suggests():
+    """The cpu recipe (what plain `fitvision lr-find` picks without a GPU) turns lookahead on.
+    The sweep used to let it pull the weights back to their average every step, and suggested
+    about 1e-6 where the same sweep without lookahead suggests about 1e-1."""
+    cfg, why = resolve_config(None, **SMALL)
+    assert cfg.recipe == "cpu" and cfg.lookahead, why
+    with_lookahead = build(cfg, progress=False).learn.lr_find()
+    without = build(dataclasses.replace(cfg, lookahead=False), progress=False).learn.lr_find()
+    ratio = with_lookahead.suggestion / without.suggestion
+    assert 0.1 <= ratio <= 10, (with_lookahead.suggestion, without.suggestion)
+    assert without.suggestion > 1e-3  # a real sweep: the loss fell, then diverged at a high lr
+
+
+def test_a_step_without_progress_leaves_lookahead_alone():
+    learn = _learner("cpu", train_limit=400)
+    x, y = next(iter(learn.train_dl))
+    average = [t.clone() for t in learn.lookahead.average]
+    learn.train_step(x, y, {"lr": 0.1})  # no progress: the sweep's step
+    assert all(torch.equal(a, b) for a, b in zip(average, learn.lookahead.average))
+    learn.train_step(x, y, {"lr": 0.1}, progress=(5, 100))  # a fit's 5th step: lookahead averages
+    assert not all(torch.equal(a, b) for a, b in zip(average, learn.lookahead.average))
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_lr_find_runs_on_every_recipe_and_leaves_the_learner_as_it_was(recipe):
+    learn = _learner(recipe, size=32, train_limit=512, bs=64)
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    result = learn.lr_find(num_it=20)
+    assert len(result.lrs) >= 5 and all(math.isfinite(v) for v in result.losses[:5])
+    assert 1e-7 <= result.suggestion <= 10 and result.suggestion == result.lr_min / 10
+    assert all(torch.equal(v, before[k]) for k, v in learn.model.state_dict().items())
