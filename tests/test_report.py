@@ -187,3 +187,20 @@ def test_blank_momentum_cells_do_not_break_the_report(tmp_path):
     (run / "batches.csv").write_text("\n".join(rows) + "\n")
     assert np.isnan(report_html.read_csv(run / "batches.csv")[0]["mom"])
     assert plots.plot_lr([0.1, 0.2], tmp_path / "lr.png", [float("nan")] * 2).is_file()
+
+
+def test_report_and_atomic_writes_never_follow_a_planted_symlink(tmp_path):
+    """An untrusted run folder may hold a symlink at the old fixed temporary names: writing the
+    report (or any file through files.atomic_path) must not write through it."""
+    from fitvision.files import atomic_write_text
+
+    run = make_fake_run(tmp_path / "run", data=str(tmp_path / "no-such-data"))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for name in (".report.html.tmp", ".model.pt.tmp", ".summary.json.tmp"):
+        (run / name).symlink_to(victim)
+    report_html.write_report(run)
+    atomic_write_text(run / "summary.json", "{}\n")
+    assert victim.read_text() == "precious"
+    assert (run / "report.html").is_file() and not (run / "report.html").is_symlink()
+    assert sorted(p.name for p in run.glob(".*.tmp")) == [".model.pt.tmp", ".report.html.tmp", ".summary.json.tmp"]
