@@ -26,7 +26,7 @@ import torch
 from fitvision.errors import FitVisionError
 from fitvision.optim.schedules import create_schedule
 from fitvision.train import learner as loop
-from fitvision.train.evaluate import Run, load_run, predict_images
+from fitvision.train.evaluate import Run, load_run
 from fitvision.train.imagedata import ImageData
 
 __all__ = ["ImageData", "Learner", "fit", "load"]
@@ -92,14 +92,12 @@ class Learner(loop.Learner):
         probabilities (N, C), as fitvision.train.learner.Learner.predict."""
         if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
             return super().predict(images, tta=tta)
-        single = not isinstance(images, (list, tuple))
         was_training = self.model.training
         self.model.eval()
         try:
-            out = predict_images(self.as_run(), [images] if single else list(images), topk)
+            return self.as_run().predict(images, topk)
         finally:
             self.model.train(was_training)
-        return out[0] if single else out
 
     def export(self, path: str | Path) -> Path:
         """A run directory (weights, model.json, config.json, history, predictions, summary.json,
@@ -134,9 +132,7 @@ def fit(recipe: str | None = None, data: str | None = None, config: str | Path |
     from fitvision.logs import logger
     from fitvision.recipes import resolve_config
     from fitvision.train.run import train_run
-    from fitvision.train.setup import preflight
 
     cfg, why = resolve_config(recipe, config, data=data, **settings)
-    preflight(cfg)
-    logger.info(why)
+    logger.info(why)  # train_run's setup runs the pre-flight checks before any work
     return load(train_run(cfg, progress=progress))

@@ -194,10 +194,11 @@ def evaluate_run(run, data: str | None = None, tta: bool | None = None,
     tta and crop_pct None: as the run's own final evaluation (config.json's tta, model.json's
     crop_pct), so the result is summary.json's. A crop_pct given scores the same weights on
     another central fraction of each image, timm's validate --crop-pct."""
+    from fitvision.data.augment import check_crop_pct
     from fitvision.data.dataset import carve_valid, load_dataset
 
-    if crop_pct is not None and not 0 < crop_pct <= 1:
-        raise FitVisionError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
+    if crop_pct is not None:
+        check_crop_pct(crop_pct)
     run = _as_run(run)
     cfg = run.config
     tta = bool(cfg.get("tta", False)) if tta is None else tta
@@ -251,8 +252,7 @@ def predict_files(run, files: Iterable[str | Path], topk: int = 3) -> list[dict[
     run = _as_run(run)
     files = [str(files)] if isinstance(files, (str, Path)) else [str(f) for f in files]  # one file, not its letters
     files = _expand_folders(files)
-    if topk < 1:
-        raise FitVisionError(f"topk must be at least 1, got {topk}")
+    _check_topk(topk)
     topk = min(topk, len(run.classes))
     pipe = _eval_pipeline(run)
     storage = (int(run.meta["storage_size"]), run.resize_method)
@@ -273,8 +273,7 @@ def predict_images(run, images: list, topk: int = 3) -> list[dict[str, Any]]:
     from fitvision.data.decode import decode_image
 
     run = _as_run(run)
-    if topk < 1:
-        raise FitVisionError(f"topk must be at least 1, got {topk}")
+    _check_topk(topk)
     decoded = [decode_image(im, int(run.meta["storage_size"]), run.resize_method) for im in images]
     names = [str(im) if isinstance(im, (str, os.PathLike)) else None for im in images]
     out = _predict_chunk(run, _eval_pipeline(run), names, decoded, min(topk, len(run.classes))) if images else []
@@ -295,6 +294,11 @@ def _predict_chunk(run: Run, pipe, chunk: list[str], decoded: list, topk: int) -
             out[i] = {"file": chunk[i], "top": [{"class": run.classes[int(c)], "prob": float(p)}
                                                 for p, c in zip(top_p[row], top_i[row])]}
     return out
+
+
+def _check_topk(topk: int) -> None:
+    if topk < 1:
+        raise FitVisionError(f"topk must be at least 1, got {topk}")
 
 
 def _expand_folders(files: list[str]) -> list[str]:

@@ -283,10 +283,14 @@ class Learner:
         """What is evaluated, predicted with and saved: the EMA weights when kept, else the model."""
         return self.ema.module if self.ema is not None else self.model
 
+    def _eval_forward(self) -> Callable:
+        """eval_module as it computes: the compiled model when compiled (the EMA copy never is)."""
+        return self.ema.module if self.ema is not None else self._forward
+
     def get_log_preds(self, dl=None, tta: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-probabilities float32 (N, C), targets int64 (N,)) on the CPU, in loader order."""
-        forward = self.ema.module if self.ema is not None else self._forward
-        return collect_log_probs(self.model, forward, dl or self.valid_dl, self.tta if tta is None else tta,
+        tta = self.tta if tta is None else tta
+        return collect_log_probs(self.model, self._eval_forward(), dl or self.valid_dl, tta,
                                  self.autocast(), self.options.tta_shift, self.channels_last)
 
     def get_preds(self, dl=None, tta: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -322,8 +326,7 @@ class Learner:
         transform = self.eval_transform or (lambda b: b.float() / 255)
         batches = ((transform(x[i:i + batch_size].to(self.device)), torch.zeros(0))
                    for i in range(0, len(x), batch_size))
-        forward = self.ema.module if self.ema is not None else self._forward
-        log_probs, _ = collect_log_probs(self.model, forward, batches, self.tta if tta is None else tta,
+        log_probs, _ = collect_log_probs(self.model, self._eval_forward(), batches, self.tta if tta is None else tta,
                                          self.autocast(), self.options.tta_shift, self.channels_last)
         return log_probs.exp()
 
