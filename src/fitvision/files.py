@@ -4,17 +4,87 @@ Every file fitvision writes into a run directory goes through ``atomic_path``: t
 written to a fresh, uniquely named temporary file in the same folder (``mkstemp``: it cannot be
 a symlink someone planted at a fixed name), flushed to disk, and renamed over the target in one
 step. A reader sees the old file or the new one, never half of one.
+
+Every temporary name fitvision makes (``temp_prefix``) carries the host and process that made
+it, so a later run can tell the leftovers of a killed process from the files of a live one and
+remove only those (``remove_leftovers``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+STALE_SECONDS = 6 * 3600  # another host's temporary file this old belongs to no live process
+_TEMP = re.compile(r"^\.(?P<target>.+)\.fv-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[^.]*\.(?:tmp|part)$")
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def temp_prefix(target: str | Path) -> str:
+    """The start of a temporary name for ``target`` (a file or folder name): ``.NAME.fv-HOST-PID-``;
+    mkstemp/mkdtemp add a random part, and the name ends in ``.tmp`` (``.part`` for downloads)."""
+    return f".{Path(target).name}.fv-{_host_tag()}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def is_leftover(path: str | Path) -> bool:
+    """Whether ``path`` is a fitvision temporary file or folder whose process is gone: one of this
+    host's whose pid no longer runs, or another host's older than STALE_SECONDS."""
+    m = _TEMP.match(Path(path).name)
+    if m is None:
+        return False
+    pid = int(m["pid"])
+    if m["host"] == _host_tag():
+        return pid != os.getpid() and not _pid_alive(pid)
+    try:
+        return time.time() - os.lstat(path).st_mtime > STALE_SECONDS
+    except OSError:
+        return False
+
+
+def remove_leftovers(folder: str | Path) -> list[Path]:
+    """Remove the temporary files and folders killed fitvision processes left in ``folder``
+    (never a live process's, never anything fitvision did not name); returns what was removed."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not is_leftover(entry):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:
+            continue
+    return removed
 
 
 @contextlib.contextmanager
@@ -24,7 +94,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The temporary file exists (empty, mode 0600) when the block starts: writers that replace it
     (safetensors, torch.onnx) and writers that open it for writing both work."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     try:
