@@ -54,9 +54,20 @@ def _build_folders(source: readers.Source, storage_size: int, resize_method: str
     return layout.classes, arrays, sorted(bad.items())
 
 
+def _writer(folder: Path):
+    """A CacheWriter, or where the cache folder cannot be written (read-only, a shared cache, no
+    permission) a MemoryWriter: the data set is decoded into memory, as an uncached load would be."""
+    try:
+        return cache.CacheWriter(folder)
+    except cache.CacheUnwritable as e:
+        warnings.warn(f"{e}; decoding into memory without caching (set FITVISION_CACHE_DIR to a writable "
+                      "folder to keep the decoded arrays)", DataWarning, stacklevel=4)
+        return cache.MemoryWriter()
+
+
 def _build(path: Path, folder: Path, storage_size: int, resize_method: str, label: str, source_fp: dict):
     source = readers.Source(path)
-    writer = cache.CacheWriter(folder)
+    writer = _writer(folder)
     try:
         meta_name = readers.cifar_meta_name(source.files)
         if meta_name is not None:
@@ -67,6 +78,8 @@ def _build(path: Path, folder: Path, storage_size: int, resize_method: str, labe
         meta = {"classes": classes, "source": source_fp, "storage_size": storage_size, "resize_method": resize_method,
                 "counts": {"train": len(arrays["train_y"]), "valid": len(arrays["valid_y"])},
                 "skipped": [{"file": f, "reason": why} for f, why in skipped]}
+        if isinstance(writer, cache.MemoryWriter):
+            return meta, arrays
         writer.commit(arrays, meta)
     except BaseException:
         writer.discard()

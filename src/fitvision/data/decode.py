@@ -224,6 +224,8 @@ def decode_images(source: readers.Source, splits: dict[str, list[str]], storage_
     first = list(itertools.islice(stream, SNIFF))
     side = _storage_side(first, storage_size)
     starts = np.cumsum([0] + [len(f) for f in splits.values()])
+    # every array at once: a full disk is one clear error before any work, not one split later
+    writer.check_space(len(names) * (side * side * 3 + np.dtype(np.int64).itemsize))
     xs = {s: writer.array(f"{s}_x", (len(f), side, side, 3), np.uint8) for s, f in splits.items()}
     keep = {s: np.zeros(len(f), dtype=bool) for s, f in splits.items()}
     bad = {}
