@@ -16,7 +16,7 @@ import traceback
 import warnings
 
 from fitvision import __version__
-from fitvision.errors import FitVisionError, UsageError
+from fitvision.errors import FitVisionError, Terminated, UsageError
 
 
 def _print_json(obj) -> None:
@@ -378,6 +378,9 @@ def _run(args) -> int:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
+    except Terminated as e:  # SIGTERM: the run wrote a checkpoint and says how to go on
+        print(f"error: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt as e:
         print("error: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130

@@ -147,7 +147,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FitVisionError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FitVisionError(f"{path}: a config file must be UTF-8 text (byte {e.start} is not)") from None
     try:
         if path.suffix == ".json":
             data = json.loads(text)

@@ -19,3 +19,13 @@ def check_choice(name: str, value: object, valid: tuple[str, ...] | list[str]) -
     """The one message for a value outside a fixed list; each list lives beside what it names."""
     if value not in valid:
         raise FitVisionError(f"unknown {name} '{value}' (valid: {', '.join(valid)})")
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop from outside (SIGTERM: SLURM, Kubernetes, a spot instance's
+    notice). A KeyboardInterrupt, so that whatever handles Ctrl-C (say how to go on, clean up)
+    handles it too; the CLI exits with 128 + the signal's number (143 for SIGTERM)."""
+
+    def __init__(self, message: str = "", signum: int = 15):
+        super().__init__(message)
+        self.signum = signum

@@ -13,6 +13,7 @@ remove only those (``remove_leftovers``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fitvision.errors import FitVisionError
 
 STALE_SECONDS = 6 * 3600  # another host's temporary file this old belongs to no live process
 _TEMP = re.compile(r"^\.(?P<target>.+)\.fv-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[^.]*\.(?:tmp|part)$")
@@ -87,24 +89,68 @@ def remove_leftovers(folder: str | Path) -> list[Path]:
     return removed
 
 
+# Errors of the disk, not of fitvision: each becomes one line naming the file (errors.FitVisionError).
+_DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied", errno.EFBIG: "the file is too large for the file system",
+                errno.EIO: "an I/O error"}
+
+
+def disk_error(path: str | Path, e: OSError, what: str = "write") -> FitVisionError | None:
+    """The one-line error for an OSError of the disk while writing ``path``; None for other errors."""
+    if e.errno not in _DISK_ERRORS:
+        return None
+    hint = "; free some space or choose another place" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return FitVisionError(f"cannot {what} {path}: {_DISK_ERRORS[e.errno]}{hint}")
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, keep_previous: str | Path | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on a clean exit it becomes ``path``, else it is removed.
 
     The temporary file exists (empty, mode 0600) when the block starts: writers that replace it
-    (safetensors, torch.onnx) and writers that open it for writing both work."""
+    (safetensors, torch.onnx) and writers that open it for writing both work. ``keep_previous``:
+    the file ``path`` held is moved there once the new one is complete on disk. A full or
+    read-only disk is a FitVisionError naming ``path``."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = None
     try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
         with open(tmp, "rb+") as f:  # the writer may have closed it without an fsync
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a run's files are meant to be shared like any other
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
+    except OSError as e:
+        error = disk_error(path, e)
+        if error is None:
+            raise
+        raise error from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Fail now, before any work, where ``folder`` (which may not exist yet) cannot be written:
+    a probe file is created and removed in its nearest existing ancestor. ``what`` names it."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FitVisionError(f"{what} {folder}: {existing} is a file, not a folder")
+    try:
+        fd, name = tempfile.mkstemp(dir=existing, prefix=temp_prefix(folder), suffix=".tmp")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        reason = _DISK_ERRORS.get(e.errno, e.strerror)
+        raise FitVisionError(f"cannot write {what} {folder}: {reason} ({existing})") from None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fitvision.config import TrainConfig, coerce
-from fitvision.errors import FitVisionError
+from fitvision.errors import FitVisionError, Terminated
+from fitvision.files import write_json
 from fitvision.logs import logger
 
 TUNE_VALID_PCT = 0.1  # used when the base config carves no validation split of its own
@@ -225,7 +226,7 @@ def tune(base: TrainConfig, space: dict[str, Dim], trials: int, out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     search = replace(base, valid_pct=base.valid_pct or TUNE_VALID_PCT, out="", resume=False)
     spec = {"base": asdict(search), "space": [asdict(d) for d in space.values()], "trials": trials, "retrain": retrain}
-    (out / SEARCH_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    write_json(out / SEARCH_FILE, spec)
     return _search(search, space, trials, out, retrain, train, rows=[])
 
 
@@ -254,9 +255,10 @@ def _read_trials_csv(path: Path, names: list[str]) -> list[dict[str, Any]]:
 
 def _continued(cfg: TrainConfig) -> TrainConfig:
     """A run left behind by an interrupted search: resume it if it saved a checkpoint."""
+    from fitvision.train import checkpoint
     from fitvision.train.checkpoint import CHECKPOINT
 
-    return replace(cfg, resume=True) if (Path(cfg.out) / CHECKPOINT).is_file() else cfg
+    return replace(cfg, resume=True) if checkpoint.exists(Path(cfg.out) / CHECKPOINT) else cfg
 
 
 def _search(search: TrainConfig, space: dict[str, Dim], trials: int, out: Path, retrain: bool,
@@ -269,11 +271,11 @@ def _search(search: TrainConfig, space: dict[str, Dim], trials: int, out: Path, 
         logger.info(f"trial {i + 1}/{trials}: {format_params(params)}" + (" (resuming)" if cfg.resume else ""))
         try:
             result = _finished_trial(cfg) or run_trial(cfg, train)
-        except KeyboardInterrupt:  # the trial's own advice (--resume that trial) would not go on with the search
+        except KeyboardInterrupt as e:  # the trial's own advice (--resume that trial) would not go on with the search
             done = (f"after {len(rows)} of {trials} trials (recorded in {out / 'trials.csv'})" if rows else
                     "before its first trial finished")
-            raise KeyboardInterrupt(f"the search stopped {done}; continue with: fitvision tune --resume --out {out}"
-                                    ) from None
+            raise _interrupted(e, f"the search stopped {done}; continue with: fitvision tune --resume --out {out}"
+                               ) from None
         rows.append({"trial": i, **params, **result})
         write_trials_csv(out / "trials.csv", rows, names)
         logger.info(f"  -> {rows[-1]['status']} val_acc {rows[-1]['val_acc']:.4f} in {rows[-1]['seconds']:.1f}s")
@@ -284,11 +286,16 @@ def _search(search: TrainConfig, space: dict[str, Dim], trials: int, out: Path, 
     if retrain:
         try:
             result.update(_retrain(search, result["params"], out, train))
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(f"the search stopped while retraining its best trial; continue with: "
-                                    f"fitvision tune --resume --out {out}") from None
-    (out / "best.json").write_text(json.dumps(result, indent=2) + "\n")
+        except KeyboardInterrupt as e:
+            raise _interrupted(e, f"the search stopped while retraining its best trial; continue with: "
+                                  f"fitvision tune --resume --out {out}") from None
+    write_json(out / "best.json", result)
     return result
+
+
+def _interrupted(e: KeyboardInterrupt, message: str) -> KeyboardInterrupt:
+    """The same interruption (Ctrl-C, or a SIGTERM: Terminated) with the search's advice."""
+    return Terminated(message, e.signum) if isinstance(e, Terminated) else KeyboardInterrupt(message)
 
 
 def _finished_trial(cfg: TrainConfig) -> dict[str, Any] | None:

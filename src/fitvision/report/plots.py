@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from fitvision.errors import FitVisionError
+from fitvision.files import atomic_path
 
 DPI = 100
 RED, GREEN, BLUE, ORANGE = "#d62728", "#2ca02c", "#1f77b4", "#ff7f0e"
@@ -42,7 +43,8 @@ def _save(fig, path: str | Path | None):
         raise FitVisionError(f"cannot write {path}: unknown image format '{path.suffix}' "
                              f"(valid: {', '.join('.' + f for f in sorted(formats))})")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, facecolor="white")
+    with atomic_path(path) as tmp:  # (the format from the target's suffix: the temporary name ends in .tmp)
+        fig.savefig(tmp, dpi=DPI, facecolor="white", format=path.suffix[1:].lower())
     return path
 
 

@@ -6,6 +6,9 @@ and the loop's TrainState. ``restore(learn, snap)`` puts all of it back. A resum
 checkpoint (a snapshot on disk); lr_find and the compile warm-up restore one kept in memory, so
 that a fit after them is the same fit as without them.
 
+The checkpoint before the latest is kept (``checkpoint.prev.pt``) until the new one is complete
+on disk; a latest checkpoint that is missing or corrupt falls back to it with a warning.
+
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
 ``torch.load(weights_only=True)``: a checkpoint from an untrusted source can't run code.
 """
@@ -15,16 +18,18 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fitvision.errors import FitVisionError
-from fitvision.files import atomic_write_bytes
+from fitvision.files import atomic_path
 from fitvision.train.seeding import rng_state, set_rng_state
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"  # the one before, kept until a new CHECKPOINT is complete
 FORMAT = 1  # bump when the layout of the dict changes
 
 
@@ -70,16 +75,41 @@ def restore(learn, snap: dict[str, Any], what: str = "the snapshot") -> None:
     learn.model.train(snap.get("training", True))
 
 
+def previous(path: str | Path) -> Path:
+    """Where the checkpoint before the one at ``path`` is kept."""
+    path = Path(path)
+    return path.with_name(PREVIOUS) if path.name == CHECKPOINT else path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def exists(path: str | Path) -> bool:
+    """Whether there is a checkpoint to resume from at ``path`` (or the one kept before it)."""
+    return Path(path).is_file() or previous(path).is_file()
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Serialise in memory, then temp file + fsync + rename: a crash never leaves half a checkpoint."""
+    """Serialise in memory, then temp file + fsync + rename: a crash never leaves half a checkpoint,
+    and the one it replaces is kept as ``previous(path)``."""
     buf = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buf)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    with atomic_path(path, keep_previous=previous(path)) as tmp:
+        tmp.write_bytes(buf.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint on the CPU without unpickling arbitrary objects."""
+    """Load a checkpoint on the CPU without unpickling arbitrary objects; where the one at ``path``
+    is missing or corrupt and the one before it is intact, that one, with a warning."""
     path = Path(path)
+    try:
+        return _load(path)
+    except FitVisionError as e:
+        if not previous(path).is_file():
+            raise
+        # Resume is exact from any checkpoint of the fit: the earlier one only costs the steps since.
+        warnings.warn(f"{e}; resuming from the checkpoint before it, {previous(path)}", stacklevel=2)
+        return _load(previous(path))
+
+
+def _load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FitVisionError(f"no checkpoint to resume from: {path} does not exist")
     try:

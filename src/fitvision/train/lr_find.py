@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fitvision.errors import FitVisionError
+from fitvision.files import atomic_path
 from fitvision.train.checkpoint import restore, snapshot
 
 
@@ -104,5 +105,6 @@ def plot_lr_find(result: LRFindResult, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:] or "png")
     return path

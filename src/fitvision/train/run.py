@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from fitvision.config import TrainConfig
+from fitvision.errors import Terminated
 from fitvision.logs import logger
 from fitvision.optim.schedules import create_schedule
-from fitvision.train import rundir
+from fitvision.train import checkpoint, rundir
 from fitvision.train.checkpoint import CHECKPOINT
 from fitvision.train.device import keep_freed_memory
 from fitvision.train.hooks import Checkpointer, EarlyStopping, Phases, format_seconds
-from fitvision.train.setup import build, describe
+from fitvision.train.preempt import StopOnSignal, catch_sigterm
+from fitvision.train.setup import Setup, build, describe
 from fitvision.train.transfer import fine_tune_phases
 
 
@@ -30,9 +32,35 @@ def train_run(cfg: TrainConfig, progress: bool = True) -> Path:
     from fitvision.report.html import write_report
 
     cfg, run_dir = rundir.prepare(cfg)
+    stop = StopOnSignal(None, run_dir / CHECKPOINT)
+    try:
+        with catch_sigterm(stop):  # SIGTERM (preemption): a checkpoint at the end of the step, then stop
+            s = _fit(cfg, run_dir, stop, progress)
+    except Terminated as e:  # say how to go on (the CLI prints it on its one line)
+        raise Terminated(f"{e}; {_how_to_go_on(run_dir)}", e.signum) from None
+    except KeyboardInterrupt:  # Ctrl-C
+        raise KeyboardInterrupt(_how_to_go_on(run_dir)) from None
+    learn = s.learn
+    summary = rundir.write_results(run_dir, s.cfg, learn, s.data, s.meta, s.params)
+    report = write_report(run_dir)
+    checkpoint.previous(run_dir / CHECKPOINT).unlink(missing_ok=True)  # kept against a bad write; the run is done
+    logger.info(f"done: val_acc {summary['val_acc']:.4f}, val_loss {summary['val_loss']:.4f} after "
+                f"{summary['epochs']} epochs in {format_seconds(summary['train_seconds'])} "
+                f"({summary['train_images_per_second']:,.0f} img/s); wrote {run_dir} ({Path(report).name})")
+    return run_dir
+
+
+def _how_to_go_on(run_dir: Path) -> str:
+    if checkpoint.exists(run_dir / CHECKPOINT):
+        return f"continue with: fitvision train --resume --out {run_dir}"
+    return f"no epoch finished, nothing to resume; train into {run_dir} again"
+
+
+def _fit(cfg: TrainConfig, run_dir: Path, stop: StopOnSignal, progress: bool) -> Setup:
+    """Build, make the run directory and fit; returns the Setup, its Learner trained."""
     s = build(cfg, progress=progress)
     rundir.create(cfg, run_dir)
-    learn, checkpoint = s.learn, run_dir / CHECKPOINT
+    learn, path = s.learn, run_dir / CHECKPOINT
     if learn.device.type == "cpu":
         keep_freed_memory()
     phases = fine_tune_phases(s.cfg)
@@ -40,22 +68,14 @@ def train_run(cfg: TrainConfig, progress: bool = True) -> Path:
         learn.hooks.append(Phases(learn, phases))
     if cfg.early_stop:
         learn.hooks.append(EarlyStopping(cfg.early_stop))
-    learn.hooks += [rundir.RunTables(run_dir), Checkpointer(learn, checkpoint, cfg.checkpoint_every)]
+    stop.learner = learn
+    learn.hooks += [rundir.RunTables(run_dir), Checkpointer(learn, path, cfg.checkpoint_every), stop]
     for line in describe(s):
         logger.info(line)
     logger.info(f"run dir   {run_dir}" + (" (resuming)" if cfg.resume else ""))
     total = max(1, round(cfg.epochs * len(learn.train_dl)))
-    try:
-        learn.fit(cfg.epochs, create_schedule(s.cfg, total_steps=total), resume_from=checkpoint if cfg.resume else None)
-    except KeyboardInterrupt:  # Ctrl-C: say how to go on (the CLI prints it on its one line)
-        raise KeyboardInterrupt(f"continue with: fitvision train --resume --out {run_dir}" if checkpoint.is_file()
-                                else f"no epoch finished, nothing to resume; train into {run_dir} again") from None
-    summary = rundir.write_results(run_dir, s.cfg, learn, s.data, s.meta, s.params)
-    report = write_report(run_dir)
-    logger.info(f"done: val_acc {summary['val_acc']:.4f}, val_loss {summary['val_loss']:.4f} after "
-                f"{summary['epochs']} epochs in {format_seconds(summary['train_seconds'])} "
-                f"({summary['train_images_per_second']:,.0f} img/s); wrote {run_dir} ({Path(report).name})")
-    return run_dir
+    learn.fit(cfg.epochs, create_schedule(s.cfg, total_steps=total), resume_from=path if cfg.resume else None)
+    return s
 
 
 def lr_find_run(cfg: TrainConfig) -> Path:

@@ -19,7 +19,8 @@ import numpy as np
 
 from fitvision.config import TrainConfig, updated
 from fitvision.errors import FitVisionError
-from fitvision.files import atomic_write_bytes, atomic_write_text, write_json
+from fitvision.files import atomic_write_bytes, atomic_write_text, check_writable, remove_leftovers, write_json
+from fitvision.train import checkpoint
 from fitvision.train.checkpoint import CHECKPOINT
 from fitvision.train.evaluate import loss_and_accuracy
 from fitvision.train.hooks import Hook, TrainState
@@ -41,27 +42,47 @@ def default_out(cfg: TrainConfig, kind: str = "") -> Path:
 def prepare(cfg: TrainConfig) -> tuple[TrainConfig, Path]:
     """The run directory, checked but not yet created (``create`` does that once the setup has
     worked, so a failed start leaves no half-made run behind); on --resume the run's own
-    config.json replaces cfg."""
+    config.json replaces cfg. A run directory that cannot be written fails here, before any work."""
     if cfg.resume:
         if not cfg.out:
             raise FitVisionError("--resume needs --out RUN: the run directory to continue")
         run_dir = Path(cfg.out)
-        if not (run_dir / CHECKPOINT).is_file():
+        if not checkpoint.exists(run_dir / CHECKPOINT):
             raise FitVisionError(f"cannot resume: {run_dir / CHECKPOINT} does not exist")
-        saved = json.loads((run_dir / "config.json").read_text())
-        return updated(TrainConfig(), {**saved, "resume": True, "out": str(run_dir)}), run_dir
+        check_writable(run_dir, "the run directory")
+        return updated(TrainConfig(), {**_saved_config(run_dir), "resume": True, "out": str(run_dir)}), run_dir
     run_dir = Path(cfg.out) if cfg.out else default_out(cfg)
-    if (run_dir / CHECKPOINT).exists() or (run_dir / "model.json").exists():
+    if checkpoint.exists(run_dir / CHECKPOINT) or (run_dir / "model.json").exists():
         raise FitVisionError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
     if run_dir.exists() and not run_dir.is_dir():
         raise FitVisionError(f"--out {run_dir} is a file, not a folder for the run")
+    check_writable(run_dir, "--out")
     return dataclasses.replace(cfg, out=str(run_dir)), run_dir
 
 
+def _saved_config(run_dir: Path) -> dict[str, Any]:
+    """The settings a run was started with, from its config.json, or one line saying what is wrong."""
+    path = run_dir / "config.json"
+    advice = f"to train on from its weights, start a new run with --init-from {run_dir}"
+    try:
+        saved = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise FitVisionError(f"cannot resume: {path} is missing (it holds the run's settings); {advice}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise FitVisionError(f"cannot resume: {path} is unreadable or corrupt ({e}); {advice}") from None
+    if not isinstance(saved, dict):
+        raise FitVisionError(f"cannot resume: {path} does not hold a table of settings; {advice}")
+    return saved
+
+
 def create(cfg: TrainConfig, run_dir: Path) -> None:
+    """Make the run directory (a new run) and remove what killed runs left in it (temporary files
+    of dead processes, fitvision.files.remove_leftovers)."""
     if not cfg.resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.json")
+    for folder in (run_dir, run_dir / "plots"):
+        remove_leftovers(folder)
 
 
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
