@@ -256,21 +256,20 @@ def test_valid_pct_on_unsplit_folders(tmp_path):
     assert sorted(map(bytes, combined)) == sorted(map(bytes, whole.train_x.reshape(20, -1)))
 
 
-def test_images_one_level_too_deep_are_refused_not_merged(tmp_path):
-    root = tmp_path / "wrong"
+def test_images_in_sub_folders_belong_to_their_top_class_folder(tmp_path):
+    # one rule in both layouts (issue 31): the class is the top class folder, as in ImageFolder
+    root = tmp_path / "nested"
     for cls in ("cat", "dog"):
         for i in range(2):
             _save(root / cls / "sub" / f"{i}.png", _rgb(8, 8))
-    with pytest.raises(FitVisionError, match=r"^.*wrong: images in folders named 'sub' under cat, dog would merge "
-                                             r"into one class 'sub' \(an image's class is the folder holding it\); "
-                                             r"expected class folders: "):
-        load_dataset(root)
-    nested = tmp_path / "breeds"  # deeper folders with distinct names are classes of their own
+    ds = load_dataset(root)
+    assert (ds.classes, ds.train_y.tolist(), ds.nested) == (["cat", "dog"], [0, 0, 1, 1], 4)
+    nested = tmp_path / "breeds"  # deeper folders are not classes of their own
     for path in ("cats/tabby", "cats/siamese", "dogs/pug"):
         _save(nested / path / "0.png", _rgb(8, 8))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # cats/ and dogs/ group classes; they are not empty classes
-        assert load_dataset(nested).classes == ["pug", "siamese", "tabby"]
+        warnings.simplefilter("error")  # cats/ and dogs/ hold images below them: not empty classes
+        assert load_dataset(nested).classes == ["cats", "dogs"]
 
 
 def test_archive_made_from_inside_its_folder_has_no_empty_class_dot(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fitvision.data import cache, classnames, readers
+from fitvision.data import cache, classnames, layout, readers
 from fitvision.data.decode import check_resize_method, decode_images
 from fitvision.data.items import check_valid_pct, random_splitter
 from fitvision.data.readers import DataWarning
@@ -32,18 +32,20 @@ class Dataset:
     valid_y: np.ndarray
     location: str
     image_size: list[int]  # [H, W]
+    nested: int = 0  # how many of the images sit in a sub-folder of their class folder
 
 
 def _build_folders(source: readers.Source, storage_size: int, resize_method: str, writer, label: str):
-    layout = readers.folder_layout(source)
-    readers.warn_empty(source, layout)
-    xs, keep, bad = decode_images(source, {"train": layout.train, "valid": layout.valid}, storage_size,
+    found = layout.folder_layout(source)
+    layout.warn_empty(source, found)
+    xs, keep, bad = decode_images(source, {"train": found.train, "valid": found.valid}, storage_size,
                                    resize_method, writer, label)
     if not keep["train"].any():
         name, why = next(iter(bad.items()))
-        raise FitVisionError(f"none of the {len(layout.train)} training images in {source} could be decoded "
+        raise FitVisionError(f"none of the {len(found.train)} training images in {source} could be decoded "
                              f"(first: {name}: {why})")
-    arrays = {"train_y": layout.train_y[keep["train"]], "valid_y": layout.valid_y[keep["valid"]]}
+    nested = int((found.train_nested & keep["train"]).sum() + (found.valid_nested & keep["valid"]).sum())
+    arrays = {"train_y": found.train_y[keep["train"]], "valid_y": found.valid_y[keep["valid"]]}
     for split, x in xs.items():
         if keep[split].all():
             arrays[f"{split}_x"] = x
@@ -51,7 +53,7 @@ def _build_folders(source: readers.Source, storage_size: int, resize_method: str
             kept = writer.array(f"{split}_x_kept", (int(keep[split].sum()),) + x.shape[1:], np.uint8)
             kept[:] = x[keep[split]]
             arrays[f"{split}_x"] = kept
-    return layout.classes, arrays, sorted(bad.items())
+    return found.classes, arrays, sorted(bad.items()), nested
 
 
 def _writer(folder: Path):
@@ -72,11 +74,11 @@ def _build(path: Path, folder: Path, storage_size: int, resize_method: str, labe
         meta_name = readers.cifar_meta_name(source.files)
         if meta_name is not None:
             classes, tx, ty, vx, vy = readers.read_cifar(source, meta_name)
-            arrays, skipped = {"train_x": tx, "train_y": ty, "valid_x": vx, "valid_y": vy}, []
+            arrays, skipped, nested = {"train_x": tx, "train_y": ty, "valid_x": vx, "valid_y": vy}, [], 0
         else:
-            classes, arrays, skipped = _build_folders(source, storage_size, resize_method, writer, label)
+            classes, arrays, skipped, nested = _build_folders(source, storage_size, resize_method, writer, label)
         meta = {"classes": classes, "source": source_fp, "storage_size": storage_size, "resize_method": resize_method,
-                "counts": {"train": len(arrays["train_y"]), "valid": len(arrays["valid_y"])},
+                "counts": {"train": len(arrays["train_y"]), "valid": len(arrays["valid_y"])}, "nested": nested,
                 "skipped": [{"file": f, "reason": why} for f, why in skipped]}
         if isinstance(writer, cache.MemoryWriter):
             return meta, arrays
@@ -121,12 +123,14 @@ def load_dataset(name_or_path, storage_size: int = 160, valid_pct: float = 0.0, 
     source_fp = cache.fingerprint(source)
     folder = cache.cache_folder(name, source_fp, storage_size, resize_method)
     loaded = cache.load(folder)
-    if loaded is None:
+    # A cache without "nested" was built when images in sub-folders of a class folder were left
+    # out (train/valid) or made classes of their own (unsplit): build it again, once.
+    if loaded is None or "nested" not in loaded[0]:
         loaded = _build(source, folder, storage_size, resize_method, name, source_fp)
     meta, arrays = loaded
     _report_skipped(meta, source, strict)
     ds = Dataset(name=name, classes=classnames.readable(list(meta["classes"])), location=str(source),
-                 image_size=list(arrays["train_x"].shape[1:3]), **arrays)
+                 image_size=list(arrays["train_x"].shape[1:3]), nested=int(meta["nested"]), **arrays)
     return carve_valid(ds, valid_pct, seed) if valid_pct > 0 else ds
 
 
@@ -138,6 +142,9 @@ def carve_valid(ds: Dataset, valid_pct: float, seed: int = 0) -> Dataset:
 
 
 def dataset_info(name_or_path, storage_size: int = 160) -> dict:
+    """Counts, classes, stored size and location; "nested" (only when some are) says how many of
+    the train + valid images sit in sub-folders of their class folders."""
     ds = load_dataset(name_or_path, storage_size=storage_size)
-    return {"name": ds.name, "train": int(len(ds.train_y)), "valid": int(len(ds.valid_y)),
+    info = {"name": ds.name, "train": int(len(ds.train_y)), "valid": int(len(ds.valid_y)),
             "classes": ds.classes, "image_size": ds.image_size, "location": ds.location}
+    return {**info, "nested": ds.nested} if ds.nested else info

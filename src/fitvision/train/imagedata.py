@@ -100,6 +100,9 @@ class ImageData:
                     else "unsplit data: pass --valid-pct")
             raise FitVisionError(f"{ds.name} has {len(train_y)} training and {len(valid_y)} validation images; "
                                  f"both are needed ({hint})")
+        if ds.nested:  # included, labelled by their class folder: said, as it may be a surprise
+            notes.append(f"{ds.nested:,} of the {len(ds.train_y) + len(ds.valid_y):,} images are in sub-folders "
+                         "of their class folders")
         mean, std = normalization_stats(cfg.normalize, train_x)
         size = cfg.size or int(ds.image_size[0])
         # A last batch of one image breaks BatchNorm in training mode; drop it only then.
