@@ -15,6 +15,7 @@ import itertools
 import multiprocessing
 import os
 import signal
+import stat
 import statistics
 import sys
 import warnings
@@ -32,10 +33,51 @@ RESIZE_METHODS = ("crop", "squish")  # how a non-square image becomes a stored s
 
 
 # --------------------------------------------------------------------------- one image
-def _open(src):
-    from PIL import Image
+class NotRegularFile(OSError):
+    """A path that names a FIFO, a socket or a device: opening or reading it can block forever."""
 
-    return Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+
+
+def _open_nonblocking(path, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+def open_regular(path):
+    """The file at ``path`` opened for binary reading, only if it is a regular file (a symlink to
+    one is fine). Opened without blocking and checked on the open descriptor: a FIFO would block
+    the open itself until a writer came, and a check before opening could be raced."""
+    f = open(path, "rb", opener=_open_nonblocking)  # noqa: SIM115 - returned open, closed by the caller
+    try:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "an unknown kind of file")
+            raise NotRegularFile(f"not a regular file but {kind}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(f.fileno(), True)  # a regular file reads the same either way; leave it as usual
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+@contextlib.contextmanager
+def _open(src):
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(src, (bytes, bytearray)):
+        with Image.open(io.BytesIO(src)) as img:
+            yield img
+        return
+    with open_regular(src) as f:  # Pillow leaves a file object it was given open: closed here
+        try:
+            img = Image.open(f)
+        except UnidentifiedImageError:  # Pillow would name the file object; name the path, as for a path
+            raise UnidentifiedImageError(f"cannot identify image file {str(src)!r}") from None
+        with img:
+            yield img
 
 
 def _to_rgb(img):
@@ -121,6 +163,8 @@ def decode_image(path, storage_size: int = 160, resize_method: str = "crop", siz
             return np.array(_decode(str(path), size, storage_size, resize_method))
     except FileNotFoundError:
         raise FitVisionError(f"image not found: {path}") from None
+    except NotRegularFile as e:
+        raise FitVisionError(f"{path} is {e}") from None
     except Exception as e:  # every Pillow failure means the same thing to the user
         raise FitVisionError(f"cannot read image {path}: {e}") from None
 
@@ -150,6 +194,8 @@ def _decode_chunk(chunk: list, side: int, storage_size: int, resize_method: str)
             try:
                 out[len(ok)] = _decode(src, side, storage_size, resize_method)
                 ok.append(idx)
+            except NotRegularFile as e:  # skipped like an unreadable image, said plainly
+                bad.append((idx, str(e)))
             except Exception as e:  # noqa: BLE001 - a bad image is skipped, whatever Pillow raised
                 bad.append((idx, f"{type(e).__name__}: {e}"))
     return np.asarray(ok, dtype=np.int64), out[: len(ok)], bad
