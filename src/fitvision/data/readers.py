@@ -8,6 +8,7 @@ Two layouts are understood:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import pickle
@@ -20,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from fitvision.data import extract
+from fitvision.data import extract, sources
 from fitvision.data.items import IMAGE_EXTENSIONS, Vocab, grandparent_splitter, parent_labeller, walk
 from fitvision.errors import FitVisionError
 
@@ -47,14 +48,15 @@ class FolderLayout:
 
 
 # --------------------------------------------------------------------------- listing sources
-PRELOAD_LIMIT = 2 << 30  # archives up to this size are read in one pass and held in memory
+PRELOAD_LIMIT = 2 << 30  # archives up to this size, and contents up to this size, are held in memory
 
 
 class Source:
     """The files of a folder or archive: names (relative posix paths) and contents on demand.
 
     A tar has no index, so listing it costs a full pass; a small one is read once, contents
-    included, instead of a listing pass plus a reading pass.
+    included, instead of a listing pass plus a reading pass, unless its contents turn out to
+    be larger than PRELOAD_LIMIT (then they are read again, in pieces, when wanted).
     """
 
     def __init__(self, path: Path):
@@ -63,10 +65,11 @@ class Source:
         if path.is_dir():
             self.files, self.dirs = _walk(path)
             return
-        if path.stat().st_size <= PRELOAD_LIMIT:
-            members, self._contents = extract.read_all(path)
-        else:
-            members = extract.list_members(path)
+        with _remedy(path):
+            if path.stat().st_size <= PRELOAD_LIMIT:
+                members, self._contents = extract.read_all(path, keep=PRELOAD_LIMIT)
+            else:
+                members = extract.list_members(path)
         self.files = [m.name for m in members if m.kind == "file"]
         # "." is the archive's own root (`tar czf x.tgz .` lists it as "./"), not a class folder
         listed = {m.name for m in members if m.kind == "dir"} | {posixpath.dirname(f) for f in self.files}
@@ -85,8 +88,18 @@ class Source:
             for name, idx in wanted.items():
                 yield idx, self._contents[name]
         else:
-            for name, data in extract.iter_files(self.path, set(wanted)):
-                yield wanted[name], data
+            with _remedy(self.path):
+                for name, data in extract.iter_files(self.path, set(wanted)):
+                    yield wanted[name], data
+
+
+@contextlib.contextmanager
+def _remedy(path: Path):
+    """A broken archive's error says what to do about it (a catalog download: delete, run again)."""
+    try:
+        yield
+    except extract.CorruptArchive as e:
+        raise FitVisionError(f"{e}; {sources.corrupt_remedy(path)}") from None
 
 
 def _walk(root: Path) -> tuple[list[str], set[str]]:

@@ -4,6 +4,10 @@ A catalog name resolves in FITVISION_DATA_DIR first (DESIGN.md order): a folder 
 an archive `<prefix>*.tgz|.tar.gz`, the official archive, or its official extracted folder.
 Only if none exists is the official archive downloaded there. FITVISION_DATA_DIR may be
 read-only: nothing is written to it except by a download.
+
+A download is kept only once it is whole: the announced length, the pinned checksum if any, and,
+for every archive, one full reading pass (the checks and caps of extract.py): a truncated body or
+an HTML error page is never renamed into place, where every later run would fail on it.
 """
 
 from __future__ import annotations
@@ -11,15 +15,23 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import shlex
 import sys
+import tempfile
 import urllib.error
 import urllib.request
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from fitvision.data.extract import ARCHIVE_SUFFIXES, archive_kind, archive_stem
+from fitvision.data.extract import (
+    ARCHIVE_SUFFIXES,
+    CorruptArchive,
+    archive_kind,
+    archive_stem,
+    list_members,
+)
 from fitvision.errors import FitVisionError
+from fitvision.files import remove_leftovers, temp_prefix
 
 
 @dataclass(frozen=True)
@@ -176,26 +188,63 @@ def _fetch(url: str, out, hasher, timeout: float) -> None:
         raise _Offline(f"cannot fetch {url}: {reason}") from None
 
 
+def corrupt_remedy(path) -> str:
+    """What to do about an archive that cannot be read: one the catalog resolved in the data folder
+    is downloaded afresh once it is deleted; any other must be replaced by hand."""
+    path = Path(path)
+    quoted = shlex.quote(str(path))
+    root = data_dir()
+    spec = next((s for s in CATALOG.values() if (local := find_local(s, root)) is not None
+                 and local.resolve() == path.resolve()), None)
+    if spec is None:
+        return f"replace it with a good copy (or delete it: rm {quoted})"
+    return (f"delete it (rm {quoted}) and run `fitvision datasets info {spec.name}` (or your command "
+            "again) to download a fresh copy")
+
+
+def _verify(tmp: Path, dest: Path, url: str) -> None:
+    """The download reads to its end as the archive its name says, or it is not kept."""
+    kind = archive_kind(dest)
+    if kind is None:
+        return
+    try:
+        list_members(tmp, kind=kind, label=url)
+    except CorruptArchive as e:
+        with open(tmp, "rb") as f:
+            head = f.read(64).lstrip().lower()
+        what = (f"an HTML page, not the archive {dest.name}" if head.startswith((b"<!doctype html", b"<html"))
+                else f"not a readable {kind} archive ({e.reason})")
+        raise FitVisionError(f"the download of {url} is {what}; it was discarded (nothing is left in "
+                             f"{dest.parent}): try again, or download it by hand to {dest}") from None
+
+
 def download_file(url: str, dest, checksum: str | None = None, timeout: float = 30.0) -> Path:
-    """Download to `dest` through a temporary file, renamed only once the checksum matches."""
+    """Download to `dest` through a temporary file, renamed only once it is whole: the announced
+    length, the checksum if given, and an archive that reads to its end (_verify).
+
+    The `.part` files killed downloads left in the folder are removed first (files.remove_leftovers).
+    """
     dest = Path(dest)
     if dest.is_file():
         return dest
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.part-{uuid.uuid4().hex[:8]}"
-        out = open(tmp, "wb")
+        remove_leftovers(dest.parent)
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=temp_prefix(dest), suffix=".part")
     except OSError as e:
         raise FitVisionError(f"cannot write the download to {dest.parent} ({e}); set FITVISION_DATA_DIR "
                              "to a writable folder") from None
+    tmp = Path(name)
     hasher, expected = _hasher(checksum)
     try:
-        with out:
+        with os.fdopen(fd, "wb") as out:
             _fetch(url, out, hasher, timeout)
         if hasher is not None and hasher.hexdigest() != expected:
             raise FitVisionError(f"checksum mismatch for {url}: expected {checksum}, got "
                                  f"{checksum.split(':')[0]}:{hasher.hexdigest()}; the download was discarded, "
                                  "try again or fetch the file by hand")
+        _verify(tmp, dest, url)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a data set is shared like any file
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
