@@ -4,10 +4,11 @@ A 1 MB zip can hold a 1 GiB run of zeros. Every regular member is weighed before
 read, from the size its header declares (tar readers stop there, zip readers too: zipfile cuts a
 member's output at its declared size and checks the CRC):
 
-- one image may be at most FITVISION_MAX_IMAGE_BYTES (default 64 MiB: a 24-megapixel TIFF is ~70 MB
-  raw, a large JPEG under 20 MB), any other member FITVISION_MAX_MEMBER_BYTES (default 1 GiB: the
-  biggest file an official data set holds is CIFAR-100's 155 MB training pickle);
-- all members together at most FITVISION_MAX_ARCHIVE_BYTES (default 32 GiB, ~20 times Imagenette);
+- one image may be at most FITVISION_MAX_IMAGE_BYTES (default 64 MiB: a 20-megapixel uncompressed
+  RGB TIFF is 60 MB, a large JPEG under 20 MB), any other member FITVISION_MAX_MEMBER_BYTES
+  (default 1 GiB: the biggest file an official data set holds is CIFAR-100's 155 MB pickle);
+- all members together at most FITVISION_MAX_ARCHIVE_BYTES (default 32 GiB, ~20 times the
+  full-size Imagenette);
 - past RATIO_FLOOR, neither one member nor the archive as a whole may expand more than
   FITVISION_MAX_RATIO times (default 100): JPEG and PNG do not compress at all, CIFAR's pickles 1.1:1,
   while a run of zeros deflates 1000:1.
