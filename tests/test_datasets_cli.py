@@ -10,6 +10,7 @@ from fitvision.cli import main
 from fitvision.data import readers
 from fitvision.data.classnames import readable
 from fitvision.data.dataset import load_dataset
+from fitvision.data.layout import folder_layout
 
 
 def _folder(root, classes=("cat", "dog"), n=(3, 2)):
@@ -60,7 +61,7 @@ def test_info_errors_are_one_line(tmp_path, monkeypatch, capsys):
 
 def test_imagenette_layout_from_the_real_archive(data_dir):
     # listing only (no decode): the official split, 10 wnid classes
-    layout = readers.folder_layout(readers.Source(data_dir / "imagenette2-224.tgz"))
+    layout = folder_layout(readers.Source(data_dir / "imagenette2-224.tgz"))
     assert (len(layout.train), len(layout.valid)) == (9469, 3925)
     assert layout.classes == sorted(layout.classes) and len(layout.classes) == 10
     assert layout.classes[0] == "n01440764"

@@ -160,6 +160,23 @@ def test_a_fifo_given_to_predict_is_one_error_line(tmp_path, tiny_run):
     assert [line.split(":")[0] for line in done.stdout.splitlines()] == [str(good), str(link)]
 
 
+@needs_fifo
+def test_a_fifo_named_like_a_cifar_batch_is_one_error_line(tmp_path):
+    import pickle
+
+    root = tmp_path / "cifar" / "cifar-10-batches-py"
+    root.mkdir(parents=True)
+    x, y = np.zeros((2, 3072), dtype=np.uint8), [0, 1]
+    for name in [f"data_batch_{i}" for i in range(2, 6)] + ["test_batch"]:
+        (root / name).write_bytes(pickle.dumps({b"data": x, b"labels": y}, protocol=2))
+    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b"]}, protocol=2))
+    os.mkfifo(root / "data_batch_1")
+    done = _cli(["datasets", "info", str(tmp_path / "cifar")], tmp_path)
+    assert done.returncode == 1
+    assert done.stderr == (f"error: {tmp_path / 'cifar'}: {root / 'data_batch_1'} is a FIFO, "
+                           "not a CIFAR batch file\n")
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/null"), reason="no /dev/null")
 def test_a_device_is_not_read_as_an_image():
     from fitvision.data.decode import decode_image
@@ -222,6 +239,7 @@ def test_a_zero_std_fails_predict_instead_of_printing_nan(tmp_path, tiny_run, ca
                                  "each above 0, got [0, 0, 0]\n")
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak memory from Linux's /proc")
 def test_a_huge_input_size_is_refused_before_any_allocation(tmp_path, tiny_run):
     """40000x40000 would allocate 19 GB for the resized image: refused from model.json alone, in
     well under the time and memory of importing torch twice (a subprocess: a regression cannot
@@ -229,8 +247,10 @@ def test_a_huge_input_size_is_refused_before_any_allocation(tmp_path, tiny_run):
     path = tiny_run / "model.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "input_size": [40000, 40000]}))
     image = _png(tmp_path / "x.png")
-    probe = ("import resource, sys; from fitvision.cli import main; rc = main(sys.argv[1:]); "
-             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+    # VmHWM: this process's own peak (ru_maxrss would carry over pytest's across the fork and exec).
+    probe = ("import sys; from fitvision.cli import main; rc = main(sys.argv[1:]); "
+             "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')), "
+             "file=sys.stderr); sys.exit(rc)")
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", probe, "predict", str(tiny_run), str(image)], capture_output=True,
                           text=True, timeout=HANG_LIMIT, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)

@@ -187,6 +187,24 @@ def test_disk_full_at_a_checkpoint_names_the_file(data, tmp_path, capsys, monkey
     assert sorted(p.name for p in run.iterdir()) == ["batches.csv", "config.json", "history.csv"]  # no temporary file left
 
 
+@pytest.mark.parametrize("name", ["history.csv", "model.safetensors", "model.json", "preds.npz", "summary.json",
+                                  "plots/accuracy.png", "report.html"])
+def test_disk_full_at_each_kind_of_run_file(data, tmp_path, capsys, monkeypatch, name):
+    """Every run-directory write goes through files.atomic_path: the same line, no temporary file left."""
+    replace, run = os.replace, tmp_path / "run"
+
+    def full(src, dst):
+        if Path(dst) == run / name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    assert main(_argv(data, run, "--epochs", "1")) == 1
+    assert capsys.readouterr().err == (f"error: cannot write {run / name}: the disk is full; "
+                                       "free some space or choose another place\n")
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 1 MiB tmpfs (a real full disk), where this process may mount one (root); else skip."""

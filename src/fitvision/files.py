@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -164,3 +165,34 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- reading
+class NotRegularFile(OSError):
+    """A path that names a FIFO, a socket or a device: opening or reading it can block forever."""
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+
+
+def _open_nonblocking(path, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+def open_regular(path):
+    """The file at ``path`` opened for binary reading, only if it is a regular file (a symlink to
+    one is fine). Opened without blocking and checked on the open descriptor: a FIFO would block
+    the open itself until a writer came, and a check before opening could be raced."""
+    f = open(path, "rb", opener=_open_nonblocking)  # noqa: SIM115 - returned open, closed by the caller
+    try:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "an unknown kind of file")
+            raise NotRegularFile(f"not a regular file but {kind}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(f.fileno(), True)  # a regular file reads the same either way; leave it as usual
+    except BaseException:
+        f.close()
+        raise
+    return f

@@ -15,7 +15,6 @@ import itertools
 import multiprocessing
 import os
 import signal
-import stat
 import statistics
 import sys
 import warnings
@@ -25,6 +24,7 @@ import numpy as np
 
 from fitvision.data import readers
 from fitvision.errors import FitVisionError, check_choice
+from fitvision.files import NotRegularFile, open_regular
 
 CHUNK = 256  # images per task sent to a decode worker
 SNIFF = 64  # images whose header sizes choose the dataset's storage side
@@ -33,36 +33,6 @@ RESIZE_METHODS = ("crop", "squish")  # how a non-square image becomes a stored s
 
 
 # --------------------------------------------------------------------------- one image
-class NotRegularFile(OSError):
-    """A path that names a FIFO, a socket or a device: opening or reading it can block forever."""
-
-
-_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
-
-
-def _open_nonblocking(path, flags: int) -> int:
-    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
-
-
-def open_regular(path):
-    """The file at ``path`` opened for binary reading, only if it is a regular file (a symlink to
-    one is fine). Opened without blocking and checked on the open descriptor: a FIFO would block
-    the open itself until a writer came, and a check before opening could be raced."""
-    f = open(path, "rb", opener=_open_nonblocking)  # noqa: SIM115 - returned open, closed by the caller
-    try:
-        mode = os.fstat(f.fileno()).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _KINDS if test(mode)), "an unknown kind of file")
-            raise NotRegularFile(f"not a regular file but {kind}")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(f.fileno(), True)  # a regular file reads the same either way; leave it as usual
-    except BaseException:
-        f.close()
-        raise
-    return f
-
-
 @contextlib.contextmanager
 def _open(src):
     from PIL import Image, UnidentifiedImageError

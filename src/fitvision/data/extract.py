@@ -11,6 +11,7 @@ would expand into gigabytes is refused by name, never read into memory or onto d
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import os
 import posixpath
@@ -26,7 +27,7 @@ from typing import NamedTuple
 
 from fitvision.data.limits import CHUNK, Budget
 from fitvision.errors import FitVisionError
-from fitvision.files import remove_leftovers, temp_prefix
+from fitvision.files import disk_error, remove_leftovers, temp_prefix
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 MAX_LINK_TARGET = 4096  # a zip symlink's target is its content: longer is no path
@@ -151,12 +152,17 @@ def _open_zip(path, label) -> zipfile.ZipFile:
         raise CorruptArchive(f"cannot read archive {label}: {e}", label, str(e)) from None
 
 
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # only a write raises these
+
+
 @contextlib.contextmanager
 def _read_errors(label, doing: str = "read archive"):
     """Errors of a broken archive, wherever the reading raised them, as one clear message."""
     try:
         yield
     except _READ_ERRORS as e:
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:  # the disk written to, not the archive
+            raise
         raise CorruptArchive(f"cannot {doing} {label} (truncated or corrupt?): {e}", label, str(e)) from None
 
 
@@ -307,6 +313,8 @@ def safe_extract(archive, dest) -> Path:
         except OSError:
             if not dest.exists():  # lost a race to a parallel extraction otherwise
                 raise
+    except OSError as e:  # a full disk mid-extraction: one line naming the folder, nothing kept
+        raise (disk_error(dest, e, "extract into") or e) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,9 +1,6 @@
-"""Readers: find the layout of a folder or archive, and read the official CIFAR pickles safely.
-
-Two layouts are understood:
-- class folders, split as `train/<class>/*` plus `valid|val|test/<class>/*`, or unsplit
-  `<class>/*` (any single wrapping folder such as `cifar10/` is looked through);
-- the official CIFAR-10/100 python pickles (`cifar-10-batches-py/`, `cifar-100-python/`).
+"""Readers: list the files of a folder or archive (``Source``), and read the official CIFAR-10/100
+python pickles (`cifar-10-batches-py/`, `cifar-100-python/`) safely. Which files are whose class
+images is data/layout.py's job.
 """
 
 from __future__ import annotations
@@ -13,38 +10,19 @@ import importlib
 import io
 import pickle
 import posixpath
-import warnings
-from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from fitvision.data import extract, sources
-from fitvision.data.items import IMAGE_EXTENSIONS, Vocab, grandparent_splitter, parent_labeller, walk
+from fitvision.data.items import walk
 from fitvision.errors import FitVisionError
-
-VALID_NAMES = ("valid", "val", "test")  # first one present wins
-LAYOUT_HELP = ("class folders: train/<class>/<image> plus valid|val|test/<class>/<image>, "
-               "or <class>/<image> (unsplit)")
+from fitvision.files import NotRegularFile, open_regular
 
 
 class DataWarning(UserWarning):
     """Something in the data was left out; training can go on."""
-
-
-@dataclass
-class FolderLayout:
-    """Which files are training/validation images and their labels (names relative to the source)."""
-
-    classes: list[str]
-    train: list[str]
-    train_y: np.ndarray
-    valid: list[str]
-    valid_y: np.ndarray
-    split: bool  # False: unsplit class folders, everything in train
-    empty_classes: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- listing sources
@@ -111,106 +89,6 @@ def _walk(root: Path) -> tuple[list[str], set[str]]:
         dirs.update(rel + d for d in subdirs)
         files.extend(rel + n for n in names if not n.startswith("."))
     return sorted(files), dirs
-
-
-# --------------------------------------------------------------------------- class folders
-def _data_root(images: list[str]) -> str:
-    """The prefix ("cifar10/") of the folder holding the class folders or train/ + valid/.
-
-    Split: the folder most training images sit under as `<root>/train/<class>/<image>`.
-    Unsplit: single wrapping folders are looked through.
-    """
-    roots = Counter("".join(p + "/" for p in parts[:-3]) for parts in (f.split("/") for f in images)
-                    if len(parts) >= 3 and parts[-3] == "train")
-    return roots.most_common(1)[0][0] if roots else _strip_wrappers(images)
-
-
-def _strip_wrappers(files: list[str]) -> str:
-    """The prefix of single wrapping folders, stopping at a split folder name."""
-    prefix = ""
-    paths = [f.split("/") for f in files]
-    depth = 0
-    while paths and all(len(p) > depth + 2 for p in paths):
-        first = {p[depth] for p in paths}
-        if len(first) != 1 or next(iter(first)) in ("train",) + VALID_NAMES:
-            break
-        prefix += next(iter(first)) + "/"
-        depth += 1
-    return prefix
-
-
-def _is_image(name: str) -> bool:
-    base = posixpath.basename(name)
-    return not base.startswith(".") and posixpath.splitext(base)[1].lower() in IMAGE_EXTENSIONS
-
-
-def folder_layout(source: Source) -> FolderLayout:
-    files, dirs = source.files, source.dirs
-    images = [f for f in files if _is_image(f) and not f.startswith("__MACOSX/")]
-    prefix = _data_root(images)
-    images = [f for f in images if f.startswith(prefix)]
-    rel = [PurePosixPath(f[len(prefix):]) for f in images]
-    top = {p.parts[0] for p in rel if len(p.parts) == 3}
-    valid_name = next((v for v in VALID_NAMES if v in top), None)
-    split = "train" in top
-    if split:
-        train_idx, valid_idx = grandparent_splitter(valid_name or "valid")(rel)
-        class_roots = ["train"] + ([valid_name] if valid_name else [])
-    else:
-        keep = [i for i, p in enumerate(rel) if len(p.parts) >= 2]
-        _refuse_merged_classes(source, [rel[i] for i in keep])
-        train_idx, valid_idx = np.asarray(keep, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        class_roots = [""]
-    if len(train_idx) == 0:
-        raise FitVisionError(f"no images found in {source}; expected {LAYOUT_HELP}")
-    train_labels = [parent_labeller(rel[i]) for i in train_idx]
-    vocab = Vocab(train_labels)
-    valid_labels = [parent_labeller(rel[i]) for i in valid_idx]
-    unseen = sorted(set(valid_labels) - set(vocab.classes))
-    if unseen:  # said in folder terms: a CLI user builds no Vocab
-        raise FitVisionError(f"{source}: class folder(s) {', '.join(unseen[:5])} have validation images but no "
-                             f"training images; add {'them' if len(unseen) > 1 else 'it'} to train/ or remove "
-                             f"{'them' if len(unseen) > 1 else 'it'} from the validation folder")
-    return FolderLayout(
-        classes=vocab.classes,
-        train=[images[i] for i in train_idx], train_y=vocab.encode(train_labels),
-        valid=[images[i] for i in valid_idx], valid_y=vocab.encode(valid_labels),
-        split=split, empty_classes=_empty_classes(dirs, prefix, class_roots, {str(a) for p in rel for a in p.parents}),
-    )
-
-
-def _refuse_merged_classes(source, rel: list[PurePosixPath]) -> None:
-    """An image's class is the folder holding it. Images one level too deep (cat/sub/1.jpg,
-    dog/sub/2.jpg) would all land in one class "sub": refuse that rather than train on it."""
-    tops: dict[str, set[str]] = {}
-    for p in rel:
-        tops.setdefault(p.parent.name, set()).add(p.parts[0])
-    merged = sorted((label, sorted(where)) for label, where in tops.items() if len(where) > 1)
-    if merged:
-        label, where = merged[0]
-        raise FitVisionError(f"{source}: images in folders named '{label}' under {', '.join(where[:3])}"
-                             f"{', ...' if len(where) > 3 else ''} would merge into one class '{label}' (an image's "
-                             f"class is the folder holding it); expected {LAYOUT_HELP}")
-
-
-def _empty_classes(dirs: set[str], prefix: str, class_roots: list[str], populated: set[str]) -> list[str]:
-    """Class folders (children of the split folders, or of the root when unsplit) holding no image."""
-    empty = []
-    for d in sorted(dirs):
-        if not d.startswith(prefix):
-            continue
-        rel = d[len(prefix):]
-        parent, name = posixpath.split(rel)
-        if parent in class_roots and name and name not in ("train",) + VALID_NAMES and rel not in populated:
-            empty.append(rel)
-    return empty
-
-
-def warn_empty(source, layout: FolderLayout) -> None:
-    if layout.empty_classes:
-        shown = ", ".join(layout.empty_classes[:5])
-        warnings.warn(f"{len(layout.empty_classes)} class folder(s) in {source} hold no images and are "
-                      f"left out: {shown}", DataWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------- CIFAR pickles
@@ -283,6 +161,16 @@ def _cifar_split(batches: dict, which: list[str], labels_key: bytes) -> tuple[np
     return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
 
 
+def _read_regular(path: str, source) -> bytes:
+    """A pickle of a CIFAR folder; a FIFO named like one would block the read forever."""
+    try:
+        with open_regular(path) as f:
+            return f.read()
+    except NotRegularFile as e:
+        raise FitVisionError(f"{source}: {path} is {str(e).removeprefix('not a regular file but ')}, "
+                             "not a CIFAR batch file") from None
+
+
 def read_cifar(source: Source, meta_name: str):
     """(classes, train_x, train_y, valid_x, valid_y) from the official pickles; classes sorted."""
     train_b, test_b, labels_key, names_key = CIFAR_FILES[posixpath.basename(meta_name)]
@@ -290,7 +178,7 @@ def read_cifar(source: Source, meta_name: str):
     members = [posixpath.join(folder, n) for n in [posixpath.basename(meta_name)] + train_b + test_b]
     blobs = {}
     for idx, data in source.blobs({m: i for i, m in enumerate(members)}):
-        blobs[idx] = Path(data).read_bytes() if isinstance(data, str) else data
+        blobs[idx] = _read_regular(data, source) if isinstance(data, str) else data
     meta, *loaded = [safe_unpickle(blobs[i], f"{source}:{m}") for i, m in enumerate(members)]
     batches = dict(zip(train_b + test_b, loaded))
     try:

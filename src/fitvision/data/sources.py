@@ -31,7 +31,7 @@ from fitvision.data.extract import (
     list_members,
 )
 from fitvision.errors import FitVisionError
-from fitvision.files import remove_leftovers, temp_prefix
+from fitvision.files import disk_error, remove_leftovers, temp_prefix
 
 
 @dataclass(frozen=True)
@@ -246,6 +246,8 @@ def download_file(url: str, dest, checksum: str | None = None, timeout: float = 
         _verify(tmp, dest, url)
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a data set is shared like any file
         os.replace(tmp, dest)
+    except OSError as e:  # a full disk mid-download: one line naming the file, nothing kept
+        raise (disk_error(dest, e, "download") or e) from None
     finally:
         tmp.unlink(missing_ok=True)
     return dest
