@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from fitvision.config import TrainConfig
@@ -15,19 +16,20 @@ from fitvision.optim.schedules import create_schedule
 from fitvision.train import checkpoint, rundir
 from fitvision.train.checkpoint import CHECKPOINT
 from fitvision.train.device import keep_freed_memory
-from fitvision.train.hooks import Checkpointer, EarlyStopping, Phases, format_seconds
+from fitvision.train.hooks import Checkpointer, EarlyStopping, Hook, Phases, format_seconds
 from fitvision.train.preempt import StopOnSignal, catch_sigterm
 from fitvision.train.setup import Setup, build, describe
 from fitvision.train.transfer import fine_tune_phases
 
 
-def train_run(cfg: TrainConfig, progress: bool = True) -> Path:
+def train_run(cfg: TrainConfig, progress: bool = True, hooks: Sequence[Hook] = ()) -> Path:
     """Train as cfg says and write the run directory; returns its path.
 
     summary.json: train_seconds is the wall time of the epochs (training and per-epoch
     evaluation, not data loading or compile warm-up); train_images_per_second counts training
     time only. With --resume the run continues from checkpoint.pt exactly as it would have.
-    ``progress``: the progress bar and the per-epoch lines.
+    ``progress``: the progress bar and the per-epoch lines. ``hooks``: more hooks, called after
+    the run's own (a search's pruner reads each epoch's row there).
     """
     from fitvision.report.html import write_report
 
@@ -35,7 +37,7 @@ def train_run(cfg: TrainConfig, progress: bool = True) -> Path:
     stop = StopOnSignal(None, run_dir / CHECKPOINT)
     try:
         with catch_sigterm(stop):  # SIGTERM (preemption): a checkpoint at the end of the step, then stop
-            s = _fit(cfg, run_dir, stop, progress)
+            s = _fit(cfg, run_dir, stop, progress, hooks)
     except Terminated as e:  # say how to go on (the CLI prints it on its one line)
         raise Terminated(f"{e}; {_how_to_go_on(run_dir)}", e.signum) from None
     except KeyboardInterrupt:  # Ctrl-C
@@ -56,7 +58,7 @@ def _how_to_go_on(run_dir: Path) -> str:
     return f"no epoch finished, nothing to resume; train into {run_dir} again"
 
 
-def _fit(cfg: TrainConfig, run_dir: Path, stop: StopOnSignal, progress: bool) -> Setup:
+def _fit(cfg: TrainConfig, run_dir: Path, stop: StopOnSignal, progress: bool, hooks: Sequence[Hook]) -> Setup:
     """Build, make the run directory and fit; returns the Setup, its Learner trained."""
     s = build(cfg, progress=progress)
     rundir.create(cfg, run_dir)
@@ -69,7 +71,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, stop: StopOnSignal, progress: bool) ->
     if cfg.early_stop:
         learn.hooks.append(EarlyStopping(cfg.early_stop))
     stop.learner = learn
-    learn.hooks += [rundir.RunTables(run_dir), Checkpointer(learn, path, cfg.checkpoint_every), stop]
+    learn.hooks += [rundir.RunTables(run_dir), Checkpointer(learn, path, cfg.checkpoint_every), stop, *hooks]
     for line in describe(s):
         logger.info(line)
     logger.info(f"run dir   {run_dir}" + (" (resuming)" if cfg.resume else ""))
