@@ -1,14 +1,25 @@
+"""fitvision tune on Optuna: the space, the samplers and pruners, results, resume, bad input.
+
+Most searches train with a stand-in (FakeTrain) whose val_acc is a known function of lr and
+which calls the search's hooks once an epoch, as train_run does; two run the real train_run on
+a tiny image folder. Searches shared between processes and databases: test_tune_storage.py.
+"""
+
 import csv
 import json
 import math
 import random
+import sys
 from pathlib import Path
 
 import pytest
 
 from fitvision.config import TrainConfig
 from fitvision.errors import FitVisionError
-from fitvision.tune import Dim, parse_space, resume_tune, sample_configs, tune
+from fitvision.train.hooks import TrainState
+from fitvision.tune import Dim, parse_space, resume_tune, suggest, tune
+
+optuna = pytest.importorskip("optuna")
 
 
 def test_parse_space_ranges_and_choices():
@@ -46,47 +57,80 @@ def test_parse_space_unknown_key_names_it():
         parse_space("learning_rate=0.1..1")
 
 
-def test_sampling_is_seeded_in_range_and_log_uniform():
+def test_suggest_draws_in_range_and_log_uniform():
     space = parse_space("lr=1e-4..1e-1:log,bs=100..200,opt=sgd|adam")
-    draws = sample_configs(space, 2000, seed=3)
-    assert draws == sample_configs(space, 2000, seed=3)
-    assert draws != sample_configs(space, 2000, seed=4)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    draws = []
+    for _ in range(600):
+        trial = study.ask()
+        draws.append(suggest(trial, space))
+        study.tell(trial, 0.0)
     assert all(1e-4 <= d["lr"] <= 1e-1 and 100 <= d["bs"] <= 200 and isinstance(d["bs"], int) for d in draws)
     assert {d["opt"] for d in draws} == {"sgd", "adam"}
     # Log-uniform: each decade gets about a third of the draws (a linear draw would give ~1% below 1e-3).
     below = sum(d["lr"] < 1e-3 for d in draws) / len(draws)
-    assert 0.28 < below < 0.39
+    assert 0.25 < below < 0.42
 
 
 class FakeTrain:
-    """Stands in for train_run: writes summary.json with a val_acc that is a known function of lr."""
+    """Stands in for train_run(cfg, hooks=...): trains ``cfg.epochs`` epochs whose val_acc climbs to
+    a known function of lr (best near lr=1e-2), calling the hooks' on_epoch_end as the loop does,
+    then writes summary.json."""
 
     def __init__(self, fail_lr_above=None):
         self.fail_lr_above = fail_lr_above
         self.configs = []
+        self.epochs_run = {}  # run dir -> epochs trained
 
-    def __call__(self, cfg: TrainConfig):
+    @staticmethod
+    def final_acc(cfg):
+        return 1.0 - abs(math.log10(cfg.lr) + 2.0) / 10 + (cfg.bs == 256) * 0.01
+
+    def __call__(self, cfg: TrainConfig, hooks=()):
         self.configs.append(cfg)
         if self.fail_lr_above is not None and cfg.lr > self.fail_lr_above:
             raise FitVisionError("loss became NaN at epoch 1; lower --lr")
         run = Path(cfg.out)
-        run.mkdir(parents=True)
-        acc = 1.0 - abs(math.log10(cfg.lr) + 2.0) / 10 + (cfg.bs == 256) * 0.01  # best near lr=1e-2
-        (run / "summary.json").write_text(json.dumps({"val_acc": acc}))
+        run.mkdir(parents=True, exist_ok=True)
+        epochs = max(1, round(cfg.epochs))
+        state = TrainState(total_steps=epochs)
+        for epoch in range(epochs):
+            state.step, state.epoch = epoch + 1, epoch
+            state.history.append({"epoch": epoch, "val_acc": self.final_acc(cfg) * (epoch + 1) / epochs})
+            self.epochs_run[cfg.out] = epoch + 1
+            for hook in hooks:
+                hook.on_epoch_end(state)
+        (run / "summary.json").write_text(json.dumps({"val_acc": self.final_acc(cfg)}))
         return run
+
+
+def _params(path):
+    return [{k: v for k, v in r.items() if k not in ("val_acc", "seconds", "status", "error")}
+            for r in csv.DictReader(open(path / "trials.csv"))]
+
+
+def test_a_search_is_seeded_by_the_configs_seed(tmp_path):
+    space = parse_space("lr=1e-4..1:log,bs=128|256,opt=sgd|adam")
+    for sampler in ("random", "tpe"):
+        runs = {}
+        for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+            tune(TrainConfig(epochs=1, seed=seed), space, trials=12, out=tmp_path / sampler / name, train=FakeTrain(),
+                 sampler=sampler, pruner="none")
+            runs[name] = _params(tmp_path / sampler / name)
+        assert runs["a"] == runs["b"] and runs["a"] != runs["c"]
+        assert len({r["lr"] for r in runs["a"]}) == 12
 
 
 def test_tune_picks_best_val_acc_and_records_failures(tmp_path):
     space = parse_space("lr=1e-4..1:log,bs=128|256")
     fake = FakeTrain(fail_lr_above=0.1)
     base = TrainConfig(data="tiny", epochs=1, seed=5)
-    result = tune(base, space, trials=8, out=tmp_path, retrain=True, train=fake)
+    result = tune(base, space, trials=8, out=tmp_path, retrain=True, train=fake, sampler="random", pruner="none")
 
     with open(tmp_path / "trials.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["trial"] for r in rows] == [str(i) for i in range(8)]
-    params = sample_configs(space, 8, seed=5)
-    assert [float(r["lr"]) for r in rows] == [p["lr"] for p in params]
+    assert sorted(float(r["lr"]) for r in rows) == sorted(c.lr for c in fake.configs[:8])
     failed = [r for r in rows if r["status"] == "failed"]
     assert failed and all(float(r["lr"]) > 0.1 for r in failed)
     assert all(r["error"] == "loss became NaN at epoch 1; lower --lr" for r in failed)
@@ -99,7 +143,8 @@ def test_tune_picks_best_val_acc_and_records_failures(tmp_path):
     assert saved["trial"] == int(best["trial"])
     assert saved["val_acc"] == float(best["val_acc"])
     assert saved["params"] == {"lr": float(best["lr"]), "bs": int(best["bs"])}
-    assert saved["failed"] == len(failed)
+    assert saved["failed"] == len(failed) and saved["pruned"] == 0
+    assert saved["study"] == "fitvision-tune" and saved["storage"] == f"sqlite:///{tmp_path / 'study.db'}"
     # Trials validate on a split of the training data; only the retrain sees the test set.
     assert all(c.valid_pct == 0.1 for c in fake.configs[:8])
     retrain = fake.configs[-1]
@@ -119,7 +164,7 @@ def test_tune_keeps_users_valid_pct_and_fails_when_all_trials_fail(tmp_path):
 
 
 def test_tune_records_oom_but_raises_bugs(tmp_path):
-    def oom(cfg):
+    def oom(cfg, hooks):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     with pytest.raises(FitVisionError, match="all 1 trials failed"):
@@ -127,7 +172,7 @@ def test_tune_records_oom_but_raises_bugs(tmp_path):
     row = next(csv.DictReader(open(tmp_path / "a" / "trials.csv")))
     assert row["status"] == "failed" and row["error"].startswith("out of memory: CUDA out of memory")
 
-    def bug(cfg):
+    def bug(cfg, hooks):
         raise ZeroDivisionError("a bug, not a bad hyperparameter")
 
     with pytest.raises(ZeroDivisionError):
@@ -137,7 +182,7 @@ def test_tune_records_oom_but_raises_bugs(tmp_path):
 def test_ctrl_c_says_where_the_search_stopped(tmp_path):
     fake = FakeTrain()
 
-    def interrupted_second(cfg):
+    def interrupted_second(cfg, hooks):
         if fake.configs:
             raise KeyboardInterrupt(f"continue with: fitvision train --resume --out {cfg.out}")
         return fake(cfg)
@@ -154,11 +199,11 @@ def test_ctrl_c_says_where_the_search_stopped(tmp_path):
                             f"fitvision tune --resume --out {tmp_path / 'b'}")
 
 
-def test_random_module_state_untouched():
+def test_random_module_state_untouched(tmp_path):
     random.seed(1)
     before = random.random()
     random.seed(1)
-    sample_configs(parse_space("lr=0.1..0.2"), 5, seed=0)
+    tune(TrainConfig(), parse_space("lr=0.1..0.2"), trials=3, out=tmp_path, train=FakeTrain(), sampler="random")
     assert random.random() == before
 
 
@@ -236,12 +281,12 @@ def test_interrupted_search_resumes_where_it_stopped(tmp_path):
 
     first = FakeTrain()
 
-    def interrupted_third(cfg):
+    def interrupted_third(cfg, hooks):
         if len(first.configs) == 2:
             Path(cfg.out).mkdir(parents=True)
             (Path(cfg.out) / "checkpoint.pt").write_bytes(b"an epoch's checkpoint")
             raise KeyboardInterrupt(f"continue with: fitvision train --resume --out {cfg.out}")
-        return first(cfg)
+        return first(cfg, hooks)
 
     out = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt) as e:
@@ -251,12 +296,12 @@ def test_interrupted_search_resumes_where_it_stopped(tmp_path):
 
     second = FakeTrain()
 
-    def resumed(cfg):
+    def resumed(cfg, hooks):
         if cfg.resume:  # train_run would go on from the checkpoint; the stand-in finishes the run
             assert (Path(cfg.out) / "checkpoint.pt").is_file()
             (Path(cfg.out) / "checkpoint.pt").unlink()
             Path(cfg.out).rmdir()
-        return second(cfg)
+        return second(cfg, hooks)
 
     result = resume_tune(out, train=resumed)
     assert [(c.out, c.resume) for c in second.configs] == [
@@ -264,16 +309,15 @@ def test_interrupted_search_resumes_where_it_stopped(tmp_path):
         (str(out / "retrain"), False)]
     assert _rows(out) == _rows(tmp_path / "whole")
     whole = json.loads((tmp_path / "whole" / "best.json").read_text())
-    assert result == {**whole, "run_dir": whole["run_dir"].replace("whole", "cut"),
-                      "retrain_run": whole["retrain_run"].replace("whole", "cut")}
+    assert result == {**whole, **{k: whole[k].replace("whole", "cut") for k in ("run_dir", "retrain_run", "storage")}}
     assert json.loads((out / "best.json").read_text()) == result
 
 
 def test_resume_keeps_a_trial_that_finished_unrecorded_and_needs_a_search(tmp_path):
     fake = FakeTrain()
 
-    def stop_after_first_run(cfg):
-        fake(cfg)
+    def stop_after_first_run(cfg, hooks):
+        fake(cfg, hooks)
         raise KeyboardInterrupt("after the run, before trials.csv took it in")
 
     with pytest.raises(KeyboardInterrupt):
@@ -290,6 +334,9 @@ def test_resume_keeps_a_trial_that_finished_unrecorded_and_needs_a_search(tmp_pa
     (["tune", "--resume", "--out", "S", "--lr", "0.1", "--trials", "3"],
      "--resume continues the search in --out exactly as its search.json says; drop --lr, --trials (to search "
      "with other settings, start a new search in another --out)"),
+    (["tune", "--resume", "--out", "S", "--sampler", "random", "--storage", "x.log", "--workers", "2"],
+     "--resume continues the search in --out exactly as its search.json says; drop --sampler, --storage (to "
+     "search with other settings, start a new search in another --out)"),
     (["tune", "--resume"], "--resume needs --out DIR: the search directory to continue"),
     (["tune", "--trials", "2"], 'tune needs --space, e.g. --space "lr=1e-4..1e-1:log,bs=128|256"'),
 ])
@@ -298,3 +345,87 @@ def test_cli_tune_resume_usage_errors(capsys, argv, message):
 
     assert main(argv) == 2
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_the_median_pruner_stops_bad_trials_after_an_epoch(tmp_path):
+    """Four epochs a trial; lr far from 1e-2 climbs to a low val_acc. Once three trials have
+    finished, a trial below their median at an epoch stops there: recorded as pruned, with the
+    val_acc it had, having trained fewer epochs; good trials train all four."""
+    fake = FakeTrain()
+    result = tune(TrainConfig(epochs=4, seed=1), parse_space("lr=1e-6..1e2:log"), trials=12, out=tmp_path, train=fake,
+                  sampler="random", pruner="median")
+    rows = list(csv.DictReader(open(tmp_path / "trials.csv")))
+    pruned = [r for r in rows if r["status"] == "pruned"]
+    assert len(rows) == 12 and pruned and result["pruned"] == len(pruned)
+    trained = {Path(out).name: n for out, n in fake.epochs_run.items()}
+    for r in rows:
+        name = f"trial-{int(r['trial']):03d}"
+        if r["status"] == "pruned":
+            epoch = int(r["error"].split()[3])
+            assert r["error"] == f"pruned after epoch {epoch} (val_acc {float(r['val_acc']):.4f})"
+            assert trained[name] == epoch + 1 < 4
+            assert not (tmp_path / name / "summary.json").exists()
+        else:
+            assert r["status"] == "ok" and trained[name] == 4
+    best_pruned = max(FakeTrain.final_acc(TrainConfig(lr=float(r["lr"]))) for r in pruned)
+    assert result["val_acc"] > best_pruned  # what pruning stopped was worse than what it kept
+
+
+@pytest.mark.parametrize("pruner", ["hyperband", "none"])
+def test_other_pruners_run(tmp_path, pruner):
+    result = tune(TrainConfig(epochs=3), parse_space("lr=1e-6..1e2:log"), trials=6, out=tmp_path, train=FakeTrain(),
+                  pruner=pruner)
+    assert result["pruned"] == 0 if pruner == "none" else result["pruned"] >= 0
+    assert len((tmp_path / "trials.csv").read_text().splitlines()) == 7
+
+
+def test_the_prune_hook_stops_a_real_training_run(tmp_path):
+    """The real train_run with the search's hook: a trial the pruner stops after epoch 1 of 3
+    ends at once, its run directory holding the two epochs it trained and no results."""
+    from synthetic_images import make_image_folder
+
+    from fitvision.train.run import train_run
+    from fitvision.tune.trial import PruneHook, Pruned
+
+    class Trial:  # what the hook needs of an optuna trial
+        reported = []
+
+        def report(self, value, step):
+            self.reported.append((step, value))
+
+        def should_prune(self):
+            return len(self.reported) == 2
+
+    data = make_image_folder(tmp_path / "data", ["r", "g"], 12, 4)
+    cfg = TrainConfig(data=str(data), model="mlp", epochs=3, bs=8, precision="fp32", device="cpu",
+                      out=str(tmp_path / "run"))
+    with pytest.raises(Pruned) as e:
+        train_run(cfg, progress=False, hooks=[PruneHook(Trial())])
+    history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert [int(float(r["epoch"])) for r in history] == [0, 1] == [s for s, _ in Trial.reported]
+    assert str(e.value) == f"pruned after epoch 1 (val_acc {Trial.reported[1][1]:.4f})"
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sampler", "grid"], "unknown sampler 'grid' (valid: tpe, random)"),
+    (["--pruner", "asha"], "unknown pruner 'asha' (valid: median, hyperband, none)"),
+    (["--workers", "0"], "--workers must be at least 1, got 0"),
+])
+def test_cli_bad_search_options_are_one_line_and_write_nothing(capsys, tmp_path, flags, message):
+    from fitvision.cli import main
+
+    argv = ["tune", "--trials", "2", "--space", "lr=0.1|0.2", "--out", str(tmp_path / "t"), *flags]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "t").exists()
+
+
+def test_without_optuna_tune_says_how_to_install_it(capsys, tmp_path, monkeypatch):
+    from fitvision.cli import main
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    assert main(["tune", "--trials", "2", "--space", "lr=0.1|0.2", "--out", str(tmp_path / "t")]) == 1
+    assert capsys.readouterr().err == ("error: fitvision tune runs on Optuna, which is not installed: "
+                                       "pip install 'fitvision[tune]'\n")
+    assert not (tmp_path / "t").exists()

@@ -237,15 +237,18 @@ def cmd_tune(args) -> int:
     import time
 
     from fitvision.tune import check_space, format_params, parse_space, resume_tune, tune
+    from fitvision.tune.options import given_search_flags, search_options
 
+    opts = search_options(args)  # an unknown sampler or pruner, --workers 0: usage errors, before any work
     if args.resume:
-        _refuse_resume_overrides(args, what="search",
-                                 extra=[f for f in ("--space", "--trials", "--retrain")
-                                        if getattr(args, f[2:]) not in (None, False)])
+        _refuse_resume_overrides(args, what="search", extra=given_search_flags(args))
         if not args.out:
             raise UsageError("--resume needs --out DIR: the search directory to continue")
-        print(f"resuming the search in {args.out} with the settings in its search.json")
-        out, best = args.out, resume_tune(args.out)
+        if not args.join:
+            print(f"resuming the search in {args.out} with the settings in its search.json")
+        out, best = args.out, resume_tune(args.out, workers=opts["workers"], join=args.join)
+        if best is None:  # a worker of --workers N: the command that started it reports
+            return 0
     else:
         if args.space is None:
             raise UsageError('tune needs --space, e.g. --space "lr=1e-4..1e-1:log,bs=128|256"')
@@ -263,7 +266,7 @@ def cmd_tune(args) -> int:
             raise UsageError(str(e)) from e
         print(why)
         out = cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-tune"
-        best = tune(cfg, space, trials, out, retrain=args.retrain)
+        best = tune(cfg, space, trials, out, retrain=args.retrain, **opts)
     print(f"best: trial {best['trial']} ({format_params(best['params'])}) val_acc {best['val_acc']:.4f}; wrote {out}/best.json")
     if "test_acc" in best:
         print(f"retrained on all training data: test_acc {best['test_acc']:.4f} ({best['retrain_run']})")
@@ -280,6 +283,8 @@ def cmd_export(args) -> int:
 
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from fitvision.tune.options import add_search_options
+
     parser = argparse.ArgumentParser(
         prog="fitvision",
         description="Train image classifiers fast and well: CIFAR-10, Imagenette, or any folder of labelled images.",
@@ -331,13 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="re-render plots and report.html of a run")
     p.add_argument("run", help="run directory")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("tune", help="random hyperparameter search on a validation split of the training data")
-    p.add_argument("--trials", type=int, default=None, help="number of configurations to try (default 8)")
-    p.add_argument("--space", default=None,
-                   help='search space, e.g. "lr=1e-4..1e-1:log,wd=1e-5..1e-3:log,bs=128|256" '
-                        '(with --resume --out DIR: the interrupted search\'s own)')
-    p.add_argument("--retrain", action="store_true",
-                   help="retrain the best on all training data and report test accuracy once")
+    p = sub.add_parser("tune", help="hyperparameter search (Optuna) on a validation split of the training data")
+    add_search_options(p)
     _add_train_options(p)
     p.set_defaults(func=cmd_tune)
 
