@@ -83,7 +83,8 @@ _TRAIN_FLAGS = [
     ("--width", "width", float, "channel width multiplier"),
     ("--model-options", "model_options", str, "extra model arguments, e.g. \"dirac=false,bn_scale=true\""),
     ("--epochs", "epochs", float, "number of epochs"),
-    ("--bs", "bs", int, "batch size"),
+    ("--bs", "bs", int, "batch size (the global batch under torchrun / --nproc)"),
+    ("--accum", "accum", int, "gradient accumulation: each batch in K forward/backward passes"),
     ("--lr", "lr", float, "peak learning rate"),
     ("--opt", "opt", str, "optimizer: sgd, nesterov, adam, adamw, radam, lamb, ..."),
     ("--wd", "wd", float, "weight decay"),
@@ -110,6 +111,7 @@ _TRAIN_SWITCHES = [
     ("--tta", "tta", "flip test-time augmentation at evaluation"),
     ("--freeze", "freeze", "train only the head (see --freeze-epochs)"),
     ("--resume", "resume", "continue the run in --out from its last checkpoint"),
+    ("--sync-bn", "sync_bn", "BatchNorm statistics over all processes (torchrun on CUDA)"),
 ]
 
 
@@ -166,7 +168,18 @@ def cmd_train(args) -> int:
     if args.resume:
         _refuse_resume_overrides(args)
     cfg, why = train_config_from_args(args)
-    print(f"resuming {args.out} with the settings in its config.json" if args.resume else why)
+    if args.nproc is not None:  # checked here, so a bad batch size is one line, not one per process
+        from fitvision.train.distributed import check_batch, launch
+
+        if args.nproc < 1:
+            raise UsageError(f"--nproc must be at least 1, got {args.nproc}")
+        try:
+            check_batch(cfg.bs, args.nproc, cfg.accum)
+        except FitVisionError as e:
+            raise UsageError(str(e)) from None
+        return launch(args.nproc, args.argv)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(f"resuming {args.out} with the settings in its config.json" if args.resume else why)
     train_run(cfg)
     return 0
 
@@ -309,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model and write a run directory")
     _add_train_options(p)
+    p.add_argument("--nproc", type=int, default=None, help="train in N processes on this machine (runs torchrun)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("lr-find", help="learning-rate range test; plots loss vs lr")
@@ -354,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for --nproc, which runs the command again
     if args.command is None:
         parser.print_help()
         return 0

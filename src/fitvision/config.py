@@ -83,6 +83,8 @@ class TrainConfig:
     freeze_epochs: int = 0
     resume: bool = False
     checkpoint_every: int = 0  # also write the resume checkpoint every N batches; 0 = at epoch ends only
+    accum: int = 1  # gradient accumulation: each step's batch (bs) in K forward/backward passes
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (CUDA only)
     out: str = ""  # run directory; "" = runs/<timestamp>-<name>
     recipe: str = "auto"
 
@@ -174,7 +176,7 @@ def field_names() -> list[str]:
 # Checked before any work starts, so a typo fails in a second, not after the data is decoded.
 # Lists of choices live beside their implementations; checks that need the hardware or files
 # (the device, the precision on it, a run to initialise from) are fitvision.train.setup.preflight's.
-_POSITIVE = ("epochs", "bs", "lr", "width", "eps", "bias_lr_mult", "div_factor", "final_div_factor")
+_POSITIVE = ("epochs", "bs", "accum", "lr", "width", "eps", "bias_lr_mult", "div_factor", "final_div_factor")
 _NON_NEGATIVE = ("size", "train_limit", "valid_limit", "wd", "clip", "label_smoothing", "ema", "early_stop",
                  "freeze_epochs", "checkpoint_every", "seed", "progressive_size", "progressive_epochs", "stem_bias_epochs",
                  "tta_shift", "epoch_valid_limit", "muon_lr")

@@ -22,9 +22,9 @@ _CL = torch.channels_last
 _CHUNK = 4096  # images per host->device copy when loading, so a memmap never sits in RAM whole
 
 
-def epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    """A well-mixed 63-bit seed for one (seed, epoch, stream); stream 0 shuffles, 1 augments."""
-    state = np.random.SeedSequence([seed, epoch, stream]).generate_state(2, np.uint32)
+def epoch_seed(seed: int, epoch: int, stream: int, *more: int) -> int:
+    """A well-mixed 63-bit seed for one (seed, epoch, stream, *more); stream 0 shuffles, 1 augments."""
+    state = np.random.SeedSequence([seed, epoch, stream, *more]).generate_state(2, np.uint32)
     return int(state[0]) << 31 | int(state[1]) >> 1
 
 
@@ -119,9 +119,12 @@ class DeviceLoader:
         return perm[self.rank :: self.world_size][: self.num_samples]
 
     def generator(self, epoch: int | None = None) -> torch.Generator:
-        """The augmentation generator for an epoch, on the device."""
+        """The augmentation generator for an epoch, on the device. Each rank draws its own numbers
+        (rank 0 those of a single process): the same draws on every rank would give the images
+        at one position of every shard the same crop and flip."""
         epoch = self.epoch if epoch is None else epoch
-        return torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, epoch, 1))
+        more = (self.rank,) if self.rank else ()
+        return torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, epoch, 1, *more))
 
     # ------------------------------------------------------------------ batches
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

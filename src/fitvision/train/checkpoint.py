@@ -67,7 +67,8 @@ def restore(learn, snap: dict[str, Any], what: str = "the snapshot") -> None:
         learn.ema.load_state_dict(snap["ema"])
     if learn.lookahead is not None and snap.get("lookahead") is not None:
         learn.lookahead.load_state_dict(snap["lookahead"])
-    set_rng_state(snap["rng"])
+    rng = snap["rng"]  # a checkpoint written under torchrun holds one per rank
+    set_rng_state(rng[learn.world.rank] if isinstance(rng, list) else rng)
     loader_state = snap["loaders"]["train"]
     if loader_state is not None and hasattr(learn.train_dl, "load_state_dict"):
         learn.train_dl.load_state_dict(loader_state)
@@ -131,4 +132,9 @@ def resume(learn, path: str | Path) -> None:
         raise FitVisionError(
             f"{path} was written for {saved['total_steps']} steps of {saved['steps_per_epoch']} per epoch, "
             f"this run has {now.total_steps} of {now.steps_per_epoch}; resume with the same config")
+    saved, size = len(ck["rng"]) if isinstance(ck["rng"], list) else 1, learn.world.size
+    if saved != size:
+        raise FitVisionError(f"{path} was written by {saved} process{'es' if saved > 1 else ''}, this run has "
+                             f"{size}: resume with the same number of processes (--nproc, or torchrun's "
+                             "--nproc-per-node x --nnodes)")
     restore(learn, {**ck, "training": True}, what=str(path))

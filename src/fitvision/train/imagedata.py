@@ -20,6 +20,7 @@ import torch
 
 from fitvision.config import TrainConfig
 from fitvision.errors import FitVisionError
+from fitvision.train import distributed
 from fitvision.train.device import resolve_device
 from fitvision.train.evaluate import eval_batch_size, subset_indices, valid_indices
 from fitvision.train.seeding import seed_everything
@@ -105,9 +106,16 @@ class ImageData:
                          "of their class folders")
         mean, std = normalization_stats(cfg.normalize, train_x)
         size = cfg.size or int(ds.image_size[0])
-        # A last batch of one image breaks BatchNorm in training mode; drop it only then.
-        drop_last = len(train_y) % cfg.bs == 1
-        if drop_last:
+        # A last batch of one image breaks BatchNorm in training mode; drop it only then. Under
+        # torchrun each rank takes a shard of every batch (bs / N), and every rank must take as
+        # many steps: the uneven tail is dropped on all of them.
+        w = distributed.world()
+        bs = cfg.bs // w.size
+        drop_last = w.distributed or len(train_y) % cfg.bs == 1
+        if w.distributed:
+            notes.append(f"{w.size} processes, each {bs} images of every batch of {cfg.bs}; "
+                         "evaluation sharded and gathered")
+        elif drop_last:
             notes.append("the last training batch would hold one image; dropped each epoch")
         transform = train_pipeline(cfg.aug, size, mean, std)
         if cfg.progressive_size and cfg.progressive_epochs:
@@ -117,10 +125,10 @@ class ImageData:
                          f"then {size}")
         if cfg.crop_pct < 1:
             notes.append(f"evaluation on the central {cfg.crop_pct:g} of each image, resized to {size} px")
-        self.train_dl = DeviceLoader(train_x, train_y, cfg.bs, shuffle=True, drop_last=drop_last, seed=cfg.seed,
-                                     device=cfg.device, transform=transform)
-        self.valid_dl = DeviceLoader(valid_x, valid_y, eval_batch_size(cfg.bs), device=cfg.device,
-                                     transform=eval_pipeline(size, mean, std, crop_pct=cfg.crop_pct))
+        self.train_dl = DeviceLoader(train_x, train_y, bs, shuffle=True, drop_last=drop_last, seed=cfg.seed,
+                                     device=cfg.device, transform=transform, rank=w.rank, world_size=w.size)
+        self.valid_dl = DeviceLoader(valid_x, valid_y, eval_batch_size(bs), device=cfg.device, rank=w.rank,
+                                     world_size=w.size, transform=eval_pipeline(size, mean, std, crop_pct=cfg.crop_pct))
         self.valid_indices, self.mean, self.std, self.size, self.notes = valid_idx, list(mean), list(std), size, notes
 
     @property

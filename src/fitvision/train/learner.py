@@ -13,6 +13,7 @@ device and precision (device.py), the optimizer's parameter groups (fitvision.op
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -26,11 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from fitvision.errors import FitVisionError, check_choice
 from fitvision.optim import create_optimizer, get_hyper, set_hyper
 from fitvision.optim.schedules import one_cycle, sched_const, step_pos
-from fitvision.train import checkpoint
+from fitvision.train import checkpoint, distributed
 from fitvision.train.device import autocast, resolve_device, resolve_precision
 from fitvision.train.ema import Lookahead, ModelEMA
 from fitvision.train.evaluate import collect_log_probs, loss_and_accuracy
@@ -57,6 +59,7 @@ class LoopOptions:
     tta: bool = False  # flip test-time augmentation for the last epoch's evaluation and predictions
     tta_shift: int = 0
     epoch_valid_limit: int = 0  # evaluate all but the last epoch on N evenly spaced validation images
+    accum: int = 1  # each step's batch in K forward/backward passes (equal chunks), then one update
 
 
 LOOP_OPTIONS = tuple(f.name for f in dataclasses.fields(LoopOptions))
@@ -98,9 +101,14 @@ class Learner:
         self.ema = ModelEMA(self.model, o.ema) if o.ema > 0 else None
         self.lookahead = Lookahead(self.model) if o.lookahead else None
         self._warmed_up = False
+        # Under torchrun the forward runs through DistributedDataParallel, which averages the
+        # gradients over the ranks in backward; self.model stays the plain module (state, EMA).
+        self.world = distributed.world()
+        self._ddp = DistributedDataParallel(self.model) if self.world.distributed else None
         backend = o.compile if isinstance(o.compile, str) else "inductor"
-        self._forward = torch.compile(self.model, backend=backend) if o.compile else self.model
-        self.hooks: list[Hook] = ([Progress()] if progress else []) + list(hooks)
+        forward = self._ddp or self.model
+        self._forward = torch.compile(forward, backend=backend) if o.compile else forward
+        self.hooks: list[Hook] = ([Progress()] if progress and self.world.is_main else []) + list(hooks)
         self.state = TrainState()
         self.final_preds: tuple[torch.Tensor, torch.Tensor] | None = None  # the last epoch's, see _end_epoch
         self._pending: list[tuple[dict[str, float], int, torch.Tensor]] = []  # batch rows awaiting their loss
@@ -131,10 +139,17 @@ class Learner:
             set_hyper(self.opt, key, value)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self.autocast():  # bf16/fp16 matmuls and convs; autocast keeps BatchNorm and the loss in fp32
-            loss = self.loss_func(self._forward(x), y)
-        # NaN/inf check: in flush_losses, every sync_every steps, so a GPU never waits on the host.
-        self.scaler.scale(loss).backward()  # fp16: scaled so small gradients survive; else unchanged
+        k = self.options.accum  # K equal chunks, each loss / K: the gradient of the whole batch's mean loss
+        loss = torch.zeros((), device=x.device)
+        for i, (xc, yc) in enumerate(zip(x.chunk(k), y.chunk(k))):
+            # DDP averages over the ranks in the last chunk's backward only (no_sync before it)
+            sync = self._ddp is None or i == k - 1
+            with contextlib.nullcontext() if sync else self._ddp.no_sync():
+                with self.autocast():  # bf16/fp16 matmuls and convs; autocast keeps BatchNorm and the loss in fp32
+                    part = self.loss_func(self._forward(xc), yc) / k
+                # NaN/inf check: in flush_losses, every sync_every steps, so a GPU never waits on the host.
+                self.scaler.scale(part).backward()  # fp16: scaled so small gradients survive; else unchanged
+            loss = loss + part.detach().float()
         if self.clip:
             self.scaler.unscale_(self.opt)  # clip the true gradients, not the scaled ones
             params = [p for p in self.model.parameters() if p.grad is not None]
@@ -289,9 +304,12 @@ class Learner:
 
     def get_log_preds(self, dl=None, tta: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-probabilities float32 (N, C), targets int64 (N,)) on the CPU, in loader order."""
-        tta = self.tta if tta is None else tta
-        return collect_log_probs(self.model, self._eval_forward(), dl or self.valid_dl, tta,
-                                 self.autocast(), self.options.tta_shift, self.channels_last)
+        tta, dl = self.tta if tta is None else tta, dl or self.valid_dl
+        log_probs, targets = collect_log_probs(self.model, self._eval_forward(), dl, tta, self.autocast(),
+                                               self.options.tta_shift, self.channels_last)
+        if getattr(dl, "world_size", 1) > 1:  # a shard each (torchrun): every rank gets the whole, in order
+            log_probs, targets = distributed.gather_interleaved(log_probs), distributed.gather_interleaved(targets)
+        return log_probs, targets
 
     def get_preds(self, dl=None, tta: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities float32 (N, C), targets int64 (N,)) on the CPU, in loader order."""
@@ -332,7 +350,12 @@ class Learner:
 
     # ----------------------------------------------------------------------- state, weights, freezing
     def save_checkpoint(self, path: str | Path) -> None:
-        checkpoint.save_checkpoint(path, checkpoint.snapshot(self))
+        """Under torchrun every rank calls it (its RNG state is gathered) and rank 0 writes."""
+        snap = checkpoint.snapshot(self)
+        if self.world.distributed:
+            snap["rng"] = distributed.all_gather_object(snap["rng"])  # one per rank, in rank order
+        if self.world.is_main:
+            checkpoint.save_checkpoint(path, snap)
 
     def save(self, path: str | Path) -> Path:
         """The evaluated weights (EMA when kept) as safetensors, written atomically; ``export``

@@ -18,6 +18,7 @@ from fitvision import __version__
 from fitvision.config import TrainConfig, parse_model_options
 from fitvision.errors import FitVisionError, check_choice
 from fitvision.models.external import external_model, is_external
+from fitvision.train import distributed
 from fitvision.train.device import resolve_device, resolve_precision
 from fitvision.train.hooks import FreezeAfter, Hook
 from fitvision.train.imagedata import ImageData
@@ -41,6 +42,8 @@ def preflight(cfg: TrainConfig) -> TrainConfig:
     fine_tune_phases(cfg)
     if cfg.init_from:
         read_meta(cfg.init_from)
+    if cfg.sync_bn and device.type != "cuda":  # torch's SyncBatchNorm runs on GPUs only
+        raise FitVisionError(f"--sync-bn needs CUDA devices; this run is on {device}")
     return dataclasses.replace(cfg, device=str(device), precision=precision)
 
 
@@ -61,6 +64,8 @@ def build(cfg: TrainConfig, hooks: list[Hook] | None = None, progress: bool = Tr
     cfg = preflight(cfg)
     data = ImageData.from_config(cfg)
     model, meta, params, notes = build_model(cfg, data)
+    if cfg.sync_bn and distributed.world().distributed:  # BatchNorm statistics over the global batch
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     learn = Learner.from_config(cfg, model, data.train_dl, data.valid_dl, hooks=hooks or [], progress=progress)
     notes += stem_bias_hook(cfg, learn)
     return Setup(cfg=cfg, data=data, learn=learn, meta=meta, params=params, notes=data.notes + notes)
