@@ -43,7 +43,8 @@ def temp_prefix(target: str | Path) -> str:
     return f".{Path(target).name}.fv-{_host_tag()}-{os.getpid()}-"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -61,7 +62,7 @@ def is_leftover(path: str | Path) -> bool:
         return False
     pid = int(m["pid"])
     if m["host"] == _host_tag():
-        return pid != os.getpid() and not _pid_alive(pid)
+        return pid != os.getpid() and not pid_alive(pid)
     try:
         return time.time() - os.lstat(path).st_mtime > STALE_SECONDS
     except OSError:

@@ -21,6 +21,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
+from fitvision.files import pid_alive
 from fitvision.tune.study import HEARTBEAT_SECONDS, import_optuna, make_pruner, make_sampler, quiet
 
 
@@ -116,13 +117,7 @@ def _dead_here(attrs: dict) -> bool:
     pid = int(attrs["pid"])
     if pid == os.getpid():
         return True  # a trial this process left running: it is no longer running it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # another user's live process
-        return False
-    return False
+    return not pid_alive(pid)
 
 
 @contextlib.contextmanager
