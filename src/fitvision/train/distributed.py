@@ -118,13 +118,6 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when it is True on any (a stop request must be seen by all at once)."""
-    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def gather_interleaved(t: torch.Tensor) -> torch.Tensor:
     """Rank r holds items r, r + W, r + 2W, ... of a sequence (data/loader.py's sharding, without
     shuffling): the whole sequence, in order, on every rank. Shards differ in length by one at
