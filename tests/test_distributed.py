@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -31,24 +32,18 @@ def _env(**extra: str) -> dict:
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
 
 
-# On this 2-core machine gloo's TCP transport fails now and then while a group starts (its
-# connectFullMesh gives up with "Connection refused", or a process aborts with "terminate called
-# without an active exception" while DDP broadcasts the initial weights): about 1 launch in 5 under
-# load, before any fitvision code has written anything. Such a launch is tried again (up to 4
-# times); any other failure fails the test at once.
-GLOO_START_FLAKES = ("connectFullMesh failed", "terminate called without an active exception")
-
-
-def _flaky_start(done: subprocess.CompletedProcess) -> bool:
-    return done.returncode != 0 and any(m in done.stderr for m in GLOO_START_FLAKES)
-
-
 def _run(cmd: list[str], timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
-    for _ in range(4):
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(**env), check=False)
-        if not _flaky_start(done):
-            break
-    return done
+    """cmd in a session of its own: on timeout torchrun and every rank it started are killed,
+    so that no orphan keeps the cores busy for the tests after it."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(**env),
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{err[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _torchrun(args: list[str], timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
@@ -169,15 +164,50 @@ def test_a_rank_killed_with_sigkill_restarts_and_ends_bitwise_equal(data, tmp_pa
     assert len(history) == 4  # a header and 3 epochs, not more: the restarted group resumed
 
 
+# torchrun keeps one store across the restarts of a group: on the second attempt rank 0 joins late,
+# so rank 1 finds in the store whatever rank 0 published on the first attempt, unless attempts
+# are kept apart (distributed.init).
+LATE = textwrap.dedent("""
+    import os, signal, sys, time
+    import torch.distributed as dist
+    from fitvision.train import distributed
+
+    attempt, rank = distributed.restart_count(), int(os.environ["RANK"])
+    if attempt == 1 and rank == 0:
+        time.sleep(3)
+    distributed.init("cpu")
+    dist.barrier()
+    if attempt == 0 and rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(5 if attempt == 0 else 0)  # (rank 0 of the first attempt: torchrun stops it)
+    distributed.shutdown()
+    print(f"attempt {attempt} rank {rank} done")
+""")
+
+
+def test_a_restarted_group_does_not_read_the_addresses_of_the_attempt_before(tmp_path):
+    script = tmp_path / "late.py"
+    script.write_text(LATE)
+    done = _torchrun(["--standalone", "--nproc-per-node", "2", "--max-restarts", "1", str(script)], timeout=120,
+                     FITVISION_DIST_TIMEOUT="20")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(done.stdout.split("\n")[:-1]) == ["attempt 1 rank 0 done", "attempt 1 rank 1 done"]
+
+
 def test_two_nodes_on_one_machine_train_together(data, tmp_path):
     port, run = _free_port(), tmp_path / "run"
     common = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--max-restarts", "3",
               "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "fitvision-test", "-m", "fitvision",
               *_train_args(data, run)]
     cmd = [sys.executable, "-m", "torch.distributed.run", *common]
-    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-             for _ in range(2)]
-    outs = [node.communicate(timeout=300) for node in nodes]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                              start_new_session=True) for _ in range(2)]
+    try:
+        outs = [node.communicate(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
     assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outs]
     assert json.loads((run / "summary.json").read_text())["epochs"] == 3
     assert sum(out.count("done: val_acc") for out, _ in outs) == 1

@@ -198,6 +198,31 @@ def test_a_storage_that_cannot_be_opened_is_one_line_and_writes_nothing(data, tm
     assert not out.exists()
 
 
+OPEN = textwrap.dedent("""
+    import sys, time
+    from fitvision.errors import FitVisionError
+    from fitvision.tune.study import open_storage
+
+    url, start = sys.argv[1], float(sys.argv[2])
+    time.sleep(max(0.0, start - time.time()))  # every process creates the tables at the same moment
+    try:
+        open_storage(url)
+    except FitVisionError as e:
+        sys.exit(str(e))
+""")
+
+
+def test_workers_creating_one_new_storage_at_once_all_open_it(tmp_path):
+    """The tables and their schema version row are written once; those who lose that race wait and open."""
+    script, url = tmp_path / "open.py", f"sqlite:///{tmp_path / 'study.db'}"
+    script.write_text(OPEN)
+    start = str(time.time() + 3.0)
+    procs = [subprocess.Popen([sys.executable, str(script), url, start], stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}) for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+
+
 def _pg_bin(name: str) -> str | None:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return found[-1] if found else shutil.which(name)

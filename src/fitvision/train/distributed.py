@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -82,13 +83,56 @@ def init(device: str) -> World:
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_seconds()))
+    timeout = datetime.timedelta(seconds=timeout_seconds())
+    backend = "nccl" if cuda else "gloo"
+    store = _attempt_store(timeout)
+    if store is None:
+        dist.init_process_group(backend, timeout=timeout)
+    else:
+        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
     return world()
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def _attempt_store(timeout: datetime.timedelta) -> dist.Store | None:
+    """torchrun's store, with this attempt's keys apart from those of the attempts before it.
+
+    torchrun's agent keeps one TCPStore for the whole job, across the restarts --max-restarts
+    allows, and the process group publishes each rank's address under the same keys every time:
+    a restarted rank that reads its peer's address before the peer has written the new one
+    connects to a dead process ("Gloo connectFullMesh failed ... Connection refused", or a wait
+    until the timeout). A prefix per restart (TORCHELASTIC_RESTART_COUNT) keeps attempts apart.
+    None when no torchrun agent holds the store (another launcher): env:// as usual.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    store = dist.TCPStore(host, port, int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"fitvision/attempt_{restart_count()}", store)
+
+
+def shutdown(settle: bool = True) -> None:
+    """Leave the process group. ``settle`` (every rank got here, none failed): first wait for
+    the others and give gloo's worker threads the interpreter for a moment.
+
+    A gloo collective's last reference to its Python tensors is dropped on gloo's own thread a
+    little after the collective returns, and dropping it takes the GIL; if the interpreter is
+    already shutting down then, the thread is ended mid-destructor and the process aborts
+    ("terminate called without an active exception", SIGABRT) after all its work was done, which
+    torchrun reports as a failure (and restarts). The barrier and the pause, both without the
+    GIL, let those threads finish first.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if settle:
+        try:
+            dist.barrier()
+        except Exception as e:  # a rank that failed after its work left first; it says why itself
+            if not is_dist_failure(e):
+                raise
+    dist.destroy_process_group()
+    if settle:
+        time.sleep(0.1)
 
 
 def device_for(device: str, w: World) -> str:
@@ -159,13 +203,13 @@ def joined(device: str) -> Iterator[World]:
     try:
         yield w
     except BaseException as e:
+        shutdown(settle=False)  # a peer may be gone: waiting for it would hang
         if not is_dist_failure(e):
             raise
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise FitVisionError(f"rank {w.rank}: lost the other processes ({first}): one died, or hung for more "
                              f"than {timeout_seconds()} s ({TIMEOUT_ENV})") from None
-    finally:
-        shutdown()
+    shutdown()
 
 
 def max_restarts() -> int:

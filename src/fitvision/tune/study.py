@@ -87,11 +87,20 @@ def open_storage(url: str, on_stale: Callable | None = None):
                     _serialise_sqlite(storage.engine)
                 return storage
         except Exception as e:  # the drivers' errors have no common type; the message is what helps
-            if "already exists" in str(e) and attempt < 2:  # two workers made the tables at once: the other won
+            if _lost_creation_race(e) and attempt < 2:  # two workers made the tables at once: the other won
                 time.sleep(1.0)
                 continue
             raise FitVisionError(f"cannot open --storage {masked(url)}: {_reason(e)}") from None
     raise AssertionError("unreachable")
+
+
+# What a database says when two workers create the storage's tables at once and this one lost:
+# a table made meanwhile, or the schema version row (alembic_version) written meanwhile.
+_CREATION_RACE = ("already exists", "UNIQUE constraint failed", "duplicate key value")
+
+
+def _lost_creation_race(e: Exception) -> bool:
+    return any(marker in str(e) for marker in _CREATION_RACE)
 
 
 def _serialise_sqlite(engine) -> None:
