@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -191,17 +193,20 @@ def test_a_restarted_group_does_not_read_the_addresses_of_the_attempt_before(tmp
     done = _torchrun(["--standalone", "--nproc-per-node", "2", "--max-restarts", "1", str(script)], timeout=120,
                      FITVISION_DIST_TIMEOUT="20")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(done.stdout.split("\n")[:-1]) == ["attempt 1 rank 0 done", "attempt 1 rank 1 done"]
+    assert sorted(re.findall(r"attempt \d rank \d done", done.stdout)) == ["attempt 1 rank 0 done",
+                                                                           "attempt 1 rank 1 done"]
 
 
 def test_two_nodes_on_one_machine_train_together(data, tmp_path):
+    """One node by hand (torchrun), the other through `fitvision train --nnodes 2 --rdzv-endpoint`."""
     port, run = _free_port(), tmp_path / "run"
-    common = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--max-restarts", "3",
-              "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "fitvision-test", "-m", "fitvision",
-              *_train_args(data, run)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", *common]
+    by_hand = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "fitvision",
+               "-m", "fitvision", *_train_args(data, run)]
+    launcher = [sys.executable, "-m", "fitvision", *_train_args(data, run), "--nproc", "1", "--nnodes", "2",
+                "--rdzv-endpoint", f"127.0.0.1:{port}"]
     nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                              start_new_session=True) for _ in range(2)]
+                              start_new_session=True) for cmd in (by_hand, launcher)]
     try:
         outs = [node.communicate(timeout=300) for node in nodes]
     finally:
@@ -235,3 +240,37 @@ def test_resume_with_another_number_of_processes_is_one_line(data, tmp_path, cap
     assert capsys.readouterr().err == (f"error: {run / 'checkpoint.pt'} was written by 2 processes, this run has 1: "
                                        "resume with the same number of processes (--nproc, or torchrun's "
                                        "--nproc-per-node x --nnodes)\n")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--nproc", "0"], "--nproc must be at least 1, got 0"),
+    (["--nproc", "2", "--nnodes", "2"], "--nnodes needs --rdzv-endpoint HOST:PORT: the address where the nodes meet "
+                                        "(the first node's host and a free port)"),
+    (["--nproc", "2", "--rdzv-endpoint", "10.0.0.1:29400"], "--rdzv-endpoint is for several machines: pass --nnodes too"),
+    (["--nnodes", "2", "--rdzv-endpoint", "10.0.0.1"], "--rdzv-endpoint must be HOST:PORT (a port from 1 to 65535), "
+                                                       "got '10.0.0.1'"),
+    (["--nproc", "2", "--nnodes", "3", "--rdzv-endpoint", "h:1"], "--bs 8 does not divide evenly over 6 processes: "
+                                                                  "choose a batch size that is a multiple of 6"),
+])
+def test_launcher_flags_that_cannot_work_are_one_line(data, tmp_path, capsys, flags, message):
+    assert main([*_train_args(data, tmp_path / "run"), *flags]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unreachable_rendezvous_endpoint_is_one_line_and_starts_nothing(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FITVISION_RDZV_TIMEOUT", "2")
+    base = [*_train_args(data, tmp_path / "run"), "--nproc", "1", "--nnodes", "2"]
+    assert main([*base, "--rdzv-endpoint", "no-such-host.invalid:29400"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the rendezvous endpoint no-such-host.invalid:29400: no address for "
+                          "'no-such-host.invalid' (") and err.endswith("); check --rdzv-endpoint\n")
+    host = "203.0.113.1"  # a documentation address (TEST-NET-3): not this machine, and nothing answers there
+    t0 = time.monotonic()
+    assert main([*base, "--rdzv-endpoint", f"{host}:29400"]) == 1
+    assert time.monotonic() - t0 < 30
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot reach the rendezvous endpoint {host}:29400 (")
+    assert err.endswith(f") within 2 s: start the command on {host} first, or check --rdzv-endpoint and the "
+                        "firewall (FITVISION_RDZV_TIMEOUT sets the wait)\n")
+    assert not (tmp_path / "run").exists()

@@ -168,16 +168,15 @@ def cmd_train(args) -> int:
     if args.resume:
         _refuse_resume_overrides(args)
     cfg, why = train_config_from_args(args)
-    if args.nproc is not None:  # checked here, so a bad batch size is one line, not one per process
-        from fitvision.train.distributed import check_batch, launch
+    if args.nproc is not None or args.nnodes != 1 or args.rdzv_endpoint:  # one line, not one per process
+        from fitvision.train.launch import check_launch, launch
 
-        if args.nproc < 1:
-            raise UsageError(f"--nproc must be at least 1, got {args.nproc}")
+        nproc = 1 if args.nproc is None else args.nproc
         try:
-            check_batch(cfg.bs, args.nproc, cfg.accum)
+            check_launch(cfg, nproc, args.nnodes, args.rdzv_endpoint)
         except FitVisionError as e:
             raise UsageError(str(e)) from None
-        return launch(args.nproc, args.argv)
+        return launch(args.argv, nproc, args.nnodes, args.rdzv_endpoint)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(f"resuming {args.out} with the settings in its config.json" if args.resume else why)
     train_run(cfg)
@@ -323,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and write a run directory")
     _add_train_options(p)
     p.add_argument("--nproc", type=int, default=None, help="train in N processes on this machine (runs torchrun)")
+    p.add_argument("--nnodes", type=int, default=1, help="with --nproc: train on M machines, each running this")
+    p.add_argument("--rdzv-endpoint", default=None, help="with --nnodes: HOST:PORT where the machines meet")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("lr-find", help="learning-rate range test; plots loss vs lr")

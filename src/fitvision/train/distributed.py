@@ -215,23 +215,3 @@ def joined(device: str) -> Iterator[World]:
 def max_restarts() -> int:
     """torchrun's --max-restarts for this group (0 when not under torchrun)."""
     return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
-
-
-def launch(nproc: int, argv: list[str]) -> int:
-    """``fitvision train --nproc N ...``: the same command in N processes under torchrun on this
-    machine (--standalone: a local rendezvous on a free port); returns torchrun's exit status."""
-    import subprocess
-    import sys
-
-    args, skip = [], False
-    for a in argv:  # the command without --nproc, which would launch again
-        if skip or a == "--nproc":
-            skip = not skip
-            continue
-        if not a.startswith("--nproc="):
-            args.append(a)
-    # torchrun gives each process one thread unless told; share this machine's cores out instead.
-    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc)), **os.environ}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "fitvision", *args]
-    return subprocess.run(cmd, env=env, check=False).returncode
