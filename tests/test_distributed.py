@@ -125,6 +125,54 @@ def test_one_step_of_two_ranks_equals_one_process_and_accumulation(tmp_path):
     assert any(not torch.equal(v, torch.zeros_like(v)) for v in one.values())
 
 
+# What trains changes during the fit: the conv's bias stops after epoch 1 (FreezeAfter, as
+# SpeedNet's stem bias), the head's bias, frozen at the start, trains from epoch 1 on.
+FREEZING = textwrap.dedent("""
+    import sys
+    import torch
+    from torch import nn
+    from fitvision.data.loader import DeviceLoader
+    from fitvision.train import distributed
+    from fitvision.train.hooks import FreezeAfter, Hook
+    from fitvision.train.learner import Learner
+
+    class Unfreeze(Hook):
+        def __init__(self, p):
+            self.p = p
+
+        def on_epoch_end(self, state):
+            self.p.requires_grad_(True)
+
+    w = distributed.init("cpu")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    model[3].bias.requires_grad_(False)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 3, (16,), generator=g)
+    dl = DeviceLoader(x, y, 8 // w.size, shuffle=True, drop_last=True, seed=3, rank=w.rank, world_size=w.size)
+    hooks = [FreezeAfter([model[0].bias], 1), Unfreeze(model[3].bias)]
+    learn = Learner(model, dl, dl, lr=0.1, progress=False, hooks=hooks)
+    learn.fit(3)
+    torch.save({"start": start, "end": {k: v.clone() for k, v in model.state_dict().items()}}, f"{sys.argv[1]}.{w.rank}")
+    del learn
+    distributed.shutdown()
+""")
+
+
+def test_freezing_and_unfreezing_during_a_fit_keeps_the_ranks_equal(tmp_path):
+    script = tmp_path / "freezing.py"
+    script.write_text(FREEZING)
+    done = _torchrun(["--standalone", "--nproc-per-node", "2", str(script), str(tmp_path / "w")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"w.{r}") for r in (0, 1)]
+    for k in ranks[0]["end"]:  # every gradient was averaged: the ranks hold the same weights
+        assert torch.equal(ranks[0]["end"][k], ranks[1]["end"][k]), k
+    start, end = ranks[0]["start"], ranks[0]["end"]
+    assert not torch.equal(start["3.bias"], end["3.bias"]) and not torch.equal(start["0.bias"], end["0.bias"])
+
+
 # The CLI, with a pause per step (time for checkpoints) and, on the first attempt only, rank 1
 # killing itself with SIGKILL at step KILL_AT: torchrun restarts the group, which resumes.
 KILLER = textwrap.dedent("""

@@ -177,3 +177,13 @@ class DeviceLoader:
         n, c, h, w = self.images.shape
         return (f"DeviceLoader({n} x {c}x{h}x{w} uint8 on {self.images.device}, bs={self.batch_size}, "
                 f"shuffle={self.shuffle}, drop_last={self.drop_last}, rank={self.rank}/{self.world_size})")
+
+
+def spaced_subset(dl, limit: int):
+    """Intermediate epochs may be evaluated on N validation images only: the curve stays visible
+    for a fraction of the cost; the last epoch (the result) always sees all. The N are evenly
+    spaced, not the first N: splits are often stored sorted by class."""
+    n = getattr(dl, "num_samples", None)
+    if not limit or n is None or limit >= n or not hasattr(dl, "subset"):
+        return dl
+    return dl.subset(np.linspace(0, n - 1, limit).round().astype(np.int64))

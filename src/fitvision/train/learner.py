@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from fitvision.data.loader import spaced_subset
 from fitvision.errors import FitVisionError, check_choice
 from fitvision.optim import create_optimizer, get_hyper, set_hyper
 from fitvision.optim.schedules import one_cycle, sched_const, step_pos
@@ -92,7 +93,7 @@ class Learner:
         self.model = model.to(self.device, memory_format=memory_format)
         self.train_dl, self.valid_dl = train_dl, valid_dl
         self.eval_transform = eval_transform or getattr(valid_dl, "transform", None)
-        self.epoch_valid_dl = _spaced_subset(valid_dl, o.epoch_valid_limit)
+        self.epoch_valid_dl = spaced_subset(valid_dl, o.epoch_valid_limit)
         self.loss_func = loss_func or functools.partial(F.cross_entropy, label_smoothing=o.label_smoothing)
         self.metrics = dict(metrics or {})
         self.opt = (opt_func or self._default_opt)(self.model)
@@ -104,16 +105,22 @@ class Learner:
         # Under torchrun the forward runs through DistributedDataParallel, which averages the
         # gradients over the ranks in backward; self.model stays the plain module (state, EMA).
         self.world = distributed.world()
-        self._ddp = DistributedDataParallel(self.model) if self.world.distributed else None
-        backend = o.compile if isinstance(o.compile, str) else "inductor"
-        forward = self._ddp or self.model
-        self._forward = torch.compile(forward, backend=backend) if o.compile else forward
+        self._wrap()
         self.hooks: list[Hook] = ([Progress()] if progress and self.world.is_main else []) + list(hooks)
         self.state = TrainState()
         self.final_preds: tuple[torch.Tensor, torch.Tensor] | None = None  # the last epoch's, see _end_epoch
         self._pending: list[tuple[dict[str, float], int, torch.Tensor]] = []  # batch rows awaiting their loss
         # Reading the loss forces a GPU sync; on CUDA do it every 50 steps, on the CPU it is free.
         self.sync_every = 50 if self.device.type == "cuda" else 1
+
+    def _wrap(self) -> None:
+        """What the step calls (compiled if asked): the model, or under torchrun a DDP of it, which averages the
+        parameters that trained when made; a change in what trains (freeze, FreezeAfter) makes a new one."""
+        self._trainable = [p.requires_grad for p in self.model.parameters()]
+        self._ddp = DistributedDataParallel(self.model) if self.world.distributed else None
+        backend = self.options.compile if isinstance(self.options.compile, str) else "inductor"
+        forward = self._ddp or self.model
+        self._forward = torch.compile(forward, backend=backend) if self.options.compile else forward
 
     def _default_opt(self, model: nn.Module):
         from fitvision.models import param_groups
@@ -137,6 +144,8 @@ class Learner:
         step is the optimizer's alone."""
         for key, value in hypers.items():
             set_hyper(self.opt, key, value)
+        if self._ddp is not None and [p.requires_grad for p in self.model.parameters()] != self._trainable:
+            self._wrap()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         k = self.options.accum  # K equal chunks, each loss / K: the gradient of the whole batch's mean loss
@@ -409,12 +418,3 @@ class Learner:
         options = {name: getattr(cfg, name) for name in LOOP_OPTIONS}
         return cls(model, train_dl, valid_dl, opt_func=lambda m: configure_optimizer(m, cfg), **options, **kwargs)
 
-
-def _spaced_subset(dl, limit: int):
-    """Intermediate epochs may be evaluated on N validation images only: the curve stays visible
-    for a fraction of the cost; the last epoch (the result) always sees all. The N are evenly
-    spaced, not the first N: splits are often stored sorted by class."""
-    n = getattr(dl, "num_samples", None)
-    if not limit or n is None or limit >= n or not hasattr(dl, "subset"):
-        return dl
-    return dl.subset(np.linspace(0, n - 1, limit).round().astype(np.int64))
