@@ -152,8 +152,36 @@ def test_evaluate_run_matches_a_hand_computation(run, folder):
     loss = -np.log(probs[np.arange(21), ds.valid_y]).mean()
     assert abs(out["val_loss"] - loss) < 1e-4
     assert out["per_class_acc"] == {c: float((preds[ds.valid_y == i] == i).mean()) for i, c in enumerate(CLASSES)}
+    top3 = np.argsort(-probs, 1)[:, :3]  # 3 classes: top-5 is capped at top-3, every image a hit
+    assert out["top3_acc"] == 1.0 and (top3 == ds.valid_y[:, None]).any(1).all()
+    for i, c in enumerate(CLASSES):
+        hits = int(((preds == i) & (ds.valid_y == i)).sum())
+        m = out["per_class"][c]
+        assert m["support"] == int((ds.valid_y == i).sum()) and m["recall"] == out["per_class_acc"][c]
+        assert m["precision"] == (hits / (preds == i).sum() if (preds == i).any() else 0.0)
     tta = inference.evaluate_run(run, tta=True)
     assert tta["num_valid"] == 21 and tta["val_loss"] != out["val_loss"]
+
+
+def test_class_metrics_by_hand():
+    """Four classes, six images: class 3 is never predicted, class 2 never present."""
+    targets = torch.tensor([0, 0, 1, 1, 3, 0])
+    preds = torch.tensor([0, 1, 1, 1, 0, 2])
+    second = torch.tensor([1, 0, 0, 3, 3, 1])  # the runner-up: image 4's true class, second
+    log_probs = torch.full((6, 4), -9.0)
+    log_probs[torch.arange(6), second] = -1.0
+    log_probs[torch.arange(6), preds] = -0.5
+    m = inference.class_metrics(log_probs, targets, ["a", "b", "c", "d"], k=2)
+    assert m["top2_acc"] == pytest.approx(5 / 6)  # image 5 (a, predicted c then b) misses both
+    assert m["per_class"]["a"] == pytest.approx({"precision": 0.5, "recall": 1 / 3, "f1": 0.4, "support": 3})
+    assert m["per_class"]["b"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
+    assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["per_class"]["d"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert m["macro_f1"] == pytest.approx((0.4 + 0.8 + 0.0) / 3)  # over the classes with images
+    assert inference.format_evaluation({"val_acc": 0.5, "val_loss": 1.25, "num_valid": 6, **m})[:3] == [
+        "val_acc 0.5000  top2_acc 0.8333  val_loss 1.2500  macro_f1 0.4000  (6 images)",
+        "  class            precision  recall      f1  images",
+        "  a                   0.5000  0.3333  0.4000       3"]
 
 
 def test_evaluate_run_crop_pct_scores_another_central_crop(run):

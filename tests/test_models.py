@@ -1,6 +1,7 @@
 """The model registry and the interface every model shares, tested over the whole registry."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -300,7 +301,11 @@ def test_models_json_lists_every_seed_model(capsys):
 def test_models_table_text(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["model", "parameters", "description"]
     assert any(line.split()[:2] == ["resnet9", "6,575,370"] for line in lines)
+    starts = {re.match(r"\S+\s+\S+\s+", line).end() for line in lines}  # descriptions start in one column
+    assert len(starts) == 1
+    assert all(line.rstrip().endswith((".", ")")) for line in lines[1:]), [ln for ln in lines if ln[-1] not in ".)"]
 
 
 def test_seed_blocks():

@@ -70,8 +70,10 @@ def cmd_models(args) -> int:
     if args.json:
         _print_json(rows)
         return 0
+    width = max(len("model"), *(len(r["name"]) for r in rows))
+    print(f"{'model':<{width}}   parameters  description")
     for r in rows:
-        print(f"{r['name']:<12} {r['params']:>12,}  {r['description']}")
+        print(f"{r['name']:<{width}} {r['params']:>12,}  {r['description']}")
     return 0
 
 
@@ -194,7 +196,7 @@ def cmd_lr_find(args) -> int:
 
 # --------------------------------------------------------------------------- eval / predict / report
 def cmd_eval(args) -> int:
-    from fitvision.train.evaluate import evaluate_run
+    from fitvision.train.evaluate import evaluate_run, format_evaluation
 
     if args.crop_pct is not None:
         from fitvision.data.augment import check_crop_pct
@@ -207,9 +209,7 @@ def cmd_eval(args) -> int:
     if args.json:
         _print_json(result)
     else:
-        print(f"val_acc {result['val_acc']:.4f}  val_loss {result['val_loss']:.4f}  ({result['num_valid']} images)")
-        for name, acc in result["per_class_acc"].items():
-            print(f"  {name:<16} {acc:.4f}")
+        print("\n".join(format_evaluation(result)))
     return 0
 
 

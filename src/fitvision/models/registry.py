@@ -1,7 +1,7 @@
 """Model registry: ``@register_model`` builders, ``create_model`` by name, ``model_table``.
 
 A builder is a function ``(num_classes=10, in_channels=3, width=1.0, **options) -> nn.Module``
-whose docstring's first line is the model's one-line description. The built-in modules
+whose docstring's first paragraph is the model's description. The built-in modules
 (``zoo``, and ``speednet`` when present) register their builders when first needed, so
 importing fitvision.models stays cheap and free of side effects.
 """
@@ -57,11 +57,15 @@ def register_model(builder: Callable[..., nn.Module] | None = None, *, name: str
             raise TypeError(f"model builder {key!r} must accept {', '.join(missing)}")
         if key in _REGISTRY and _REGISTRY[key].builder is not fn:
             raise ValueError(f"model {key!r} is registered twice")
-        doc = (inspect.getdoc(fn) or "").strip().splitlines()
-        _REGISTRY[key] = ModelEntry(key, fn, doc[0] if doc else "")
+        _REGISTRY[key] = ModelEntry(key, fn, _summary(inspect.getdoc(fn) or ""))
         return fn
 
     return add(builder) if builder is not None else add
+
+
+def _summary(doc: str) -> str:
+    """A docstring's first paragraph on one line: the whole sentence, not its first line."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
 
 
 def _load_builtins() -> None:

@@ -88,6 +88,39 @@ def loss_and_accuracy(log_probs: torch.Tensor, targets: torch.Tensor) -> dict[st
             "val_acc": (log_probs.argmax(1) == targets).float().mean().item()}
 
 
+def class_metrics(log_probs: torch.Tensor, targets: torch.Tensor, classes: list[str], k: int = 5) -> dict[str, Any]:
+    """Top-k accuracy (k capped at the number of classes) and, per class, precision (of the
+    images predicted as it, the share that are it), recall (of its images, the share predicted
+    as it), F1 and support; macro_f1 is the mean F1 over the classes with images. A class never
+    predicted has precision 0, as scikit-learn reports it (zero_division=0)."""
+    k = min(k, log_probs.shape[1])
+    topk = (log_probs.topk(k, dim=1).indices == targets.view(-1, 1)).any(1).float().mean().item()
+    preds = log_probs.argmax(1)
+    per_class, f1s = {}, []
+    for i, name in enumerate(classes):
+        support, predicted = int((targets == i).sum()), int((preds == i).sum())
+        hits = int(((preds == i) & (targets == i)).sum())
+        precision = hits / predicted if predicted else 0.0
+        recall = hits / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+        if support:
+            f1s.append(f1)
+    return {f"top{k}_acc": topk, "per_class": per_class, "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0}
+
+
+def format_evaluation(result: dict[str, Any]) -> list[str]:
+    """`fitvision eval`'s lines: the totals, then a table of the classes."""
+    topk = next(key for key in result if key.startswith("top"))
+    lines = [f"val_acc {result['val_acc']:.4f}  {topk} {result[topk]:.4f}  val_loss {result['val_loss']:.4f}  "
+             f"macro_f1 {result['macro_f1']:.4f}  ({result['num_valid']} images)"]
+    width = max(16, *(len(name) for name in result["per_class"]))
+    lines.append(f"  {'class':<{width}} precision  recall      f1  images")
+    for name, m in result["per_class"].items():
+        lines.append(f"  {name:<{width}} {m['precision']:9.4f} {m['recall']:7.4f} {m['f1']:7.4f} {m['support']:7d}")
+    return lines
+
+
 @torch.no_grad()
 def collect_log_probs(model: nn.Module, forward: Callable, batches, tta: bool, autocast, shift: int = 0,
                       channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,7 +222,8 @@ def _log_probs(run: Run, pipe, x_uint8_nchw: torch.Tensor, tta: bool = False) ->
 # --------------------------------------------------------------------------- evaluate
 def evaluate_run(run, data: str | None = None, tta: bool | None = None,
                  crop_pct: float | None = None) -> dict[str, Any]:
-    """{"val_acc","val_loss","num_valid","per_class_acc"} on the run's validation split (or `data`'s).
+    """{"val_acc", "val_loss", "num_valid", "per_class_acc", "top5_acc" (top-k, k = min(5, classes)),
+    "per_class" (precision, recall, f1, support), "macro_f1"} on the run's validation split (or `data`'s).
 
     tta and crop_pct None: as the run's own final evaluation (config.json's tta, model.json's
     crop_pct), so the result is summary.json's. A crop_pct given scores the same weights on
@@ -225,7 +259,8 @@ def evaluate_run(run, data: str | None = None, tta: bool | None = None,
     per_class = {name: int((preds[targets == i] == i).sum()) / int((targets == i).sum())
                  for i, name in enumerate(run.classes) if bool((targets == i).any())}
     # loss_and_accuracy is what train_run wrote summary.json with: the same float, not just close.
-    return {**loss_and_accuracy(log_probs, targets), "num_valid": int(len(targets)), "per_class_acc": per_class}
+    return {**loss_and_accuracy(log_probs, targets), "num_valid": int(len(targets)), "per_class_acc": per_class,
+            **class_metrics(log_probs, targets, run.classes)}
 
 
 def _log_probs_all(run: Run, images: np.ndarray, batch_size: int, tta: bool,
