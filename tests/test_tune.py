@@ -121,6 +121,22 @@ def test_a_search_is_seeded_by_the_configs_seed(tmp_path):
         assert len({r["lr"] for r in runs["a"]}) == 12
 
 
+def test_tpe_models_the_results_after_a_third_of_the_budget(tmp_path):
+    """TPE draws its first trials at random, as the random sampler would, then from its model: with
+    8 trials after 3 (Optuna's default of 10 start-up trials left TPE pure random search here)."""
+    from fitvision.tune.study import startup_trials
+
+    assert [startup_trials(n) for n in (4, 8, 10, 30, 100)] == [3, 3, 3, 10, 10]
+    space = parse_space("lr=1e-4..1:log")
+    lrs = {}
+    for sampler in ("random", "tpe"):
+        tune(TrainConfig(epochs=1, seed=3), space, trials=8, out=tmp_path / sampler, train=FakeTrain(),
+             sampler=sampler, pruner="none")
+        lrs[sampler] = [float(r["lr"]) for r in _params(tmp_path / sampler)]
+    assert lrs["tpe"][:3] == lrs["random"][:3]
+    assert all(a != b for a, b in zip(lrs["tpe"][3:], lrs["random"][3:]))
+
+
 def test_tune_picks_best_val_acc_and_records_failures(tmp_path):
     space = parse_space("lr=1e-4..1:log,bs=128|256")
     fake = FakeTrain(fail_lr_above=0.1)

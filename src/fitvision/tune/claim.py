@@ -48,7 +48,7 @@ def _trial_id(study, number: int) -> int:
     return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
 
 
-def next_trial(storage, name: str, sampler: str, pruner: str, seed: int, epochs: float):
+def next_trial(storage, name: str, sampler: str, pruner: str, seed: int, epochs: float, trials: int):
     """A waiting slot taken for this worker, as an optuna Trial; None when none is left.
 
     Each trial gets a study object of its own: its trial cache starts empty (the sampler sees
@@ -58,8 +58,8 @@ def next_trial(storage, name: str, sampler: str, pruner: str, seed: int, epochs:
     queued = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False, states=(waiting,))
     for candidate in sorted(queued, key=_slot):  # a retried slot first: it has epochs to resume
         slot = _slot(candidate)
-        study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(sampler, trial_seed(seed, slot)),
-                                  pruner=make_pruner(pruner, epochs))
+        study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(pruner, epochs),
+                                  sampler=make_sampler(sampler, trial_seed(seed, slot), trials))
         study.get_trials(deepcopy=False, states=(waiting,))  # (the study's storage cache learns the trial ids)
         trial_id = _trial_id(study, candidate.number)
         try:

@@ -109,7 +109,8 @@ def _work(storage, spec: dict[str, Any], search: TrainConfig, space: dict[str, D
         claim.reclaim_dead(storage, name)  # a killed worker's trial, queued again at once
         while True:
             with studies.quiet():
-                trial = claim.next_trial(storage, name, spec["sampler"], spec["pruner"], search.seed, search.epochs)
+                trial = claim.next_trial(storage, name, spec["sampler"], spec["pruner"], search.seed, search.epochs,
+                                         spec["trials"])
             if trial is None:
                 if claim.reclaim_dead(storage, name):
                     continue
