@@ -239,6 +239,19 @@ def test_usage_errors_exit_2(capsys):
     assert "invalid choice: 'list'" in _fail(capsys, ["datasets", "list"], code=2)
 
 
+def test_flags_are_never_taken_by_their_prefix(capsys):
+    """argparse's prefix matching is off: --init is its own flag, and a shortened one is unknown."""
+    from fitvision.cli import build_parser, train_config_from_args
+
+    args = build_parser().parse_args(["train", "--init", "lsuv"])
+    assert (args.init, args.init_from) == ("lsuv", None)
+    assert train_config_from_args(args)[0].init == "lsuv"
+    assert _fail(capsys, ["train", "--epoch", "3"], code=2) == "fitvision: error: unrecognized arguments: --epoch 3"
+    assert _fail(capsys, ["datasets", "show", "cifar10", "--aug", "rrc_flip"], code=2) == (
+        "fitvision: error: unrecognized arguments: --aug rrc_flip")
+    assert _fail(capsys, ["--vers"], code=2) == "fitvision: error: unrecognized arguments: --vers"
+
+
 # --------------------------------------------------------------------------- the real entry point
 def test_entry_point_error_line_and_no_traceback(tmp_path):
     missing = tmp_path / "gone"

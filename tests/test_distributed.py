@@ -155,7 +155,9 @@ FREEZING = textwrap.dedent("""
     hooks = [FreezeAfter([model[0].bias], 1), Unfreeze(model[3].bias)]
     learn = Learner(model, dl, dl, lr=0.1, progress=False, hooks=hooks)
     learn.fit(3)
-    torch.save({"start": start, "end": {k: v.clone() for k, v in model.state_dict().items()}}, f"{sys.argv[1]}.{w.rank}")
+    images = [row["images"] for row in learn.state.history]
+    end = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save({"start": start, "end": end, "images": images}, f"{sys.argv[1]}.{w.rank}")
     del learn
     distributed.shutdown()
 """)
@@ -169,6 +171,7 @@ def test_freezing_and_unfreezing_during_a_fit_keeps_the_ranks_equal(tmp_path):
     ranks = [torch.load(tmp_path / f"w.{r}") for r in (0, 1)]
     for k in ranks[0]["end"]:  # every gradient was averaged: the ranks hold the same weights
         assert torch.equal(ranks[0]["end"][k], ranks[1]["end"][k]), k
+    assert ranks[0]["images"] == ranks[1]["images"] == [16, 16, 16]  # both ranks' shards: the global count
     start, end = ranks[0]["start"], ranks[0]["end"]
     assert not torch.equal(start["3.bias"], end["3.bias"]) and not torch.equal(start["0.bias"], end["0.bias"])
 

@@ -164,6 +164,29 @@ def test_download_class_folder_archives(server, data, fmt):
     np.testing.assert_array_equal(ds.valid_x[0], images["tiny/valid/cat/0.png"][:, 5:35])
 
 
+def test_the_official_cifar100_layout_loads_with_its_100_fine_labels(tmp_path):
+    """cifar-100-python/{meta,train,test}: the fine labels and their names, the coarse ones ignored;
+    classes sorted by name (as every layout), each image keeping its own class."""
+    names = [f"class{(i * 37) % 100:02d}".encode() for i in range(100)]  # stored unsorted
+    x = {b: RNG.integers(0, 256, (n, 3072), dtype=np.uint8) for b, n in (("train", 200), ("test", 100))}
+    y = {"train": [i % 100 for i in range(200)], "test": [(7 * i) % 100 for i in range(100)]}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for b in ("train", "test"):
+            _add(tf, f"cifar-100-python/{b}", pickle.dumps({b"data": x[b], b"fine_labels": y[b],
+                                                            b"coarse_labels": [0] * len(y[b])}, protocol=2))
+        _add(tf, "cifar-100-python/meta", pickle.dumps({b"fine_label_names": names,
+                                                        b"coarse_label_names": [b"all"]}, protocol=2))
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    archive.write_bytes(buf.getvalue())
+    ds = load_dataset(archive)
+    assert ds.classes == sorted(n.decode() for n in names) and len(ds.classes) == 100
+    for split, images, labels in (("train", ds.train_x, ds.train_y), ("test", ds.valid_x, ds.valid_y)):
+        assert images.shape == (len(y[split]), 32, 32, 3)
+        np.testing.assert_array_equal(images, x[split].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        assert [ds.classes[c] for c in labels] == [names[c].decode() for c in y[split]]
+
+
 def test_extracted_cifar_folder_and_streamed_archive_agree(tmp_path, monkeypatch):
     from fitvision.data import readers
     from fitvision.data.extract import safe_extract

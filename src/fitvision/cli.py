@@ -104,6 +104,7 @@ _TRAIN_FLAGS = [
     ("--precision", "precision", str, "auto, fp32, bf16, fp16"),
     ("--label-smoothing", "label_smoothing", float, "label smoothing"),
     ("--early-stop", "early_stop", int, "stop after PATIENCE epochs without val_loss improvement"),
+    ("--init", "init", str, "weight init: default (each model's own) or lsuv (seed 004)"),
     ("--init-from", "init_from", str, "run directory whose weights initialise the body"),
     ("--freeze-epochs", "freeze_epochs", int, "train only the head for the first K epochs"),
     ("--out", "out", str, "run directory (default runs/<timestamp>-<name>)"),
@@ -298,11 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     from fitvision.tune.options import add_search_options
 
     parser = argparse.ArgumentParser(
-        prog="fitvision",
+        prog="fitvision", allow_abbrev=False,  # no prefixes: `--init lsuv` must not become --init-from
         description="Train image classifiers fast and well: CIFAR-10, Imagenette, or any folder of labelled images.",
     )
     parser.add_argument("--version", action="version", version=f"fitvision {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                parser_class=lambda **kw: argparse.ArgumentParser(allow_abbrev=False, **kw))
 
     p = sub.add_parser("datasets", help="dataset catalog; `info` and `show` for one dataset")
     p.add_argument("action", nargs="?", choices=["info", "show"], help="info or show")

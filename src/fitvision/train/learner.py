@@ -182,8 +182,7 @@ class Learner:
 
         ``sched`` maps "lr", "mom" and/or "wd" to pure functions of progress pos in [0, 1]
         (fitvision.optim.schedules); the default is the constant ``self.lr``. ``resume_from`` is
-        a checkpoint of this same fit: training continues at its step, bit for bit.
-        """
+        a checkpoint of this same fit: training continues at its step, bit for bit."""
         n = len(self.train_dl)
         if n == 0:
             raise FitVisionError("the training set holds less than one batch; lower the batch size (--bs)")
@@ -214,7 +213,8 @@ class Learner:
                 continue
             hypers = {k: fn(step_pos(s.step, s.total_steps)) for k, fn in sched.items() if fn is not None}
             loss = self.train_step(x, y, hypers, progress=(s.step + 1, s.total_steps))
-            s.step, s.batch, s.epoch_images = s.step + 1, s.batch + 1, s.epoch_images + len(y)
+            n = len(y) * self.world.size  # every rank trains an equal shard: the global batch's images
+            s.step, s.batch, s.epoch_images = s.step + 1, s.batch + 1, s.epoch_images + n
             # What the optimizer used (a schedule's value, or the optimizer's own when unscheduled).
             row = {"step": s.step - 1, "epoch": s.epoch, "lr": hypers["lr"] if "lr" in hypers else
                    get_hyper(self.opt, "lr"), "mom": hypers["mom"] if "mom" in hypers else get_hyper(self.opt, "mom")}
