@@ -5,14 +5,17 @@ real entry point end to end.
 """
 
 import json
+import os
 import subprocess
 import sys
+import types
 
 import pytest
 from PIL import Image
 
 from fakerun import make_fake_run
 from fitvision.cli import main
+from fitvision.errors import FitVisionError
 
 
 def _fail(capsys, argv, code=1):
@@ -363,3 +366,30 @@ def test_config_file_infinity_is_refused(capsys, tmp_path):
     (tmp_path / "c.json").write_text('{"lr": "inf"}')
     line = _fail(capsys, ["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r")], code=2)
     assert line == "error: config key 'lr' must be a finite number, got 'inf'"
+
+
+def test_config_files_from_a_pipe_without_a_suffix_and_on_python_310(tmp_path, monkeypatch):
+    """`--config <(echo '{"lr": 0.1}')` is a pipe named /dev/fd/N: read, JSON by its first "{";
+    TOML otherwise; TOML through tomli where tomllib is missing (Python 3.10)."""
+    import threading
+
+    from fitvision.config import load_config_file
+
+    fifo = tmp_path / "63"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text('{"lr": 0.1, "epochs": 2}'))
+    writer.start()
+    assert load_config_file(fifo) == {"lr": 0.1, "epochs": 2}
+    writer.join()
+    (tmp_path / "plain").write_text('lr = 0.2\nopt = "sgd"\n')
+    assert load_config_file(tmp_path / "plain") == {"lr": 0.2, "opt": "sgd"}
+    with pytest.raises(FitVisionError, match=r"^config file not found: .*folder$"):
+        (tmp_path / "folder").mkdir()
+        load_config_file(tmp_path / "folder")
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # Python 3.10 has no tomllib
+    monkeypatch.setitem(sys.modules, "tomli", types.SimpleNamespace(loads=lambda text: {"from": "tomli"}))
+    assert load_config_file(tmp_path / "plain") == {"from": "tomli"}
+    monkeypatch.setitem(sys.modules, "tomli", None)
+    with pytest.raises(FitVisionError) as e:
+        load_config_file(tmp_path / "plain")
+    assert str(e.value) == "TOML configs on Python 3.10 need tomli: pip install tomli (or pass a .json config)"

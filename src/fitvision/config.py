@@ -145,28 +145,35 @@ def updated(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or JSON config file into a flat dict of overrides."""
+    """Read a TOML or JSON config file into a flat dict of overrides. A name without .json or
+    .toml (a pipe: `--config <(echo '{"lr": 0.1}')`) is JSON when it starts with "{", else TOML."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         raise FitVisionError(f"config file not found: {path}")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise FitVisionError(f"{path}: a config file must be UTF-8 text (byte {e.start} is not)") from None
+    is_json = path.suffix == ".json" or (path.suffix != ".toml" and text.lstrip().startswith("{"))
     try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import tomllib  # noqa: PLC0415 - Python >= 3.11; 3.10 users pass JSON
-
-            data = tomllib.loads(text)
-    except ModuleNotFoundError:
-        raise FitVisionError(f"{path}: TOML needs Python >= 3.11; use a .json config instead") from None
-    except (ValueError, json.JSONDecodeError) as e:
+        data = json.loads(text) if is_json else _toml().loads(text)
+    except ValueError as e:  # json.JSONDecodeError and TOMLDecodeError are ValueErrors
         raise FitVisionError(f"{path}: cannot parse config: {e}") from None
     if not isinstance(data, dict):
         raise FitVisionError(f"{path}: a config file must hold a table of keys")
     return data
+
+
+def _toml():
+    try:
+        import tomllib  # Python >= 3.11
+    except ModuleNotFoundError:
+        try:
+            import tomli as tomllib  # Python 3.10: a dependency there
+        except ModuleNotFoundError:
+            raise FitVisionError("TOML configs on Python 3.10 need tomli: pip install tomli "
+                                 "(or pass a .json config)") from None
+    return tomllib
 
 
 def field_names() -> list[str]:
