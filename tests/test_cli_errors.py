@@ -393,3 +393,28 @@ def test_config_files_from_a_pipe_without_a_suffix_and_on_python_310(tmp_path, m
     with pytest.raises(FitVisionError) as e:
         load_config_file(tmp_path / "plain")
     assert str(e.value) == "TOML configs on Python 3.10 need tomli: pip install tomli (or pass a .json config)"
+
+
+def test_ctrl_c_during_the_report_says_fitvision_report_rebuilds_it(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("fitvision.train.run")
+    import fitvision.report.html as html
+
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
+    for c, cls in enumerate(("a", "b")):
+        for split, n in (("train", 4), ("valid", 2)):
+            (tmp_path / "ds" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (16, 16), (c * 200, i * 40, 90)).save(tmp_path / "ds" / split / cls / f"{i}.png")
+    out = tmp_path / "r"
+
+    def interrupted_report(run_dir, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    original = html.write_report
+    monkeypatch.setattr(html, "write_report", interrupted_report)
+    line = _fail(capsys, ["train", "--data", str(tmp_path / "ds"), "--recipe", "general", "--model", "cnn",
+                          "--width", "0.25", "--epochs", "1", "--out", str(out)], code=130)
+    assert line == f"error: interrupted; the run is complete, its report is not: fitvision report {out} rebuilds it"
+    assert (out / "summary.json").is_file() and (out / "model.safetensors").is_file()
+    monkeypatch.setattr(html, "write_report", original)
+    assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()

@@ -57,7 +57,11 @@ def _train(cfg: TrainConfig, world: distributed.World, progress: bool, hooks: Se
         return run_dir
     learn = s.learn
     summary = rundir.write_results(run_dir, s.cfg, learn, s.data, s.meta, s.params)
-    report = write_report(run_dir)
+    try:
+        report = write_report(run_dir)
+    except KeyboardInterrupt:  # the run itself is complete and written; only the plots and page are not
+        raise KeyboardInterrupt(f"the run is complete, its report is not: fitvision report {run_dir} "
+                                "rebuilds it") from None
     checkpoint.previous(run_dir / CHECKPOINT).unlink(missing_ok=True)  # kept against a bad write; the run is done
     logger.info(f"done: val_acc {summary['val_acc']:.4f}, val_loss {summary['val_loss']:.4f} after "
                 f"{summary['epochs']} epochs in {format_seconds(summary['train_seconds'])} "
