@@ -174,7 +174,11 @@ def test_unknown_model_lists_the_registry(capsys, tmp_path):
 
     line = _fail(capsys, ["train", "--model", "resnet10", "--data", str(tmp_path / "nodata"), "--out",
                           str(tmp_path / "r")], code=2)
-    assert line == f"error: unknown model 'resnet10' (valid: {', '.join(list_models())}, or timm:NAME / torchvision:NAME)"
+    assert line == (f"error: unknown model 'resnet10' (did you mean 'resnet9'? valid: {', '.join(list_models())}, "
+                    "or timm:NAME / torchvision:NAME)")
+    line = _fail(capsys, ["train", "--model", "vgg", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r")],
+                 code=2)  # nothing close: no guess
+    assert line == f"error: unknown model 'vgg' (valid: {', '.join(list_models())}, or timm:NAME / torchvision:NAME)"
 
 
 # --------------------------------------------------------------------------- option values
@@ -224,7 +228,8 @@ def test_unknown_config_key(capsys, tmp_path):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"epochs": 1, "epochz": 3}))
     line = _fail(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "r")], code=2)
-    assert line == f"error: unknown config key 'epochz' (valid keys: {', '.join(sorted(field_names()))})"
+    assert line == (f"error: unknown config key 'epochz' (did you mean 'epochs'? valid keys: "
+                    f"{', '.join(sorted(field_names()))})")
 
 
 def test_datasets_show_errors(capsys, tmp_path):

@@ -252,7 +252,7 @@ def test_xresnet_stem_follows_prev_pow_2():
 def test_unknown_model_names_the_valid_ones():
     with pytest.raises(FitVisionError) as e:
         create_model("resnet99")
-    assert str(e.value) == f"unknown model 'resnet99' (valid: {', '.join(MODELS)})"
+    assert str(e.value) == f"unknown model 'resnet99' (did you mean 'resnet9'? valid: {', '.join(MODELS)})"
 
 
 def test_bad_options_are_named():

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from fitvision.errors import FitVisionError, check_choice
+from fitvision.errors import FitVisionError, check_choice, did_you_mean
 
 
 @dataclass
@@ -107,7 +107,7 @@ def coerce(name: str, value: Any) -> Any:
     types = _field_types()
     if name not in types:
         valid = ", ".join(sorted(types))
-        raise FitVisionError(f"unknown config key '{name}' (valid keys: {valid})")
+        raise FitVisionError(f"unknown config key '{name}' ({did_you_mean(name, types)}valid keys: {valid})")
     kind = types[name]
     if kind is bool:
         if isinstance(value, bool):
@@ -268,8 +268,8 @@ def _validate_names(cfg: TrainConfig) -> None:
             raise FitVisionError(f"model '{cfg.model}' is built by its library as it is: "
                                  "model_options and width apply to fitvision's own models only")
     elif cfg.model not in list_models():
-        raise FitVisionError(f"unknown model '{cfg.model}' (valid: {', '.join(list_models())}, "
-                             "or timm:NAME / torchvision:NAME)")
+        raise FitVisionError(f"unknown model '{cfg.model}' ({did_you_mean(cfg.model, list_models())}valid: "
+                             f"{', '.join(list_models())}, or timm:NAME / torchvision:NAME)")
     else:
         check_options(cfg.model, parse_model_options(cfg.model_options))
     if cfg.opt not in optimizer_names():

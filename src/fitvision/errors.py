@@ -18,7 +18,22 @@ class UsageError(FitVisionError):
 def check_choice(name: str, value: object, valid: tuple[str, ...] | list[str]) -> None:
     """The one message for a value outside a fixed list; each list lives beside what it names."""
     if value not in valid:
-        raise FitVisionError(f"unknown {name} '{value}' (valid: {', '.join(valid)})")
+        raise FitVisionError(f"unknown {name} '{value}' ({did_you_mean(value, valid)}valid: {', '.join(valid)})")
+
+
+def did_you_mean(value: object, valid) -> str:
+    """"did you mean 'X'? " for a valid name close to ``value`` (difflib's ratio >= 0.75; of those,
+    the one that starts most like it: resnet10 -> resnet9, not xresnet50), else ""."""
+    import difflib
+    import os.path
+
+    text = str(value)
+    names = [str(v) for v in valid]
+    close = difflib.get_close_matches(text, names, n=len(names), cutoff=0.75)
+    if not close:
+        return ""
+    best = max(close, key=lambda c: len(os.path.commonprefix([c, text])))  # max keeps the first of a tie
+    return f"did you mean '{best}'? "
 
 
 class Terminated(KeyboardInterrupt):

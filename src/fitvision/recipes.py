@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fitvision.config import TrainConfig, load_config_file, parse_model_options, updated, validate
-from fitvision.errors import FitVisionError
+from fitvision.errors import FitVisionError, did_you_mean
 
 RECIPES: dict[str, TrainConfig] = {
     # Seed 001's ResNet9 recipe exactly: torch's Adam defaults (betas 0.9/0.999, eps 1e-8) with L2
@@ -80,7 +80,8 @@ RECIPES["gpu"] = dataclasses.replace(RECIPES["cpu"], width=1.0, model_options="c
 def get_recipe(name: str) -> TrainConfig:
     if name not in RECIPES:
         valid = ", ".join(sorted(RECIPES))
-        raise FitVisionError(f"unknown recipe '{name}' (valid recipes: auto, {valid})")
+        raise FitVisionError(f"unknown recipe '{name}' ({did_you_mean(name, ['auto', *RECIPES])}valid recipes: "
+                             f"auto, {valid})")
     return dataclasses.replace(RECIPES[name])
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fitvision.errors import FitVisionError
+from fitvision.errors import FitVisionError, did_you_mean
 
 _BUILTIN_MODULES = ("fitvision.models.zoo", "fitvision.models.speednet", "fitvision.models.resnetd")
 _COMMON = ("num_classes", "in_channels", "width")
@@ -83,7 +83,8 @@ def list_models() -> list[str]:
 def get_entry(name: str) -> ModelEntry:
     _load_builtins()
     if name not in _REGISTRY:
-        raise FitVisionError(f"unknown model '{name}' (valid: {', '.join(sorted(_REGISTRY))})")
+        valid = ", ".join(sorted(_REGISTRY))
+        raise FitVisionError(f"unknown model '{name}' ({did_you_mean(name, _REGISTRY)}valid: {valid})")
     return _REGISTRY[name]
 
 
