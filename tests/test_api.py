@@ -71,7 +71,7 @@ def test_bad_input_is_one_clear_error(learned, tmp_path):
     data, learn, _, run_dir = learned
     with pytest.raises(fv.FitVisionError, match=r"^bs is a data setting: give it to ImageData, which built the loaders$"):
         fv.Learner(data, "resnet9", bs=10)
-    with pytest.raises(fv.FitVisionError, match=r"^unknown model 'resnet10' \(valid: "):
+    with pytest.raises(fv.FitVisionError, match=r"^unknown model 'resnet10' \(did you mean 'resnet9'\? valid: "):
         fv.Learner(data, "resnet10")
     with pytest.raises(fv.FitVisionError, match=r"already holds a run; export to another folder$"):
         learn.export(run_dir)
