@@ -1,5 +1,6 @@
 """lr_find on every recipe, as `fitvision lr-find` builds it, on real CIFAR-10 images."""
 
+import json
 import dataclasses
 import math
 
@@ -49,3 +50,19 @@ def test_lr_find_runs_on_every_recipe_and_leaves_the_learner_as_it_was(recipe):
     assert len(result.lrs) >= 5 and all(math.isfinite(v) for v in result.losses[:5])
     assert 1e-7 <= result.suggestion <= 10 and result.suggestion == result.lr_min / 10
     assert all(torch.equal(v, before[k]) for k, v in learn.model.state_dict().items())
+
+
+def test_recipes_command_lists_every_recipe_with_its_purpose_and_settings(capsys):
+    from fitvision.cli import main
+    from fitvision.recipes import PURPOSES, RECIPES, recipe_table
+
+    assert set(PURPOSES) == set(RECIPES)  # a new recipe says what it is for
+    assert main(["recipes", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows == recipe_table() and [r["name"] for r in rows] == sorted(RECIPES)
+    cpu = next(r for r in rows if r["name"] == "cpu")
+    assert cpu["settings"].startswith("speednet x0.75, 12 epochs, bs 2000, muon (muon_lr 0.24, lr 1.5), ")
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("recipe") and len(lines) == 1 + 2 * len(RECIPES)
+    assert lines[1].split(None, 1) == ["cpu", PURPOSES["cpu"]]

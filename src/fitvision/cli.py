@@ -17,6 +17,7 @@ import warnings
 
 from fitvision import __version__
 from fitvision.errors import FitVisionError, Terminated, UsageError
+from fitvision.listing import cmd_models, cmd_recipes
 
 
 def _print_json(obj) -> None:
@@ -60,21 +61,6 @@ def cmd_datasets(args) -> int:
         print(f"wrote {out}")
         return 0
     raise FitVisionError(f"unknown datasets action '{args.action}' (valid: info, show)")
-
-
-# --------------------------------------------------------------------------- models
-def cmd_models(args) -> int:
-    from fitvision.models import model_table
-
-    rows = model_table()
-    if args.json:
-        _print_json(rows)
-        return 0
-    width = max(len("model"), *(len(r["name"]) for r in rows))
-    print(f"{'model':<{width}}   parameters  description")
-    for r in rows:
-        print(f"{r['name']:<{width}} {r['params']:>12,}  {r['description']}")
-    return 0
 
 
 # --------------------------------------------------------------------------- train
@@ -317,9 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=160, help="storage size for images larger than 32 px")
     p.set_defaults(func=cmd_datasets)
 
-    p = sub.add_parser("models", help="list the model registry")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_models)
+    for name, func, what in (("models", cmd_models, "the model registry"), ("recipes", cmd_recipes, "the recipes")):
+        p = sub.add_parser(name, help=f"list {what}")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("train", help="train a model and write a run directory")
     _add_train_options(p)
