@@ -254,6 +254,8 @@ def test_flags_are_never_taken_by_their_prefix(capsys):
     args = build_parser().parse_args(["train", "--init", "lsuv"])
     assert (args.init, args.init_from) == ("lsuv", None)
     assert train_config_from_args(args)[0].init == "lsuv"
+    assert train_config_from_args(build_parser().parse_args(["train", "--ema", "0.999"]))[0].ema == 0.999
+    assert _fail(capsys, ["train", "--ema", "1.5"], code=2) == "error: ema must be < 1 (a decay per step), got 1.5"
     assert _fail(capsys, ["train", "--epoch", "3"], code=2) == "fitvision: error: unrecognized arguments: --epoch 3"
     assert _fail(capsys, ["datasets", "show", "cifar10", "--aug", "rrc_flip"], code=2) == (
         "fitvision: error: unrecognized arguments: --aug rrc_flip")

@@ -89,6 +89,7 @@ _TRAIN_FLAGS = [
     ("--device", "device", str, "auto, cpu, cuda, cuda:N"),
     ("--precision", "precision", str, "auto, fp32, bf16, fp16"),
     ("--label-smoothing", "label_smoothing", float, "label smoothing"),
+    ("--ema", "ema", float, "EMA of the weights, decay per step (e.g. 0.999; 0 = off): evaluated and saved"),
     ("--early-stop", "early_stop", int, "stop after PATIENCE epochs without val_loss improvement"),
     ("--init", "init", str, "weight init: default (each model's own) or lsuv (seed 004)"),
     ("--init-from", "init_from", str, "run directory whose weights initialise the body"),
