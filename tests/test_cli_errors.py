@@ -425,3 +425,25 @@ def test_ctrl_c_during_the_report_says_fitvision_report_rebuilds_it(capsys, tmp_
     assert (out / "summary.json").is_file() and (out / "model.safetensors").is_file()
     monkeypatch.setattr(html, "write_report", original)
     assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+
+
+def test_quiet_and_no_progress(capsys, tmp_path, monkeypatch):
+    """--quiet prints nothing on success; --no-progress drops the per-epoch lines, keeps setup and result."""
+    pytest.importorskip("fitvision.train.run")
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
+    for c, cls in enumerate(("a", "b")):
+        for split, n in (("train", 4), ("valid", 2)):
+            (tmp_path / "ds" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (16, 16), (c * 200, i * 40, 90)).save(tmp_path / "ds" / split / cls / f"{i}.png")
+    base = ["train", "--data", str(tmp_path / "ds"), "--recipe", "general", "--model", "cnn", "--width", "0.25",
+            "--epochs", "2", "--bs", "4"]
+    assert main([*base, "-q", "--out", str(tmp_path / "quiet")]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert (tmp_path / "quiet" / "summary.json").is_file()
+    assert main([*base, "--no-progress", "--out", str(tmp_path / "plain")]) == 0
+    plain = capsys.readouterr().out
+    assert "Epoch [" not in plain and "done: val_acc" in plain and plain.startswith("recipe general")
+    assert main([*base, "--out", str(tmp_path / "loud")]) == 0  # last: the library's verbosity back to info
+    loud = capsys.readouterr().out
+    assert "Epoch [1]" in loud and "done: val_acc" in loud and loud.startswith("recipe general")

@@ -167,9 +167,9 @@ def cmd_train(args) -> int:
         except FitVisionError as e:
             raise UsageError(str(e)) from None
         return launch(args.argv, nproc, args.nnodes, args.rdzv_endpoint)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+    if os.environ.get("RANK", "0") == "0" and not args.quiet:  # under torchrun, rank 0 speaks for all
         print(f"resuming {args.out} with the settings in its config.json" if args.resume else why)
-    train_run(cfg)
+    train_run(cfg, progress=args.progress and not args.quiet)
     return 0
 
 
@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model and write a run directory")
     _add_train_options(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar and no per-epoch lines (history.csv has them); the setup and result stay")
     p.add_argument("--nproc", type=int, default=None, help="train in N processes on this machine (runs torchrun)")
     p.add_argument("--nnodes", type=int, default=1, help="with --nproc: train on M machines, each running this")
     p.add_argument("--rdzv-endpoint", default=None, help="with --nnodes: HOST:PORT where the machines meet")
@@ -365,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from fitvision.logs import set_verbosity
 
-    set_verbosity("info")  # the library's setup and result lines, on stdout as before
+    set_verbosity("warning" if getattr(args, "quiet", False) else "info")  # the setup and result lines, on stdout
     with warnings.catch_warnings():  # restores the default display on the way out
         warnings.showwarning = _show_warning
         return _run(args)
