@@ -43,6 +43,16 @@ def _class_folders(root, per_class: int, side: int):
     return root
 
 
+def _split_folders(root, blue: int = 90):
+    """A split folder dataset: train/ and valid/ of classes a and b, 4 and 2 distinct 16 px PNGs each."""
+    for c, cls in enumerate(("a", "b")):
+        for split, n in (("train", 4), ("valid", 2)):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (16, 16), (c * 200, i * 40, blue)).save(root / split / cls / f"{i}.png")
+    return root
+
+
 @pytest.fixture
 def tiny_run(tmp_path):
     """A real, loadable run: an untrained tiny resnet9 saved with modelfile.save_model."""
@@ -331,11 +341,7 @@ def test_out_that_is_a_file(capsys, tmp_path):
 def test_train_warns_once_about_skipped_images(capsys, tmp_path, monkeypatch):
     pytest.importorskip("fitvision.train.run")
     monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
-    for split, n in (("train", 4), ("valid", 2)):
-        for c, cls in enumerate(("a", "b")):
-            (tmp_path / "ds" / split / cls).mkdir(parents=True)
-            for i in range(n):
-                Image.new("RGB", (16, 16), (c * 200, i * 40, 0)).save(tmp_path / "ds" / split / cls / f"{i}.png")
+    _split_folders(tmp_path / "ds", blue=0)
     (tmp_path / "ds" / "train" / "a" / "bad.png").write_bytes(b"no picture")
     assert main(["train", "--data", str(tmp_path / "ds"), "--recipe", "general", "--model", "cnn", "--width", "0.25",
                  "--epochs", "1", "--bs", "4", "--out", str(tmp_path / "r")]) == 0
@@ -349,11 +355,7 @@ def test_ctrl_c_during_training_says_how_to_go_on(capsys, tmp_path, monkeypatch,
     from fitvision.train.learner import Learner
 
     monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
-    for c, cls in enumerate(("a", "b")):
-        for split, n in (("train", 4), ("valid", 2)):
-            (tmp_path / "ds" / split / cls).mkdir(parents=True)
-            for i in range(n):
-                Image.new("RGB", (16, 16), (c * 200, i * 40, 90)).save(tmp_path / "ds" / split / cls / f"{i}.png")
+    _split_folders(tmp_path / "ds")
     out = tmp_path / "r"
 
     def interrupted_fit(self, *args, **kwargs):
@@ -407,11 +409,7 @@ def test_ctrl_c_during_the_report_says_fitvision_report_rebuilds_it(capsys, tmp_
     import fitvision.report.html as html
 
     monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
-    for c, cls in enumerate(("a", "b")):
-        for split, n in (("train", 4), ("valid", 2)):
-            (tmp_path / "ds" / split / cls).mkdir(parents=True)
-            for i in range(n):
-                Image.new("RGB", (16, 16), (c * 200, i * 40, 90)).save(tmp_path / "ds" / split / cls / f"{i}.png")
+    _split_folders(tmp_path / "ds")
     out = tmp_path / "r"
 
     def interrupted_report(run_dir, *args, **kwargs):
@@ -431,11 +429,7 @@ def test_quiet_and_no_progress(capsys, tmp_path, monkeypatch):
     """--quiet prints nothing on success; --no-progress drops the per-epoch lines, keeps setup and result."""
     pytest.importorskip("fitvision.train.run")
     monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
-    for c, cls in enumerate(("a", "b")):
-        for split, n in (("train", 4), ("valid", 2)):
-            (tmp_path / "ds" / split / cls).mkdir(parents=True)
-            for i in range(n):
-                Image.new("RGB", (16, 16), (c * 200, i * 40, 90)).save(tmp_path / "ds" / split / cls / f"{i}.png")
+    _split_folders(tmp_path / "ds")
     base = ["train", "--data", str(tmp_path / "ds"), "--recipe", "general", "--model", "cnn", "--width", "0.25",
             "--epochs", "2", "--bs", "4"]
     assert main([*base, "-q", "--out", str(tmp_path / "quiet")]) == 0
