@@ -6,6 +6,7 @@ real entry point end to end.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -19,18 +20,16 @@ from fitvision.errors import FitVisionError
 
 
 def _fail(capsys, argv, code=1):
-    """Run the CLI, check the exit code and that stderr is exactly one line (argparse's own usage
-    errors, exit 2 via SystemExit, print the usage first); return the last line."""
-    argparse_error = False
+    """Run the CLI, check the exit code and that stderr is exactly one line (an unknown flag,
+    exit 2 via SystemExit, prints the subcommand's usage first); return the last line."""
     try:
         rc = main(argv)
-    except SystemExit as e:  # argparse usage errors
-        rc, argparse_error = e.code, True
+    except SystemExit as e:  # the parser's own usage errors
+        rc = e.code
     err = capsys.readouterr().err
     assert rc == code, err
     lines = err.strip().splitlines()
-    if not argparse_error:
-        assert len(lines) == 1, err
+    assert len(lines) == (2 if "unrecognized arguments" in err else 1), err
     return lines[-1]
 
 
@@ -193,13 +192,9 @@ def test_unknown_model_lists_the_registry(capsys, tmp_path):
 
 # --------------------------------------------------------------------------- option values
 @pytest.mark.parametrize("flags, message", [
-    (["--opt", "nonsense"], "unknown optimizer 'nonsense' (valid optimizers: "),
-    (["--precision", "fp8"], "unknown precision 'fp8' (valid: auto, fp32, bf16, fp16)"),
     (["--epochs", "-1"], "epochs must be > 0, got -1.0"),
     (["--crop-pct", "0"], "crop_pct must be in (0, 1], got 0.0"),
     (["--crop-pct", "1.2"], "crop_pct must be in (0, 1], got 1.2"),
-    (["--lr", "inf"], "config key 'lr' must be a finite number, got inf"),  # trained to NaN before
-    (["--wd", "nan"], "config key 'wd' must be a finite number, got nan"),
     # set-up problems that train_run found only after making the run directory
     (["--device", "tpu"], "unknown device 'tpu' (valid: auto, cpu, cuda, cuda:N)"),
     (["--device", "cpu", "--precision", "fp16"], "precision fp16 needs a CUDA GPU (GradScaler)"),
@@ -252,9 +247,64 @@ def test_datasets_show_errors(capsys, tmp_path):
 
 
 def test_usage_errors_exit_2(capsys):
-    assert "invalid float value: 'many'" in _fail(capsys, ["train", "--epochs", "many"], code=2)
-    assert "the following arguments are required: run" in _fail(capsys, ["eval"], code=2)
+    assert _fail(capsys, ["predict", "r", "x.png", "--topk", "many"], code=2) == (
+        "fitvision predict: error: argument --topk: invalid int value: 'many' (see 'fitvision predict --help')")
+    assert _fail(capsys, ["eval"], code=2) == ("fitvision eval: error: the following arguments are required: run "
+                                               "(see 'fitvision eval --help')")
     assert "invalid choice: 'list'" in _fail(capsys, ["datasets", "list"], code=2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    # a bad value: one line, the config's own wording, the nearest name
+    (["train", "--epochs", "many"], "argument --epochs: must be a number, got 'many'"),
+    (["train", "--lr", "inf"], "argument --lr: must be a finite number, got 'inf'"),  # trained to NaN before
+    (["train", "--wd", "nan"], "argument --wd: must be a finite number, got 'nan'"),
+    (["train", "--bs", "1.5"], "argument --bs: must be an integer, got '1.5'"),
+    (["train", "--opt", "adm"], "argument --opt: invalid choice 'adm' (did you mean 'adam'? valid: adam, adamw, "
+                                "ewma, lamb, momentum, muon, nesterov, radam, sgd, torch_adam, torch_adamw, torch_sgd)"),
+    (["train", "--precision", "fp8"], "argument --precision: invalid choice 'fp8' (valid: auto, fp32, bf16, fp16)"),
+    (["train", "--sched", "cosnie"], "argument --sched: invalid choice 'cosnie' (did you mean 'cosine'? valid: "
+                                     "constant, cosine, cosine_warmup, exponential, flat_cos, linear, one_cycle, "
+                                     "one_cycle_linear, step)"),
+    (["lr-find", "--aug", "crop_flp"], "argument --aug: invalid choice 'crop_flp' (did you mean 'crop_flip'? valid: "
+                                       "none, flip, crop_flip, crop_flip_alt, crop_flip_cutout, dihedral, rrc_flip, heavy)"),
+])
+def test_a_bad_flag_value_is_one_line_naming_the_flag(capsys, argv, message):
+    prog = " ".join(["fitvision", argv[0]])
+    assert _fail(capsys, argv, code=2) == f"{prog}: error: {message} (see '{prog} --help')"
+
+
+def test_unknown_flags_and_commands_say_what_was_meant(capsys):
+    """An unknown flag: the subcommand's usage, then the flag and the nearest one (not its value)."""
+    assert _fail(capsys, ["train", "--lrr", "0.1"], code=2) == (
+        "fitvision train: error: unrecognized arguments: --lrr (did you mean '--lr'?)")
+    assert capsys.readouterr().err == ""  # (read by _fail) the first of the two lines was the usage:
+    try:
+        main(["train", "--lrr", "0.1"])
+    except SystemExit:
+        pass
+    assert capsys.readouterr().err.splitlines()[0] == "usage: fitvision train [options]"
+    assert _fail(capsys, ["tune", "--trails", "4"], code=2) == (
+        "fitvision tune: error: unrecognized arguments: --trails (did you mean '--trials'?)")
+    assert _fail(capsys, ["train", "--frobnicate"], code=2) == "fitvision train: error: unrecognized arguments: --frobnicate"
+    assert _fail(capsys, ["report", "a", "b"], code=2) == "fitvision report: error: unrecognized arguments: b"
+    assert _fail(capsys, ["trian"], code=2) == (
+        "fitvision: error: unknown command 'trian' (did you mean 'train'? valid: datasets, models, recipes, train, "
+        "lr-find, eval, predict, report, tune, export, completion) (see 'fitvision --help')")
+
+
+def test_lr_find_takes_only_the_flags_it_uses(capsys):
+    """lr-find evaluates nothing and sweeps the lr itself: --epochs and --tta were read and dropped."""
+    from fitvision.cli import build_parser
+    from fitvision.options import LR_FIND_UNUSED, flag
+
+    why = "lr-find does not use it: it sweeps the lr over a fixed number of batches and evaluates nothing"
+    for name in ("epochs", "tta"):
+        assert _fail(capsys, ["lr-find", flag(name), "3"], code=2) == (
+            f"fitvision lr-find: error: unrecognized arguments: {flag(name)} ({why})")
+    args = build_parser().parse_args(["lr-find", "--opt", "sgd", "--bs", "64"])
+    assert (args.opt, args.bs) == ("sgd", 64)
+    assert not any(hasattr(args, name) for name in LR_FIND_UNUSED)
 
 
 def test_flags_are_never_taken_by_their_prefix(capsys):
@@ -266,10 +316,12 @@ def test_flags_are_never_taken_by_their_prefix(capsys):
     assert train_config_from_args(args)[0].init == "lsuv"
     assert train_config_from_args(build_parser().parse_args(["train", "--ema", "0.999"]))[0].ema == 0.999
     assert _fail(capsys, ["train", "--ema", "1.5"], code=2) == "error: ema must be < 1 (a decay per step), got 1.5"
-    assert _fail(capsys, ["train", "--epoch", "3"], code=2) == "fitvision: error: unrecognized arguments: --epoch 3"
-    assert _fail(capsys, ["datasets", "show", "cifar10", "--aug", "rrc_flip"], code=2) == (
-        "fitvision: error: unrecognized arguments: --aug rrc_flip")
-    assert _fail(capsys, ["--vers"], code=2) == "fitvision: error: unrecognized arguments: --vers"
+    assert _fail(capsys, ["train", "--epoch", "3"], code=2) == (
+        "fitvision train: error: unrecognized arguments: --epoch (did you mean '--epochs'?)")
+    assert _fail(capsys, ["--vers"], code=2) == "fitvision: error: unrecognized arguments: --vers (did you mean '--version'?)"
+    assert _fail(capsys, ["datasets", "show", "cifar10", "--aug", "rrc_flp"], code=2) == (
+        "error: unknown augmentation 'rrc_flp' (did you mean 'rrc_flip'? valid: none, flip, crop_flip, crop_flip_alt, "
+        "crop_flip_cutout, dihedral, rrc_flip, heavy)")
 
 
 # --------------------------------------------------------------------------- the real entry point
@@ -435,9 +487,38 @@ def test_quiet_and_no_progress(capsys, tmp_path, monkeypatch):
     assert main([*base, "-q", "--out", str(tmp_path / "quiet")]) == 0
     assert capsys.readouterr() == ("", "")
     assert (tmp_path / "quiet" / "summary.json").is_file()
+    log = (tmp_path / "quiet" / "train.log").read_text()  # the run's log has everything all the same
+    assert re.search(r"\n\S+ \S+     2/2  ", log) and " done: val_acc" in log
     assert main([*base, "--no-progress", "--out", str(tmp_path / "plain")]) == 0
     plain = capsys.readouterr().out
-    assert "Epoch [" not in plain and "done: val_acc" in plain and plain.startswith("recipe general")
+    assert "2/2" not in plain and "done: val_acc" in plain and plain.startswith("recipe general")
     assert main([*base, "--out", str(tmp_path / "loud")]) == 0  # last: the library's verbosity back to info
     loud = capsys.readouterr().out
-    assert "Epoch [1]" in loud and "done: val_acc" in loud and loud.startswith("recipe general")
+    assert "\n    2/2 " in loud and "done: val_acc" in loud and loud.startswith("recipe general")
+    # config.json: "auto" asked, what this run resolved recorded
+    config = json.loads((tmp_path / "loud" / "config.json").read_text())
+    assert (config["device"], config["precision"]) == ("cpu", "bf16" if _bf16_fast() else "fp32")
+
+
+def _bf16_fast() -> bool:
+    from fitvision.train.device import resolve_precision
+
+    import torch
+
+    return resolve_precision("auto", torch.device("cpu")) == "bf16"
+
+
+def test_a_planted_train_log_link_is_refused(capsys, tmp_path, monkeypatch):
+    """A run folder from elsewhere with RUN/train.log a symbolic link: fitvision must not append
+    to the file it points at."""
+    pytest.importorskip("fitvision.train.run")
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
+    _split_folders(tmp_path / "ds")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train.log").symlink_to(victim)
+    line = _fail(capsys, ["train", "--data", str(tmp_path / "ds"), "--recipe", "general", "--model", "cnn",
+                          "--width", "0.25", "--epochs", "1", "--bs", "4", "--out", str(tmp_path / "run")])
+    assert line == f"error: {tmp_path / 'run' / 'train.log'} is a symbolic link: fitvision appends the run's log there"
+    assert victim.read_text() == "keep me\n"

@@ -158,7 +158,7 @@ def test_show_dataset_augmented_round_trips_to_images(tmp_path):
         (root / split / "grey").mkdir(parents=True)
         for i in range(2):
             Image.new("RGB", (32, 32), (100, 150, 200)).save(root / split / "grey" / f"{i}.png")
-    out = plots.show_dataset(str(root), tmp_path / "aug.png", augment=True, n=2)
+    out = plots.show_dataset(str(root), tmp_path / "aug.png", aug="crop_flip", n=2)
     # A flat image stays flat under crop/flip with reflect padding; denormalizing must give it back.
     px = np.asarray(Image.open(out).convert("RGB")).reshape(-1, 3).astype(int)
     assert int((np.abs(px - [100, 150, 200]).max(1) <= 2).sum()) > 2 * 100 * 100

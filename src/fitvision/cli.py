@@ -18,6 +18,7 @@ import warnings
 from fitvision import __version__
 from fitvision.errors import FitVisionError, Terminated, UsageError
 from fitvision.listing import cmd_models, cmd_recipes
+from fitvision.options import EPILOG, LR_FIND_UNUSED, FitVisionParser, add_config_flags, config_flags, flag, given_flags
 
 
 def _print_json(obj) -> None:
@@ -56,64 +57,34 @@ def cmd_datasets(args) -> int:
 
         if args.n < 1:
             raise UsageError(f"--n must be at least 1, got {args.n}")
-        out = show_dataset(args.target, args.out or "batch.png", augment=args.augment, n=args.n, seed=args.seed,
-                           storage_size=args.size)
+        aug, size, note = _preview_aug(args.aug, args.target)
+        out = show_dataset(args.target, args.out or "batch.png", aug=aug, n=args.n, seed=args.seed,
+                           storage_size=args.size, size=size, title_note=note)
         print(f"wrote {out}")
         return 0
     raise FitVisionError(f"unknown datasets action '{args.action}' (valid: info, show)")
 
 
+def _preview_aug(aug: str | None, target: str) -> tuple[str | None, int, str]:
+    """(preset, size in px, title note) for `datasets show --aug [PRESET]`: alone, the augmentation
+    and size the auto recipe would train this data with, named as the recipe's."""
+    from fitvision.data.augment import PRESETS
+    from fitvision.errors import check_choice
+    from fitvision.recipes import resolve_recipe
+
+    if aug is None:
+        return None, 0, ""
+    if aug != "recipe":
+        try:
+            check_choice("augmentation", aug, PRESETS)
+        except FitVisionError as e:
+            raise UsageError(str(e)) from None
+        return aug, 0, ""
+    cfg, _ = resolve_recipe("auto", data=target)
+    return cfg.aug, cfg.size, f" (recipe {cfg.recipe}'s)"
+
+
 # --------------------------------------------------------------------------- train
-_TRAIN_FLAGS = [
-    # flag, config field, type, help
-    ("--data", "data", str, "dataset name, folder or archive (default cifar10)"),
-    ("--model", "model", str, "architecture name (see `fitvision models`), or timm:NAME / torchvision:NAME"),
-    ("--width", "width", float, "channel width multiplier"),
-    ("--model-options", "model_options", str, "extra model arguments, e.g. \"dirac=false,bn_scale=true\""),
-    ("--epochs", "epochs", float, "number of epochs"),
-    ("--bs", "bs", int, "batch size (the global batch under torchrun / --nproc)"),
-    ("--accum", "accum", int, "gradient accumulation: each batch in K forward/backward passes"),
-    ("--lr", "lr", float, "peak learning rate"),
-    ("--opt", "opt", str, "optimizer: sgd, nesterov, adam, adamw, radam, lamb, ..."),
-    ("--wd", "wd", float, "weight decay"),
-    ("--clip", "clip", float, "gradient clipping threshold (0 = off)"),
-    ("--sched", "sched", str, "schedule: one_cycle, cosine, linear, constant, step, ..."),
-    ("--aug", "aug", str, "augmentation preset"),
-    ("--size", "size", int, "training input size in pixels"),
-    ("--crop-pct", "crop_pct", float, "evaluate on the central fraction of each image (default 1)"),
-    ("--resize-method", "resize_method", str, "how images become stored squares: crop (centre) or squish"),
-    ("--train-limit", "train_limit", int, "use at most N training images"),
-    ("--valid-limit", "valid_limit", int, "evaluate on at most N validation images"),
-    ("--valid-pct", "valid_pct", float, "validation fraction for unsplit data"),
-    ("--seed", "seed", int, "random seed (split, shuffle, augmentation, init)"),
-    ("--device", "device", str, "auto, cpu, cuda, cuda:N"),
-    ("--precision", "precision", str, "auto, fp32, bf16, fp16"),
-    ("--label-smoothing", "label_smoothing", float, "label smoothing"),
-    ("--ema", "ema", float, "EMA of the weights, decay per step (e.g. 0.999; 0 = off): evaluated and saved"),
-    ("--early-stop", "early_stop", int, "stop after PATIENCE epochs without val_loss improvement"),
-    ("--init", "init", str, "weight init: default (each model's own) or lsuv (seed 004)"),
-    ("--init-from", "init_from", str, "run directory whose weights initialise the body"),
-    ("--freeze-epochs", "freeze_epochs", int, "train only the head for the first K epochs"),
-    ("--out", "out", str, "run directory (default runs/<timestamp>-<name>)"),
-]
-_TRAIN_SWITCHES = [
-    ("--compile", "compile", "torch.compile the model (with warm-up)"),
-    ("--tta", "tta", "flip test-time augmentation at evaluation"),
-    ("--freeze", "freeze", "train only the head (see --freeze-epochs)"),
-    ("--resume", "resume", "continue the run in --out from its last checkpoint"),
-    ("--sync-bn", "sync_bn", "BatchNorm statistics over all processes (torchrun on CUDA)"),
-]
-
-
-def _add_train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", default=None, help="named recipe, or auto (default): best for this hardware")
-    p.add_argument("--config", default=None, help="TOML or JSON file setting any config field")
-    for flag, dest, kind, help_ in _TRAIN_FLAGS:
-        p.add_argument(flag, dest=dest, type=kind, default=None, help=help_)
-    for flag, dest, help_ in _TRAIN_SWITCHES:
-        p.add_argument(flag, dest=dest, action="store_true", default=None, help=help_)
-
-
 def train_config_from_args(args):
     """Recipe, then config file, then flags: later ones win. Anything wrong with them is a
     usage error (exit 2): nothing has been read or written yet."""
@@ -129,9 +100,8 @@ def _train_config(args):
     from fitvision.recipes import resolve_config
     from fitvision.train.setup import preflight
 
-    flags = {dest: getattr(args, dest) for _, dest, _, _ in _TRAIN_FLAGS}
-    flags.update({dest: getattr(args, dest) for _, dest, _ in _TRAIN_SWITCHES})
-    cfg, why = resolve_config(args.recipe, args.config, **flags)
+    settings = config_flags(args)
+    cfg, why = resolve_config(settings.pop("recipe"), args.config, **settings)
     preflight(cfg)  # the device, precision, phases and --init-from run: still before any work
     return cfg, why
 
@@ -140,9 +110,7 @@ def _refuse_resume_overrides(args, what: str = "run", extra: list[str] = ()) -> 
     """--resume continues a run (or a search) as its config.json (search.json) says; any other
     option would be dropped without a word (an epoch count, a learning rate), so name them and
     stop instead."""
-    given = [flag for flag, dest, _, _ in _TRAIN_FLAGS if dest != "out" and getattr(args, dest) is not None]
-    given += [flag for flag, dest, _ in _TRAIN_SWITCHES if dest != "resume" and getattr(args, dest) is not None]
-    given += [flag for flag in ("--recipe", "--config") if getattr(args, flag[2:]) is not None]
+    given = given_flags(args, ignore=("out", "resume")) + (["--config"] if args.config is not None else [])
     given += list(extra)
     if given:
         file = "config.json" if what == "run" else "search.json"
@@ -282,87 +250,121 @@ def cmd_export(args) -> int:
 
 
 # --------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = ("datasets", "models", "recipes", "train", "lr-find", "eval", "predict", "report", "tune", "export")
+_TRAINING = ("train", "lr-find", "tune")  # the commands that take the config's flags
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI. With ``command``, only that subcommand gets the config's flags: their
+    choices come from the registries, which import torch, and `fitvision eval` need not wait."""
     from fitvision.tune.options import add_search_options
 
-    parser = argparse.ArgumentParser(
-        prog="fitvision", allow_abbrev=False,  # no prefixes: `--init lsuv` must not become --init-from
+    parser = FitVisionParser(
+        prog="fitvision",
         description="Train image classifiers fast and well: CIFAR-10, Imagenette, or any folder of labelled images.",
     )
     parser.add_argument("--version", action="version", version=f"fitvision {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
-                                parser_class=lambda **kw: argparse.ArgumentParser(allow_abbrev=False, **kw))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=FitVisionParser)
 
-    p = sub.add_parser("datasets", help="dataset catalog; `info` and `show` for one dataset")
+    def add(name: str, func, help: str, usage: str | None = None, **kwargs) -> FitVisionParser:
+        p = sub.add_parser(name, help=help, description=help, usage=usage, **kwargs)
+        p.set_defaults(func=func, parser=p)
+        return p
+
+    def config_options(p: FitVisionParser, name: str, skip=()) -> None:
+        if command in (None, name):
+            add_config_flags(p, skip=skip)
+
+    p = add("datasets", cmd_datasets, "dataset catalog; `info` and `show` for one dataset")
     p.add_argument("action", nargs="?", choices=["info", "show"], help="info or show")
     p.add_argument("target", nargs="?", help="dataset name, folder or archive")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--out", default=None, help="output PNG for `show`")
-    p.add_argument("--augment", action="store_true", help="`show`: apply the training augmentation")
-    p.add_argument("--n", type=int, default=32, help="`show`: number of images")
-    p.add_argument("--seed", type=int, default=0, help="`show`: which images and augmentations")
-    p.add_argument("--size", type=int, default=160, help="storage size for images larger than 32 px")
-    p.set_defaults(func=cmd_datasets)
+    p.add_argument("--out", default=None, help="output PNG for `show` (default batch.png)")
+    p.add_argument("--aug", nargs="?", const="recipe", default=None, metavar="PRESET",
+                   help="`show`: the images as training sees them, through PRESET; alone: the augmentation "
+                        "the recipe would train this data with")
+    p.add_argument("--augment", dest="aug", action="store_const", const="recipe", help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, default=32, help="`show`: number of images (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="`show`: which images and augmentations (default 0)")
+    p.add_argument("--size", type=int, default=160, help="storage size for images larger than 32 px (default 160)")
 
     for name, func, what in (("models", cmd_models, "the model registry"), ("recipes", cmd_recipes, "the recipes")):
-        p = sub.add_parser(name, help=f"list {what}")
+        p = add(name, func, f"list {what}")
         p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.set_defaults(func=func)
 
-    p = sub.add_parser("train", help="train a model and write a run directory")
-    _add_train_options(p)
+    p = add("train", cmd_train, "train a model and write a run directory", usage="%(prog)s [options]", epilog=EPILOG)
+    config_options(p, "train")
     p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar and no per-epoch lines (history.csv has them); the setup and result stay")
-    p.add_argument("--nproc", type=int, default=None, help="train in N processes on this machine (runs torchrun)")
-    p.add_argument("--nnodes", type=int, default=1, help="with --nproc: train on M machines, each running this")
-    p.add_argument("--rdzv-endpoint", default=None, help="with --nnodes: HOST:PORT where the machines meet")
-    p.set_defaults(func=cmd_train)
+    p.add_argument("--nproc", type=int, default=None, metavar="N", help="train in N processes on this machine (runs torchrun)")
+    p.add_argument("--nnodes", type=int, default=1, metavar="M", help="with --nproc: train on M machines, each running this")
+    p.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT", help="with --nnodes: HOST:PORT where the machines meet")
 
-    p = sub.add_parser("lr-find", help="learning-rate range test; plots loss vs lr")
-    _add_train_options(p)
-    p.set_defaults(func=cmd_lr_find)
+    why = "lr-find does not use it: it sweeps the lr over a fixed number of batches and evaluates nothing"
+    p = add("lr-find", cmd_lr_find, "learning-rate range test; plots loss vs lr", usage="%(prog)s [options]",
+            epilog=EPILOG, unused={flag(name): why for name in LR_FIND_UNUSED})
+    config_options(p, "lr-find", skip=LR_FIND_UNUSED)
 
-    p = sub.add_parser("eval", help="evaluate a run on its validation data")
+    p = add("eval", cmd_eval, "evaluate a run on its validation data")
     p.add_argument("run", help="run directory")
     p.add_argument("--data", default=None, help="evaluate on other data with the same classes")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="flip test-time augmentation (default: as the run was evaluated in training)")
     p.add_argument("--crop-pct", type=float, default=None, metavar="P",
                    help="evaluate on the central fraction P of each image (default: the run's own, model.json)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_eval)
+    p.add_argument("--json", action="store_true", help="machine-readable output, per-class metrics included")
 
-    p = sub.add_parser("predict", help="classify image files with a trained run")
+    p = add("predict", cmd_predict, "classify image files with a trained run")
     p.add_argument("run", help="run directory")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files, folders of them, or quoted patterns such as 'shots/*.jpg'")
-    p.add_argument("--topk", type=int, default=3)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_predict)
+    p.add_argument("--topk", type=int, default=3, help="how many classes to show per image (default 3)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("report", help="re-render plots and report.html of a run")
+    p = add("report", cmd_report, "re-render plots and report.html of a run")
     p.add_argument("run", help="run directory")
-    p.set_defaults(func=cmd_report)
-    p = sub.add_parser("tune", help="hyperparameter search (Optuna) on a validation split of the training data")
+
+    p = add("tune", cmd_tune, "hyperparameter search (Optuna) on a validation split of the training data",
+            usage="%(prog)s --space SPACE [options]", epilog=EPILOG)
     add_search_options(p)
-    _add_train_options(p)
-    p.set_defaults(func=cmd_tune)
+    config_options(p, "tune")
 
-    p = sub.add_parser("export", help="export a run to ONNX or TorchScript (preprocessing inside)")
+    p = add("export", cmd_export, "export a run to ONNX or TorchScript (preprocessing inside)")
     p.add_argument("run", help="run directory")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="onnx (default) or torchscript")
     p.add_argument("--out", default=None, help="output file (default RUN/model.onnx or RUN/model.pt)")
     p.add_argument("--input-dtype", choices=["float", "uint8"], default="float",
                    help="input: float in [0, 1] (default) or uint8 in 0..255, NCHW RGB")
-    p.set_defaults(func=cmd_export)
+
+    p = add("completion", cmd_completion, "print a shell completion script (bash, zsh or tcsh)")
+    p.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="bash, zsh or tcsh")
     return parser
 
 
+def cmd_completion(args) -> int:
+    """The completion script, generated from the whole parser by shtab (every flag and choice)."""
+    try:
+        import shtab
+    except ModuleNotFoundError:
+        raise FitVisionError("shell completion needs shtab: pip install shtab") from None
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in argv (its first word that is not an option), if it is one."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS and word != "completion" else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # for --nproc, which runs the command again
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command(argv))
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the subcommand, with its usage, not by the top-level parser
+        getattr(args, "parser", parser).error("unrecognized arguments: " + " ".join(extra))
+    args.argv = argv  # for --nproc, which runs the command again
     if args.command is None:
         parser.print_help()
         return 0

@@ -18,75 +18,89 @@ from typing import Any
 from fitvision.errors import FitVisionError, check_choice, did_you_mean
 
 
+def _f(default: Any, help: str) -> Any:
+    """A field with its help text: the CLI makes a flag of every field (fitvision.options)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     # --- data ---
-    data: str = "cifar10"  # catalog name, folder or archive of class folders
-    size: int = 0  # training input size in px; 0 = the dataset's storage size
-    storage_size: int = 160  # decode size for images larger than 32 px (shorter side)
-    resize_method: str = "crop"  # stored squares: "crop" the centre, or "squish" the whole picture
-    train_limit: int = 0  # use only the first N training images (after a seeded shuffle); 0 = all
-    valid_limit: int = 0  # evaluate on at most N validation images; 0 = all
-    valid_pct: float = 0.0  # carve a validation split from unsplit data (or from train, for tuning)
-    aug: str = "crop_flip"  # augmentation preset name, see fitvision.data.augment
-    progressive_size: int = 0  # progressive resizing: epoch 0 trains at this size in px, growing linearly
-    progressive_epochs: float = 0.0  # ... to the full size at this epoch (in 4 px steps); 0 = off
-    normalize: str = "auto"  # "auto": channel stats of the training split; "cifar": the seeds' stats
-    crop_pct: float = 1.0  # evaluation keeps the central crop_pct of each image, resized to size (timm's crop_pct)
+    data: str = _f("cifar10", "dataset: a catalog name (`fitvision datasets`), a folder or an archive of class folders")
+    size: int = _f(0, "training input size in px; 0 = the dataset's storage size")
+    storage_size: int = _f(160, "decode size in px (shorter side) for images larger than 32 px")
+    resize_method: str = _f("crop", "how a picture becomes a stored square: crop the centre, or squish the whole")
+    train_limit: int = _f(0, "use only the first N training images (after a seeded shuffle); 0 = all")
+    valid_limit: int = _f(0, "evaluate on at most N validation images; 0 = all")
+    valid_pct: float = _f(0.0, "fraction carved out as validation from unsplit data (or from train, for tuning)")
+    aug: str = _f("crop_flip", "augmentation preset, on the device per batch")
+    progressive_size: int = _f(0, "progressive resizing: epoch 0 trains at this size in px; 0 = off")
+    progressive_epochs: float = _f(0.0, "... growing linearly (in 4 px steps) to the full size at this epoch")
+    normalize: str = _f("auto", "channel statistics: auto = the training split's own, cifar = the seeds'")
+    crop_pct: float = _f(1.0, "evaluation keeps the central fraction of each image, resized to size (timm's)")
 
     # --- model ---
-    model: str = "resnet9"
-    width: float = 1.0  # channel multiplier
-    init: str = "default"  # "default" (kaiming / the model's own) or "lsuv"
-    model_options: str = ""  # extra model arguments "name=value,...", e.g. "dirac=false" for speednet
+    model: str = _f("resnet9", "architecture (`fitvision models`), or timm:NAME / torchvision:NAME")
+    width: float = _f(1.0, "channel width multiplier")
+    init: str = _f("default", "weight init: default (each model's own) or lsuv (seed 004)")
+    model_options: str = _f("", 'extra model arguments "name=value,...", e.g. "dirac=false" for speednet')
 
     # --- optimisation ---
-    epochs: float = 16  # may be fractional (airbench-style schedules)
-    bs: int = 400  # batch size
-    opt: str = "adam"  # optimizer name, see fitvision.optim.create_optimizer
-    lr: float = 0.01  # peak learning rate (per batch, not scaled by batch size)
-    momentum: float = 0.9  # SGD momentum, or Adam beta1
-    beta2: float = 0.99  # Adam/LAMB beta2
-    eps: float = 1e-5  # Adam/LAMB epsilon
-    wd: float = 1e-4  # weight decay
-    wd_mode: str = "l2"  # "l2" (added to the gradient, as torch.optim.Adam) or "decoupled"
+    epochs: float = _f(16, "number of epochs (may be fractional)")
+    bs: int = _f(400, "batch size (the global batch under torchrun / --nproc)")
+    opt: str = _f("adam", "optimizer")
+    lr: float = _f(0.01, "peak learning rate (per batch, not scaled by batch size)")
+    momentum: float = _f(0.9, "SGD momentum, or Adam's beta1")
+    beta2: float = _f(0.99, "Adam/LAMB beta2")
+    eps: float = _f(1e-5, "Adam/LAMB epsilon")
+    wd: float = _f(1e-4, "weight decay")
+    wd_mode: str = _f("l2", "l2: added to the gradient (torch.optim.Adam); decoupled: applied to the weights (AdamW)")
     # Also decay biases and norm scales/shifts (torch.optim's default; the seeds do), as much per
     # step as the weights: at bias_lr_mult x the lr, their L2 coefficient is wd / bias_lr_mult.
-    wd_bn_bias: bool = False
-    clip: float = 0.1  # gradient clipping threshold; 0 = off
-    clip_mode: str = "value"  # "value" (the seeds) or "norm"
-    sched: str = "one_cycle"  # schedule name, see fitvision.optim.schedules
-    pct_start: float = 0.25  # one-cycle warm-up fraction; flat_cos: the flat fraction (fastai: 0.75)
-    div_factor: float = 25.0  # one-cycle: initial lr = lr / div_factor
-    final_div_factor: float = 1e4  # one-cycle: final lr = initial lr / final_div_factor
-    label_smoothing: float = 0.0
-    ema: float = 0.0  # EMA decay of weights per step; 0 = off
-    lookahead: bool = False  # every 5 steps reset the weights to their running average (airbench)
-    bias_lr_mult: float = 1.0  # lr multiplier for biases and norm shifts (the no-decay groups)
-    muon_lr: float = 0.0  # opt "muon": peak lr of the orthogonalised body weights; 0 = lr
-    muon_momentum: float = 0.0  # opt "muon": their momentum; 0 = momentum
-    muon_renorm: bool = False  # opt "muon": hold each body filter bank at norm sqrt(out) (convs before BatchNorm)
-    stem_bias_epochs: float = 0.0  # train the data-initialised stem's bias (SpeedNet) only this many epochs; 0 = always
+    wd_bn_bias: bool = _f(False, "also decay biases and BatchNorm scales and shifts (torch.optim's default)")
+    clip: float = _f(0.1, "gradient clipping threshold; 0 = off")
+    clip_mode: str = _f("value", "clip each gradient element (value, the seeds') or the global norm")
+    sched: str = _f("one_cycle", "learning-rate schedule")
+    pct_start: float = _f(0.25, "one-cycle warm-up fraction; flat_cos: the flat fraction (fastai: 0.75)")
+    div_factor: float = _f(25.0, "one-cycle: the initial lr is lr / div_factor")
+    final_div_factor: float = _f(1e4, "one-cycle: the final lr is the initial lr / final_div_factor")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy targets")
+    mixup: float = _f(0.0, "mixup: each batch blended with itself reversed, lam ~ Beta(alpha, alpha); 0 = off (timm: 0.8)")
+    cutmix: float = _f(0.0, "cutmix: a box of the reversed batch pasted in, its area from Beta(alpha, alpha); 0 = off (timm: 1)")
+    mix_prob: float = _f(1.0, "with mixup or cutmix: the fraction of batches mixed")
+    mix_switch_prob: float = _f(0.5, "with both: the fraction of mixed batches that use cutmix")
+    ema: float = _f(0.0, "EMA of the weights, decay per step (e.g. 0.999), evaluated and saved; 0 = off")
+    lookahead: bool = _f(False, "every 5 steps pull the weights to their running average (airbench)")
+    bias_lr_mult: float = _f(1.0, "lr multiplier for biases and norm shifts (the no-decay groups)")
+    muon_lr: float = _f(0.0, "opt muon: peak lr of the orthogonalised body weights; 0 = lr")
+    muon_momentum: float = _f(0.0, "opt muon: their momentum; 0 = momentum")
+    muon_renorm: bool = _f(False, "opt muon: hold each body filter bank at norm sqrt(out) (convs before BatchNorm)")
+    stem_bias_epochs: float = _f(0.0, "train the data-initialised stem's bias (speednet) only this many epochs; 0 = always")
 
     # --- loop ---
-    seed: int = 0  # one seed drives split, shuffle, augmentation and init
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    precision: str = "auto"  # "auto", "fp32", "bf16", "fp16"
-    channels_last: bool = True
-    compile: bool = False
-    tta: bool = False  # flip test-time augmentation at evaluation
-    tta_shift: int = 0  # with tta: also views shifted diagonally by this many px (and mirrored); 0 = flip only
-    epoch_valid_limit: int = 0  # evaluate all but the last epoch on N evenly spaced validation images; 0 = all
-    early_stop: int = 0  # patience in epochs on val_loss; 0 = off
-    init_from: str = ""  # run directory whose body weights initialise the model
-    freeze: bool = False  # train only the head (for freeze_epochs, or the whole run if 0)
-    freeze_epochs: int = 0
-    resume: bool = False
-    checkpoint_every: int = 0  # also write the resume checkpoint every N batches; 0 = at epoch ends only
-    accum: int = 1  # gradient accumulation: each step's batch (bs) in K forward/backward passes
-    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (CUDA only)
-    out: str = ""  # run directory; "" = runs/<timestamp>-<name>
-    recipe: str = "auto"
+    seed: int = _f(0, "random seed: split, shuffle, augmentation and init")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = _f("auto", "arithmetic: auto (bf16 where fast, else fp32), fp32, bf16 or fp16 (CUDA)")
+    channels_last: bool = _f(True, "NHWC memory layout (faster convolutions on most hardware)")
+    compile: bool = _f(False, "torch.compile the model (with a warm-up per input size)")
+    tta: bool = _f(False, "flip test-time augmentation at evaluation")
+    tta_shift: int = _f(0, "with tta: also views shifted diagonally by this many px (and mirrored); 0 = flip only")
+    epoch_valid_limit: int = _f(0, "evaluate all but the last epoch on N evenly spaced validation images; 0 = all")
+    early_stop: int = _f(0, "stop after this many epochs without val_loss improvement; 0 = off")
+    init_from: str = _f("", "run directory whose body weights initialise the model (transfer)")
+    freeze: bool = _f(False, "train only the head (for freeze_epochs, or the whole run if 0)")
+    freeze_epochs: int = _f(0, "with freeze: train only the head for the first K epochs")
+    resume: bool = _f(False, "continue the run in out from its last checkpoint")
+    checkpoint_every: int = _f(0, "also write the resume checkpoint every N batches; 0 = at epoch ends only")
+    accum: int = _f(1, "gradient accumulation: each batch in K forward/backward passes")
+    sync_bn: bool = _f(False, "under torchrun: BatchNorm statistics over the global batch (CUDA only)")
+    out: str = _f("", "run directory; empty = runs/<timestamp>-<name>")
+    recipe: str = _f("auto", "named recipe (`fitvision recipes`), or auto: the best for this hardware and data")
+
+    # --- tracking (optional extras) ---
+    tensorboard: bool = _f(False, "write TensorBoard event files to RUN/tensorboard (pip install tensorboard)")
+    mlflow: str = _f("", "log to MLflow: a tracking URI; alone (`default`): $MLFLOW_TRACKING_URI, else mlflow.db "
+                         "in the working folder (pip install mlflow-skinny); empty = off")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,7 +198,7 @@ def field_names() -> list[str]:
 # Lists of choices live beside their implementations; checks that need the hardware or files
 # (the device, the precision on it, a run to initialise from) are fitvision.train.setup.preflight's.
 _POSITIVE = ("epochs", "bs", "accum", "lr", "width", "eps", "bias_lr_mult", "div_factor", "final_div_factor")
-_NON_NEGATIVE = ("size", "train_limit", "valid_limit", "wd", "clip", "label_smoothing", "ema", "early_stop",
+_NON_NEGATIVE = ("size", "train_limit", "valid_limit", "wd", "clip", "label_smoothing", "ema", "early_stop", "mixup", "cutmix",
                  "freeze_epochs", "checkpoint_every", "seed", "progressive_size", "progressive_epochs", "stem_bias_epochs",
                  "tta_shift", "epoch_valid_limit", "muon_lr")
 _FRACTIONS = ("momentum", "beta2", "label_smoothing")  # in [0, 1)
@@ -245,6 +259,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if not 0 <= getattr(cfg, name) < 1:
             raise FitVisionError(f"{name} must be in [0, 1), got {getattr(cfg, name)!r}")
     check_crop_pct(cfg.crop_pct)
+    for name in ("mix_prob", "mix_switch_prob"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise FitVisionError(f"{name} must be in [0, 1], got {getattr(cfg, name)!r}")
     if cfg.ema >= 1:
         raise FitVisionError(f"ema must be < 1 (a decay per step), got {cfg.ema!r}")
     for name, valid in (("wd_mode", WD_MODES), ("normalize", NORMALIZE), ("init", INITS),

@@ -230,9 +230,11 @@ def plot_mistakes(images: np.ndarray, targets, probs, classes: Sequence[str], pa
 
 
 def show_dataset(
-    target: str, out: str | Path, augment: bool = False, n: int = 32, seed: int = 0, storage_size: int = 160
+    target: str, out: str | Path, aug: str | None = None, n: int = 32, seed: int = 0, storage_size: int = 160,
+    size: int = 0, title_note: str = "",
 ) -> Path:
-    """`fitvision datasets show`: a labelled grid of training images, optionally as training sees them."""
+    """`fitvision datasets show`: a labelled grid of training images; with ``aug`` (a preset name)
+    as training sees them through that augmentation, at ``size`` px (0: the stored size)."""
     from fitvision.data.dataset import load_dataset
 
     if n < 1:
@@ -243,9 +245,9 @@ def show_dataset(
     idx = rng.choice(len(labels), size=min(n, len(labels)), replace=False)
     batch = take_rows(images, idx)
     title = f"{ds.name}: {len(idx)} training images"
-    if augment:
-        batch = _augmented(batch, seed)
-        title += " after the training augmentation"
+    if aug is not None:
+        batch = _augmented(batch, aug, size or batch.shape[1], seed)
+        title += f", augmentation {aug}{title_note}"
     return show_batch(batch, labels[idx], ds.classes, out, title=title)
 
 
@@ -258,17 +260,15 @@ def take_rows(array: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def _augmented(batch_nhwc: np.ndarray, seed: int) -> np.ndarray:
-    """The default training pipeline applied to a batch, then denormalized back to uint8 images."""
+def _augmented(batch_nhwc: np.ndarray, aug: str, size: int, seed: int) -> np.ndarray:
+    """A preset's training pipeline applied to a batch, then denormalized back to uint8 images."""
     import torch
 
-    from fitvision.config import TrainConfig
     from fitvision.data.augment import CIFAR_STATS, train_pipeline
     from fitvision.data.color import denormalize
 
     mean, std = CIFAR_STATS  # any stats do: normalize then denormalize is the identity
-    size = batch_nhwc.shape[1]
-    pipe = train_pipeline(TrainConfig().aug, size, mean, std)
+    pipe = train_pipeline(aug, size, mean, std)
     x = torch.from_numpy(batch_nhwc).permute(0, 3, 1, 2)
     gen = torch.Generator().manual_seed(seed)
     y = denormalize(pipe(x, gen, 0).float(), mean, std).clamp(0, 1)
