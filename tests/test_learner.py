@@ -12,7 +12,7 @@ from fakeloader import TinyNet, make_learner, make_loaders, same, weights
 from fitvision.errors import FitVisionError
 from fitvision.train.checkpoint import load_checkpoint
 from fitvision.train.seeding import seed_everything
-from fitvision.train.hooks import Checkpointer, EarlyStopping, Progress, TrainState, epoch_line
+from fitvision.train.hooks import TABLE_HEADER, Checkpointer, EarlyStopping, Progress, TrainState, epoch_row
 from fitvision.train.ema import ModelEMA
 from fitvision.train.learner import Learner
 from fitvision.train.device import cpu_has_bf16, resolve_precision
@@ -78,30 +78,40 @@ def test_fractional_epochs():
     assert len(history) == 2 and learn.state.batches[-1]["epoch"] == 1
 
 
-def test_epoch_line_is_the_seeds():
-    row = {"epoch": 3, "lr": 0.009351, "train_loss": 1.23451, "val_loss": 1.12339, "val_acc": 0.61234}
-    assert epoch_line(row) == "Epoch [3], last_lr: 0.00935, train_loss: 1.2345, val_loss: 1.1234, val_acc: 0.6123"
+def test_epoch_row_counts_from_one_of_n_under_the_header():
+    row = {"epoch": 2, "lr": 0.009351, "train_loss": 1.23451, "val_loss": 1.12339, "val_acc": 0.61234, "seconds": 25.4}
+    line = epoch_row(row, 12, 3725.0)
+    assert line == "   3/12      1.2345    1.1234   0.6123   9.35e-03   0:25   1:02:05"
+    assert TABLE_HEADER == "epoch    train_loss  val_loss  val_acc  lr         time   elapsed"
+    # each value sits under its column's name
+    for name, value in zip(TABLE_HEADER.split(), ("3/12", "1.2345", "1.1234", "0.6123", "9.35e-03", "0:25", "1:02:05")):
+        assert TABLE_HEADER.index(name) <= line.index(value) + len(value) - 1, name
 
 
 def test_progress_without_a_tty_prints_plain_lines():
     out = io.StringIO()
     learn = make_learner(hooks=[Progress(stream=out, interval=0.0)])
-    learn.fit(1)
+    learn.fit(2)
     text = out.getvalue()
     lines = text.splitlines()
-    assert lines[0].startswith("epoch 0 batch 1/9 loss ") and " img/s eta " in lines[0]
-    assert lines[-1].startswith("Epoch [0], last_lr: 0.01000, train_loss: ")
-    assert len(lines) == 10
+    assert lines[0] == TABLE_HEADER
+    assert lines[1].startswith("epoch 1/2 batch 1/9 loss ") and " img/s eta " in lines[1]
+    assert lines[9].startswith("epoch 1/2 batch 9/9 loss ") and lines[9].endswith("; evaluating")
+    assert lines[10].startswith("    1/2  ") and lines[-1].startswith("    2/2  ")
+    assert len(lines) == 1 + 2 * 10
     assert not any(c in text for c in "\r\x1b\b")
+    assert text.count(" eta ") == 18  # one ETA a line: the run's
 
 
 def test_progress_bar_in_a_terminal():
     out = io.StringIO()
-    learn = make_learner(hooks=[Progress(stream=out, bar=True, refresh=0)])
+    learn = make_learner(hooks=[Progress(stream=out, bar=True, refresh=0, tta=True)])
     learn.fit(2)
     text = out.getvalue()
-    assert "epoch 1" in text and "img/s" in text and "eta" in text and "loss=" in text and "\r" in text
-    assert [line for line in text.splitlines() if line.startswith("Epoch [")][-1].startswith("Epoch [1], last_lr")
+    assert "epoch 2/2" in text and "img/s" in text and "run eta=" in text and "loss=" in text and "\r" in text
+    assert "epoch 1/2 evaluating" in text and "epoch 2/2 evaluating with TTA" in text
+    assert "<" not in text  # tqdm's own (the epoch's) remaining time is not shown
+    assert [line for line in text.splitlines() if line.strip().startswith("2/2")]
 
 
 def test_validate_is_plain_cross_entropy_and_accuracy():

@@ -76,9 +76,24 @@ def test_run_directory_holds_every_file(run):
     lines = stdout.splitlines()
     assert lines[0] == "recipe seed"
     assert any(line.startswith("model     cnn width 1: 113,738 parameters") for line in lines)
-    epoch_lines = [line for line in lines if line.startswith("Epoch [")]
-    assert len(epoch_lines) == 2 and epoch_lines[1].startswith("Epoch [1], last_lr: 0.00000, train_loss: ")
+    rows = [line for line in lines if line.lstrip().startswith(("1/2 ", "2/2 "))]
+    assert len(rows) == 2 and rows[1].startswith("    2/2  ") and " 4.00e-08 " in rows[1]  # 0.01 / 25 / 1e4
+    assert lines[lines.index(rows[0]) - 1] == "epoch    train_loss  val_loss  val_acc  lr         time   elapsed"
+    assert lines[-3:-1] == ["writing the weights, predictions and summary.json", "writing the plots and report.html"]
     assert lines[-1].startswith(f"done: val_acc {summary['val_acc']:.4f}")
+
+
+def test_train_log_is_the_terminals_lines_timestamped(run):
+    """RUN/train.log: every line the run printed from its setup on, after a local timestamp."""
+    import re
+
+    out, stdout = run
+    log = (out / "train.log").read_text().splitlines()
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
+    assert all(stamp.match(line) for line in log), log
+    printed = stdout.splitlines()
+    assert [line[20:] for line in log] == printed[printed.index(log[0][20:]):]
+    assert log[0][20:].startswith("data      cifar10: 500 train / 200 valid") and log[-1][20:].startswith("done: ")
 
 
 def test_preds_and_model_json_reproduce_the_evaluation(run, real_env):

@@ -10,10 +10,20 @@ The library installs no handler of its own (importing it changes nothing); the C
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import stat
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 logger = logging.getLogger("fitvision")
+# What only the run's log file gets (the epoch table: the terminal's comes from the Progress hook).
+file_logger = logging.getLogger("fitvision.runlog")
+file_logger.propagate = False
+file_logger.setLevel(logging.INFO)
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -46,3 +56,45 @@ def set_verbosity(level: str | int = "info") -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.propagate = False  # shown once, not again by a root handler the application set up
+
+
+@contextlib.contextmanager
+def run_log(path: str | Path) -> Iterator[None]:
+    """While training, every fitvision message of level info and above is also appended to ``path``
+    (RUN/train.log), each line after its local time ("2026-12-06 05:41:02 "), whatever the terminal
+    shows (--quiet, --no-progress); a resumed run continues the same file."""
+    handler = logging.StreamHandler(_open_log(Path(path)))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", TIME_FORMAT))
+    handler.setLevel(logging.INFO)
+    own, shown, saved = logger.level, logger.getEffectiveLevel(), [(h, h.level) for h in logger.handlers]
+    for h, level in saved:  # the terminal keeps showing what it showed; the file gets info too
+        h.setLevel(max(level, shown))
+    logger.setLevel(min(shown, logging.INFO))
+    logger.addHandler(handler)
+    file_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        file_logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(own)
+        for h, level in saved:
+            h.setLevel(level)
+
+
+def _open_log(path: Path):
+    """``path`` opened for appending, refusing a symbolic link or anything but a regular file (a
+    planted RUN/train.log link must not make fitvision append to the file it points at)."""
+    from fitvision.errors import FitVisionError
+
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        what = "is a symbolic link" if path.is_symlink() else f"cannot be written ({e.strerror})"
+        raise FitVisionError(f"{path} {what}: fitvision appends the run's log there") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FitVisionError(f"{path} is not a regular file: fitvision appends the run's log there")
+    return os.fdopen(fd, "a", encoding="utf-8")

@@ -23,7 +23,8 @@ _CHUNK = 4096  # images per host->device copy when loading, so a memmap never si
 
 
 def epoch_seed(seed: int, epoch: int, stream: int, *more: int) -> int:
-    """A well-mixed 63-bit seed for one (seed, epoch, stream, *more); stream 0 shuffles, 1 augments."""
+    """A well-mixed 63-bit seed for one (seed, epoch, stream, *more); stream 0 shuffles, 1 augments,
+    2 mixes (mixup/cutmix)."""
     state = np.random.SeedSequence([seed, epoch, stream, *more]).generate_state(2, np.uint32)
     return int(state[0]) << 31 | int(state[1]) >> 1
 
@@ -65,7 +66,7 @@ class DeviceLoader:
 
     def __init__(self, images, labels, batch_size: int, shuffle: bool = False, drop_last: bool = False,
                  seed: int = 0, device="cpu", transform: Callable | None = None, rank: int = 0,
-                 world_size: int = 1, host_staging: bool = False):
+                 world_size: int = 1, host_staging: bool = False, mix: Callable | None = None):
         if batch_size < 1:
             raise FitVisionError(f"batch size must be at least 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -78,6 +79,7 @@ class DeviceLoader:
         self.labels = _as_labels(labels, self.images.shape[0], self.device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.transform = seed, transform
+        self.mix = mix  # (x, y, rng) -> (x, target probabilities): mixup/cutmix (fitvision.data.mix)
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         # The NHWC rows of the images: one gather copies whole images as contiguous blocks
@@ -132,6 +134,7 @@ class DeviceLoader:
         order = self.order(epoch)
         index = order if self.host_staging else order.to(self.device)
         gen = self.generator(epoch)
+        mix_rng = np.random.default_rng(epoch_seed(self.seed, epoch, 2, self.rank)) if self.mix else None
         bounds = range(0, len(self) * self.batch_size, self.batch_size)
         slices = [index[i : i + self.batch_size] for i in bounds]
         ahead = self._gather(slices[0]) if slices else None
@@ -140,7 +143,8 @@ class DeviceLoader:
             if k + 1 < len(slices):  # staged copies: start the next batch before using this one
                 ahead = self._gather(slices[k + 1])
             yb = self.labels[idx.to(self.device, non_blocking=True)]
-            yield self._transform(xb, gen, epoch), yb
+            xb = self._transform(xb, gen, epoch)
+            yield self.mix(xb, yb, mix_rng) if self.mix else (xb, yb)
         self.epoch = epoch + 1
 
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:
@@ -169,7 +173,7 @@ class DeviceLoader:
         images = self.images[idx.to(self.images.device)]
         labels = self.labels[idx.to(self.device)]
         sub = DeviceLoader(images, labels, self.batch_size, self.shuffle, self.drop_last, self.seed,
-                           self.device, self.transform, self.rank, self.world_size, self.host_staging)
+                           self.device, self.transform, self.rank, self.world_size, self.host_staging, self.mix)
         sub.epoch = self.epoch
         return sub
 

@@ -59,10 +59,20 @@ class Hook:
         pass
 
 
-def epoch_line(row: dict[str, float]) -> str:
-    """The seed's per-epoch log line, exactly."""
-    return (f"Epoch [{row['epoch']}], last_lr: {row['lr']:.5f}, train_loss: {row['train_loss']:.4f}, "
-            f"val_loss: {row['val_loss']:.4f}, val_acc: {row['val_acc']:.4f}")
+# The per-epoch table: a header once, then a row per epoch, the same on a terminal, in a log file
+# and in RUN/train.log. Epochs count from 1 here, as "of N" reads; history.csv keeps 0-based.
+TABLE_HEADER = "epoch    train_loss  val_loss  val_acc  lr         time   elapsed"
+
+
+def epochs_planned(state: TrainState) -> int:
+    return max(1, math.ceil(state.total_steps / max(state.steps_per_epoch, 1)))
+
+
+def epoch_row(row: dict[str, float], epochs: int, elapsed: float) -> str:
+    """One row of the epoch table: "  1/12       1.2345    1.1234   0.6123  9.35e-03   0:25     0:25"."""
+    count = f"{row['epoch'] + 1}/{epochs}"
+    return (f"{count:>7}  {row['train_loss']:10.4f}  {row['val_loss']:8.4f}  {row['val_acc']:7.4f}  "
+            f"{row['lr']:9.2e}  {format_seconds(row['seconds']):>5}  {format_seconds(elapsed):>8}")
 
 
 def format_seconds(seconds: float) -> str:
@@ -73,50 +83,69 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress(Hook):
-    """A tqdm bar with images/s and ETA in a terminal; plain periodic lines otherwise (logs, CI).
-
-    Prints the seed's epoch line after every epoch either way.
+    """The epoch table (a header, then a row per epoch) and, within an epoch, a tqdm bar in a
+    terminal or a plain line every ``interval`` seconds otherwise (logs, CI). One ETA, the whole
+    run's, from the pace since this fit (or resume) started; the bar says when the epoch's
+    training is done and its evaluation runs (with TTA on the last epoch if the run has it).
     """
 
     def __init__(self, stream: TextIO | None = None, interval: float = 30.0, bar: bool | None = None,
-                 refresh: float = 0.1):
+                 refresh: float = 0.1, tta: bool = False):
         self.stream = stream or sys.stdout
         self.interval = interval  # seconds between plain lines
         self.refresh = refresh  # seconds between bar redraws
         self.bar_mode = self.stream.isatty() if bar is None else bar
+        self.tta = tta
         self._bar = None
         self._last_line = 0.0
         self._start_step = 0
         self._start_time = 0.0
 
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
     def on_fit_start(self, state: TrainState) -> None:
         self._start_step, self._start_time = state.step, time.perf_counter()
         self._last_line = self._start_time
+        self._print(TABLE_HEADER)
+
+    def _where(self, state: TrainState) -> str:
+        return f"epoch {state.epoch + 1}/{epochs_planned(state)}"
+
+    def _evaluating(self, state: TrainState) -> str:
+        last = state.done or state.step >= state.total_steps
+        return "evaluating" + (" with TTA" if self.tta and last else "")
 
     def on_batch_end(self, state: TrainState) -> None:
         ips = state.epoch_images / max(state.epoch_train_seconds, 1e-9)
+        end = state.batch >= state.steps_per_epoch or state.done
         if self.bar_mode:
-            self._update_bar(state, ips)
+            self._update_bar(state, ips, end)
             return
         now = time.perf_counter()
         if now - self._last_line >= self.interval:
             self._last_line = now
             loss = state.batches[-1]["loss"] if state.batches else float("nan")
-            print(f"epoch {state.epoch} batch {state.batch}/{state.steps_per_epoch} loss {loss:.4f} "
-                  f"{ips:,.0f} img/s eta {format_seconds(self._eta(state))}", file=self.stream, flush=True)
+            self._print(f"{self._where(state)} batch {state.batch}/{state.steps_per_epoch} loss {loss:.4f} "
+                        f"{ips:,.0f} img/s eta {format_seconds(self._eta(state))}"
+                        + (f"; {self._evaluating(state)}" if end else ""))
 
-    def _update_bar(self, state: TrainState, ips: float) -> None:
+    def _update_bar(self, state: TrainState, ips: float, end: bool) -> None:
         if self._bar is None:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=state.steps_per_epoch, initial=state.batch - 1, desc=f"epoch {state.epoch}",
+            # tqdm's own remaining time is the epoch's; the postfix has the run's, the one that counts
+            self._bar = tqdm(total=state.steps_per_epoch, initial=state.batch - 1, desc=self._where(state),
                              leave=False, file=self.stream, dynamic_ncols=True, unit="batch",
-                             mininterval=self.refresh, miniters=1)
-        post = {"img/s": f"{ips:,.0f}", "eta": format_seconds(self._eta(state))}
+                             mininterval=self.refresh, miniters=1,
+                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        post = {"img/s": f"{ips:,.0f}", "run eta": format_seconds(self._eta(state))}
         if state.batches:
             post["loss"] = f"{state.batches[-1]['loss']:.4f}"
         self._bar.set_postfix(post, refresh=False)
         self._bar.update(1)  # redraws (postfix included) at most every `refresh` seconds
+        if end:  # the evaluation runs next: say so rather than sit at 100%
+            self._bar.set_description(f"{self._where(state)} {self._evaluating(state)}", refresh=True)
 
     def _eta(self, state: TrainState) -> float:
         """Remaining time of the whole fit, from the pace since this fit (or resume) started."""
@@ -126,18 +155,42 @@ class Progress(Hook):
         pace = (time.perf_counter() - self._start_time) / done
         return pace * (state.total_steps - state.step)
 
-    def on_epoch_end(self, state: TrainState) -> None:
+    def _close_bar(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        print(epoch_line(state.history[-1]), file=self.stream, flush=True)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        self._close_bar()
+        elapsed = sum(row["seconds"] for row in state.history)
+        self._print(epoch_row(state.history[-1], epochs_planned(state), elapsed))
 
     def on_fit_end(self, state: TrainState) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._close_bar()
         if state.stop_reason:
-            print(state.stop_reason, file=self.stream, flush=True)
+            self._print(state.stop_reason)
+
+
+class EpochLog(Hook):
+    """The epoch table into the run's log (fitvision.logs.run_log: RUN/train.log, timestamped),
+    whether or not the terminal shows it."""
+
+    def on_fit_start(self, state: TrainState) -> None:
+        from fitvision.logs import file_logger
+
+        file_logger.info(TABLE_HEADER)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        from fitvision.logs import file_logger
+
+        elapsed = sum(row["seconds"] for row in state.history)
+        file_logger.info(epoch_row(state.history[-1], epochs_planned(state), elapsed))
+
+    def on_fit_end(self, state: TrainState) -> None:
+        from fitvision.logs import file_logger
+
+        if state.stop_reason:
+            file_logger.info(state.stop_reason)
 
 
 class EarlyStopping(Hook):

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from fitvision.config import TrainConfig
+from fitvision.data.mix import create_mix, describe_mix
 from fitvision.errors import FitVisionError
 from fitvision.train import distributed
 from fitvision.train.device import resolve_device
@@ -125,8 +126,11 @@ class ImageData:
                          f"then {size}")
         if cfg.crop_pct < 1:
             notes.append(f"evaluation on the central {cfg.crop_pct:g} of each image, resized to {size} px")
+        mix = create_mix(cfg, len(self.classes))
+        if mix is not None:
+            notes.append(describe_mix(mix))
         self.train_dl = DeviceLoader(train_x, train_y, bs, shuffle=True, drop_last=drop_last, seed=cfg.seed,
-                                     device=cfg.device, transform=transform, rank=w.rank, world_size=w.size)
+                                     device=cfg.device, transform=transform, rank=w.rank, world_size=w.size, mix=mix)
         self.valid_dl = DeviceLoader(valid_x, valid_y, eval_batch_size(bs), device=cfg.device, rank=w.rank,
                                      world_size=w.size, transform=eval_pipeline(size, mean, std, crop_pct=cfg.crop_pct))
         self.valid_indices, self.mean, self.std, self.size, self.notes = valid_idx, list(mean), list(std), size, notes

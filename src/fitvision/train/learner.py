@@ -106,7 +106,7 @@ class Learner:
         # gradients over the ranks in backward; self.model stays the plain module (state, EMA).
         self.world = distributed.world()
         self._wrap()
-        self.hooks: list[Hook] = ([Progress()] if progress and self.world.is_main else []) + list(hooks)
+        self.hooks: list[Hook] = ([Progress(tta=o.tta)] if progress and self.world.is_main else []) + list(hooks)
         self.state = TrainState()
         self.final_preds: tuple[torch.Tensor, torch.Tensor] | None = None  # the last epoch's, see _end_epoch
         self._pending: list[tuple[dict[str, float], int, torch.Tensor]] = []  # batch rows awaiting their loss

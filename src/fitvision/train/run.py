@@ -13,15 +13,17 @@ from pathlib import Path
 
 from fitvision.config import TrainConfig
 from fitvision.errors import FitVisionError, Terminated
-from fitvision.logs import logger
+from fitvision.logs import logger, run_log
 from fitvision.optim.schedules import create_schedule
 from fitvision.train import checkpoint, distributed, rundir
 from fitvision.train.checkpoint import CHECKPOINT
+from fitvision.train.rundir import LOG
 from fitvision.train.device import keep_freed_memory, resolve_device
-from fitvision.train.hooks import Checkpointer, EarlyStopping, Hook, Phases, format_seconds
+from fitvision.train.hooks import Checkpointer, EarlyStopping, EpochLog, Hook, Phases, format_seconds
 from fitvision.train.preempt import StopOnSignal, catch_sigterm
 from fitvision.train.seeding import seed_everything
 from fitvision.train.setup import Setup, build, describe
+from fitvision.train.tracking import Tracker, create_trackers
 from fitvision.train.transfer import fine_tune_phases
 
 
@@ -39,16 +41,22 @@ def train_run(cfg: TrainConfig, progress: bool = True, hooks: Sequence[Hook] = (
 
 
 def _train(cfg: TrainConfig, world: distributed.World, progress: bool, hooks: Sequence[Hook]) -> Path:
+    cfg, run_dir = _prepare(cfg, world)
+    with contextlib.ExitStack() as log:  # RUN/train.log from when the run directory exists to the end
+        return _train_logged(cfg, run_dir, world, progress, hooks, log)
+
+
+def _train_logged(cfg: TrainConfig, run_dir: Path, world: distributed.World, progress: bool,
+                  hooks: Sequence[Hook], log: contextlib.ExitStack) -> Path:
     from fitvision.report.html import write_report
 
-    cfg, run_dir = _prepare(cfg, world)
     stop = StopOnSignal(None, run_dir / CHECKPOINT)
     try:
         # SIGTERM (preemption): a checkpoint at the end of the step, then stop. Under torchrun
         # the agent sends it to tear the group down when a peer dies: a checkpoint then needs the
         # dead peer, so the signal keeps its default there and a restart resumes the last one.
         with catch_sigterm(stop) if not world.distributed else contextlib.nullcontext():
-            s = _fit(cfg, run_dir, stop, progress, hooks, world)
+            s, trackers = _fit(cfg, run_dir, stop, progress, hooks, world, log)
     except Terminated as e:  # say how to go on (the CLI prints it on its one line)
         raise Terminated(f"{e}; {_how_to_go_on(run_dir)}", e.signum) from None
     except KeyboardInterrupt:  # Ctrl-C
@@ -56,13 +64,17 @@ def _train(cfg: TrainConfig, world: distributed.World, progress: bool, hooks: Se
     if not world.is_main:  # rank 0 alone writes the results
         return run_dir
     learn = s.learn
+    logger.info("writing the weights, predictions and summary.json")
     summary = rundir.write_results(run_dir, s.cfg, learn, s.data, s.meta, s.params)
+    logger.info("writing the plots and report.html")
     try:
         report = write_report(run_dir)
     except KeyboardInterrupt:  # the run itself is complete and written; only the plots and page are not
         raise KeyboardInterrupt(f"the run is complete, its report is not: fitvision report {run_dir} "
                                 "rebuilds it") from None
     checkpoint.previous(run_dir / CHECKPOINT).unlink(missing_ok=True)  # kept against a bad write; the run is done
+    for tracker in trackers:  # the complete run directory: final figures, images, artifacts
+        tracker.finish(run_dir, summary)
     logger.info(f"done: val_acc {summary['val_acc']:.4f}, val_loss {summary['val_loss']:.4f} after "
                 f"{summary['epochs']} epochs in {format_seconds(summary['train_seconds'])} "
                 f"({summary['train_images_per_second']:,.0f} img/s); wrote {run_dir} ({Path(report).name})")
@@ -95,6 +107,17 @@ def _prepare(cfg: TrainConfig, world: distributed.World) -> tuple[TrainConfig, P
     return cfg, run_dir
 
 
+def _end_on_exit(trackers: list[Tracker]):
+    """An exit callback: a run that ends before its results ends its trackers' runs too (Ctrl-C
+    and SIGTERM: KILLED, else FAILED); after ``finish`` there is nothing left to end."""
+    def on_exit(kind, exc, tb) -> bool:
+        status = "KILLED" if kind is not None and issubclass(kind, KeyboardInterrupt) else "FAILED"
+        for tracker in trackers:
+            tracker.close(status)
+        return False  # the exception, if any, goes on
+    return on_exit
+
+
 def _how_to_go_on(run_dir: Path) -> str:
     if checkpoint.exists(run_dir / CHECKPOINT):
         return f"continue with: fitvision train --resume --out {run_dir}"
@@ -102,13 +125,22 @@ def _how_to_go_on(run_dir: Path) -> str:
 
 
 def _fit(cfg: TrainConfig, run_dir: Path, stop: StopOnSignal, progress: bool, hooks: Sequence[Hook],
-         world: distributed.World) -> Setup:
-    """Build, make the run directory and fit; returns the Setup, its Learner trained."""
+         world: distributed.World, log: contextlib.ExitStack) -> tuple[Setup, list[Tracker]]:
+    """Build, make the run directory and fit; returns the Setup, its Learner trained, and the
+    trackers (TensorBoard, MLflow) that still have the end of the run to record."""
     s = build(cfg, progress=progress)
     if world.rank:  # the model's init was the same on every rank; dropout's draws must not be
         seed_everything(cfg.seed + world.rank)
+    # config.json (and the trackers' parameters): as asked, but the device and precision as this
+    # run resolved them (under torchrun each rank has its own GPU: the type, alike on every rank)
+    device = s.learn.device
+    as_run = dataclasses.replace(cfg, device=device.type if world.distributed else str(device),
+                                 precision=s.learn.precision)
     if world.is_main:
-        rundir.create(cfg, run_dir)
+        rundir.create(as_run, run_dir)
+        log.enter_context(run_log(run_dir / LOG))
+    trackers = create_trackers(as_run, run_dir) if world.is_main else []
+    log.push(_end_on_exit(trackers))
     learn, path = s.learn, run_dir / CHECKPOINT
     if learn.device.type == "cpu":
         keep_freed_memory()
@@ -118,15 +150,15 @@ def _fit(cfg: TrainConfig, run_dir: Path, stop: StopOnSignal, progress: bool, ho
     if cfg.early_stop:
         learn.hooks.append(EarlyStopping(cfg.early_stop))
     stop.learner = learn
-    tables = [rundir.RunTables(run_dir)] if world.is_main else []
+    tables = [rundir.RunTables(run_dir), EpochLog()] if world.is_main else []
     stops = [] if world.distributed else [stop]
-    learn.hooks += [*tables, Checkpointer(learn, path, cfg.checkpoint_every), *stops, *hooks]
+    learn.hooks += [*tables, Checkpointer(learn, path, cfg.checkpoint_every), *stops, *trackers, *hooks]
     for line in describe(s):
         logger.info(line)
     logger.info(f"run dir   {run_dir}" + (" (resuming)" if cfg.resume else ""))
     total = max(1, round(cfg.epochs * len(learn.train_dl)))
     learn.fit(cfg.epochs, create_schedule(s.cfg, total_steps=total), resume_from=path if cfg.resume else None)
-    return s
+    return s, trackers
 
 
 def lr_find_run(cfg: TrainConfig) -> Path:

@@ -2,7 +2,8 @@
 
 A run directory holds config.json, history.csv, batches.csv, model.safetensors + model.json,
 checkpoint.pt, preds.npz, summary.json, plots/ and report.html (docs/internals.md). Every file is
-written atomically (fitvision.files), so a crash leaves the previous version, never half of one.
+written atomically (fitvision.files), so a crash leaves the previous version, never half of one;
+train.log, the run's timestamped log (fitvision.logs.run_log), is appended to instead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from fitvision.config import TrainConfig, updated
+
+LOG = "train.log"
 from fitvision.errors import FitVisionError
 from fitvision.files import atomic_write_bytes, atomic_write_text, check_writable, remove_leftovers, write_json
 from fitvision.train import checkpoint

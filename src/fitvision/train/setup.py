@@ -34,6 +34,7 @@ def preflight(cfg: TrainConfig) -> TrainConfig:
     Returns cfg with the device and precision resolved (what the Learner runs with; config.json
     keeps what was asked for, e.g. "auto", so a resumed run resolves it again on its machine)."""
     from fitvision.train.modelfile import read_meta
+    from fitvision.train.tracking import check_available
     from fitvision.train.transfer import fine_tune_phases
 
     device = resolve_device(cfg.device)
@@ -42,6 +43,7 @@ def preflight(cfg: TrainConfig) -> TrainConfig:
     fine_tune_phases(cfg)
     if cfg.init_from:
         read_meta(cfg.init_from)
+    check_available(cfg)  # --tensorboard / --mlflow: their packages
     if cfg.sync_bn and device.type != "cuda":  # torch's SyncBatchNorm runs on GPUs only
         raise FitVisionError(f"--sync-bn needs CUDA devices; this run is on {device}")
     return dataclasses.replace(cfg, device=str(device), precision=precision)
