@@ -174,6 +174,9 @@ def test_unknown_dataset_lists_the_catalog(capsys):
 
     line = _fail(capsys, ["datasets", "info", "cifar11"])
     assert line == (f"error: unknown dataset 'cifar11': not a catalog name ({', '.join(CATALOG)}) "
+                    "nor an existing folder or archive; did you mean 'cifar10'?")
+    line = _fail(capsys, ["datasets", "info", "mnist"])  # nothing close: no guess
+    assert line == (f"error: unknown dataset 'mnist': not a catalog name ({', '.join(CATALOG)}) "
                     "nor an existing folder or archive")
 
 
@@ -319,6 +322,8 @@ def test_flags_are_never_taken_by_their_prefix(capsys):
     assert _fail(capsys, ["train", "--epoch", "3"], code=2) == (
         "fitvision train: error: unrecognized arguments: --epoch (did you mean '--epochs'?)")
     assert _fail(capsys, ["--vers"], code=2) == "fitvision: error: unrecognized arguments: --vers (did you mean '--version'?)"
+    assert build_parser().parse_args(["datasets", "show", "cifar10", "--aug", "rrc_flip"]).aug == "rrc_flip"
+    assert build_parser().parse_args(["datasets", "show", "cifar10", "--aug"]).aug == "recipe"
     assert _fail(capsys, ["datasets", "show", "cifar10", "--aug", "rrc_flp"], code=2) == (
         "error: unknown augmentation 'rrc_flp' (did you mean 'rrc_flip'? valid: none, flip, crop_flip, crop_flip_alt, "
         "crop_flip_cutout, dihedral, rrc_flip, heavy)")

@@ -184,7 +184,8 @@ def test_disk_full_at_a_checkpoint_names_the_file(data, tmp_path, capsys, monkey
     assert main(_argv(data, run)) == 1
     assert capsys.readouterr().err == (f"error: cannot write {run / 'checkpoint.pt'}: the disk is full; "
                                        "free some space or choose another place\n")
-    assert sorted(p.name for p in run.iterdir()) == ["batches.csv", "config.json", "history.csv"]  # no temporary file left
+    assert sorted(p.name for p in run.iterdir()) == ["batches.csv", "config.json", "history.csv",
+                                                     "train.log"]  # no temporary file left
 
 
 @pytest.mark.parametrize("name", ["history.csv", "model.safetensors", "model.json", "preds.npz", "summary.json",
@@ -222,7 +223,7 @@ def test_a_real_full_disk_at_a_checkpoint(data, small_tmpfs, capsys):
     assert main(_argv(data, run)) == 1
     assert capsys.readouterr().err == (f"error: cannot write {run / 'checkpoint.pt'}: the disk is full; "
                                        "free some space or choose another place\n")
-    assert sorted(p.name for p in run.iterdir()) == ["batches.csv", "config.json", "history.csv"]
+    assert sorted(p.name for p in run.iterdir()) == ["batches.csv", "config.json", "history.csv", "train.log"]
 
 
 def test_a_read_only_out_fails_before_any_work(data, tmp_path, capsys, monkeypatch):
@@ -307,3 +308,26 @@ def test_sigterm_stops_a_search_with_the_searchs_advice(data, tmp_path):
     assert err == (f"error: the search stopped before its first trial finished; continue with: "
                    f"fitvision tune --resume --out {out}\n")
     assert json.loads((out / "search.json").read_text())["trials"] == 2
+
+
+def test_a_full_disk_for_the_log_is_one_warning_and_the_run_goes_on(tmp_path, capsys):
+    """RUN/train.log on a full disk: logging would print a traceback for every line; one warning instead."""
+    import logging
+
+    from fitvision.logs import logger, run_log
+
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self):
+            pass
+
+    with run_log(tmp_path / "train.log"):
+        handler = next(h for h in logger.handlers if hasattr(h, "failed"))
+        handler.setStream(Full())
+        logger.info("one")
+        logger.info("two")
+    assert capsys.readouterr().err == (f"warning: cannot append to {tmp_path / 'train.log'} (No space left on "
+                                       "device); the run goes on without its log\n")
+    assert not any(hasattr(h, "failed") for h in logging.getLogger("fitvision").handlers)  # removed at the end

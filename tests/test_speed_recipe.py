@@ -194,8 +194,9 @@ def test_model_options_reach_the_model_and_model_json(tiny_speednet):
     assert any("first layer initialised from" in note for note in default.notes)
 
 
-def test_gpu_recipe_is_the_cpu_recipe_at_full_width():
-    """docs and config say so; the CPU test below then covers the gpu recipe's code too."""
+def test_gpu_recipe_is_the_cpu_recipe_at_full_width_with_airbenchs_gpu_choices():
+    """docs and config say so (8 epochs, compiled, one input size); the CPU test below then covers
+    the gpu recipe's code too."""
     from dataclasses import fields
 
     from fitvision.recipes import RECIPES
@@ -204,7 +205,8 @@ def test_gpu_recipe_is_the_cpu_recipe_at_full_width():
     differ = {f.name: (getattr(cpu, f.name), getattr(gpu, f.name)) for f in fields(cpu)
               if getattr(cpu, f.name) != getattr(gpu, f.name)}
     assert differ == {"width": (0.75, 1.0), "model_options": ("convs=2-3-3,widths=48-192-256", "convs=2-3-3"),
-                      "recipe": ("cpu", "gpu")}
+                      "recipe": ("cpu", "gpu"), "epochs": (12, 8), "progressive_size": (16, 0),
+                      "progressive_epochs": (8, 0), "compile": (False, True)}
 
 
 @pytest.mark.parametrize("recipe", ["cpu", "gpu"])
@@ -220,8 +222,9 @@ def test_speed_recipes_learn_real_cifar(data_dir, tmp_path, recipe):
 
     torch.set_num_threads(2)  # the one_thread fixture restores it; a real network, not a tiny tensor
     cfg, _ = resolve_recipe(recipe, data="cifar10")
-    cfg = replace(cfg, device="cpu", epochs=4, bs=200, train_limit=2000, valid_limit=500, progressive_epochs=2,
-                  stem_bias_epochs=1, epoch_valid_limit=0, out=str(tmp_path / "r"))
+    cfg = replace(cfg, device="cpu", epochs=4, bs=200, train_limit=2000, valid_limit=500,
+                  progressive_epochs=2 if cfg.progressive_size else 0, stem_bias_epochs=1, epoch_valid_limit=0,
+                  compile=False, out=str(tmp_path / "r"))  # compiling on the CPU would cost the test a minute
     summary = json.loads((train_run(cfg) / "summary.json").read_text())
     assert summary["recipe"] == recipe and summary["num_train"] == 2000
     assert summary["val_acc"] > 0.5, summary

@@ -424,16 +424,24 @@ def test_the_prune_hook_stops_a_real_training_run(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--sampler", "grid"], "unknown sampler 'grid' (valid: tpe, random)"),
-    (["--pruner", "asha"], "unknown pruner 'asha' (valid: median, hyperband, none)"),
-    (["--workers", "0"], "--workers must be at least 1, got 0"),
+    (["--sampler", "grid"], "fitvision tune: error: argument --sampler: invalid choice 'grid' (valid: tpe, random) "
+                            "(see 'fitvision tune --help')"),
+    (["--sampler", "rnadom"], "fitvision tune: error: argument --sampler: invalid choice 'rnadom' (did you mean "
+                              "'random'? valid: tpe, random) (see 'fitvision tune --help')"),
+    (["--pruner", "asha"], "fitvision tune: error: argument --pruner: invalid choice 'asha' (valid: median, "
+                           "hyperband, none) (see 'fitvision tune --help')"),
+    (["--workers", "0"], "error: --workers must be at least 1, got 0"),
 ])
 def test_cli_bad_search_options_are_one_line_and_write_nothing(capsys, tmp_path, flags, message):
     from fitvision.cli import main
 
     argv = ["tune", "--trials", "2", "--space", "lr=0.1|0.2", "--out", str(tmp_path / "t"), *flags]
-    assert main(argv) == 2
-    assert capsys.readouterr().err == f"error: {message}\n"
+    try:
+        code = main(argv)
+    except SystemExit as e:  # the parser's own errors
+        code = e.code
+    assert code == 2
+    assert capsys.readouterr().err == f"{message}\n"
     assert not (tmp_path / "t").exists()
 
 

@@ -63,7 +63,7 @@ def run_log(path: str | Path) -> Iterator[None]:
     """While training, every fitvision message of level info and above is also appended to ``path``
     (RUN/train.log), each line after its local time ("2026-12-06 05:41:02 "), whatever the terminal
     shows (--quiet, --no-progress); a resumed run continues the same file."""
-    handler = logging.StreamHandler(_open_log(Path(path)))
+    handler = _LogFileHandler(_open_log(Path(path)), Path(path))
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", TIME_FORMAT))
     handler.setLevel(logging.INFO)
     own, shown, saved = logger.level, logger.getEffectiveLevel(), [(h, h.level) for h in logger.handlers]
@@ -81,6 +81,25 @@ def run_log(path: str | Path) -> Iterator[None]:
         logger.setLevel(own)
         for h, level in saved:
             h.setLevel(level)
+
+
+class _LogFileHandler(logging.StreamHandler):
+    """A failed append (a full disk) is one warning line, once, not logging's traceback per line:
+    the log is a record of the run, and the run's own files say when a write really matters."""
+
+    def __init__(self, stream, path: Path):
+        super().__init__(stream)
+        self.path, self.failed = path, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failed = True
+        error = sys.exc_info()[1]
+        print(f"warning: cannot append to {self.path} ({getattr(error, 'strerror', None) or error}); "
+              "the run goes on without its log", file=sys.stderr)
 
 
 def _open_log(path: Path):

@@ -61,14 +61,24 @@ def _converter(name: str, valid: tuple[str, ...] | None) -> Callable[[str], Any]
     """argparse's type= for a field: the config's own conversion and range of names, so the
     message is the one a config file would get, on one line."""
     def convert(text: str) -> Any:
-        if valid is not None and text not in valid:
-            raise argparse.ArgumentTypeError(f"invalid choice {text!r} ({did_you_mean(text, valid)}valid: "
-                                             f"{', '.join(valid)})")
+        if valid is not None:
+            choice_type(name, valid)(text)
         try:
             return coerce(name, text)
         except FitVisionError as e:
             raise argparse.ArgumentTypeError(str(e).replace(f"config key '{name}' ", "")) from None
     convert.__name__ = name  # argparse names the type in some messages
+    return convert
+
+
+def choice_type(name: str, valid: tuple[str, ...]) -> Callable[[str], str]:
+    """argparse's type= for a fixed list of names: one line with the nearest one."""
+    def convert(text: str) -> str:
+        if text not in valid:
+            raise argparse.ArgumentTypeError(f"invalid choice {text!r} ({did_you_mean(text, valid)}valid: "
+                                             f"{', '.join(valid)})")
+        return text
+    convert.__name__ = name
     return convert
 
 

@@ -30,7 +30,7 @@ from fitvision.data.extract import (
     archive_stem,
     list_members,
 )
-from fitvision.errors import FitVisionError
+from fitvision.errors import FitVisionError, did_you_mean
 from fitvision.files import disk_error, remove_leftovers, temp_prefix
 
 
@@ -132,8 +132,9 @@ def resolve(name_or_path, download: bool = True) -> Path:
         return path
     if path.is_file():
         raise FitVisionError(f"{path} is not a folder or a {'/'.join(ARCHIVE_SUFFIXES)} archive")
+    hint = did_you_mean(key.lower(), CATALOG).rstrip()
     raise FitVisionError(f"unknown dataset '{key}': not a catalog name ({', '.join(CATALOG)}) "
-                         "nor an existing folder or archive")
+                         "nor an existing folder or archive" + (f"; {hint}" if hint else ""))
 
 
 def dataset_name(name_or_path) -> str:

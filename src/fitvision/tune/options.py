@@ -8,6 +8,8 @@ import argparse
 from typing import Any
 
 from fitvision.errors import FitVisionError, UsageError
+from fitvision.options import choice_type
+from fitvision.tune.study import PRUNERS, SAMPLERS
 
 _SEARCH_FLAGS = ("--space", "--trials", "--retrain", "--sampler", "--pruner", "--storage", "--study")
 
@@ -19,13 +21,15 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                         '(with --resume --out DIR: the interrupted search\'s own)')
     p.add_argument("--retrain", action="store_true",
                    help="retrain the best on all training data and report test accuracy once")
-    p.add_argument("--sampler", default=None, help="tpe (default) or random")
-    p.add_argument("--pruner", default=None, help="median (default), hyperband or none: stop bad trials early")
+    p.add_argument("--sampler", default=None, type=choice_type("sampler", SAMPLERS), choices=SAMPLERS, metavar="NAME",
+                   help="tpe (default) or random")
+    p.add_argument("--pruner", default=None, type=choice_type("pruner", PRUNERS), choices=PRUNERS, metavar="NAME",
+                   help="median (default), hyperband or none: stop bad trials early")
     p.add_argument("--storage", default=None, metavar="URL",
                    help="the Optuna storage to share the study through: postgresql://..., mysql://..., "
                         "sqlite:///FILE or a journal file path (default OUT/study.db)")
     p.add_argument("--study", default=None, metavar="NAME", help="study name in --storage (default fitvision-tune)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes on this machine sharing the study (default 1)")
     p.add_argument("--join", action="store_true", help=argparse.SUPPRESS)  # a worker of --workers N
 

@@ -1,0 +1,73 @@
+"""Training throughput on an idle CPU and beside a busy process, under OpenMP wait policies (issue 30).
+
+    FITVISION_DATA_DIR=../shared/datasets .venv/bin/python bench/contention.py [--repeats 2]
+        [--policies default passive] [--images 10000]
+
+Each measurement is one `fitvision train --recipe cpu --epochs 1 --train-limit N --progressive-size 0`
+process (32 px throughout); its summary.json's training images/s is the figure. "busy" runs it beside
+`python -c "while True: pass"` (one core taken, as a browser tab or a second job takes it); "idle"
+alone. A policy is the OMP_WAIT_POLICY the process starts with ("default": unset, libgomp spins a
+while before sleeping). Prints one JSON line per run and a summary: the busy/idle ratio per policy.
+Run it on an otherwise idle machine and say the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def run_once(policy: str, busy: bool, images: int, out: Path) -> float:
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    if policy != "default":
+        env["OMP_WAIT_POLICY"] = policy.upper()
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        if hog:
+            time.sleep(1.0)  # the competitor is running before training starts
+        subprocess.run([sys.executable, "-m", "fitvision", "train", "--recipe", "cpu", "--epochs", "1",
+                        "--train-limit", str(images), "--valid-limit", "1000", "--progressive-size", "0",
+                        "--no-progress", "-q", "--out", str(out)], env=env, check=True)
+    finally:
+        if hog:
+            hog.kill()
+            hog.wait()
+    return json.loads((out / "summary.json").read_text())["train_images_per_second"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--policies", nargs="+", default=["default", "passive"])
+    p.add_argument("--images", type=int, default=10000)
+    args = p.parse_args()
+    results: dict[tuple[str, str], list[float]] = {}
+    print(json.dumps({"loadavg_before": os.getloadavg()}), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):  # alternated, so a drift of the machine's speed hits all alike
+            for policy in args.policies:
+                for load in ("idle", "busy"):
+                    ips = run_once(policy, load == "busy", args.images, Path(tmp) / f"{policy}-{load}-{repeat}")
+                    results.setdefault((policy, load), []).append(ips)
+                    print(json.dumps({"policy": policy, "load": load, "repeat": repeat,
+                                      "images_per_second": round(ips, 1)}), flush=True)
+    summary = {}
+    for policy in args.policies:
+        idle, busy = results[(policy, "idle")], results[(policy, "busy")]
+        summary[policy] = {"idle": round(statistics.mean(idle), 1), "idle_runs": [round(x) for x in idle],
+                           "busy": round(statistics.mean(busy), 1), "busy_runs": [round(x) for x in busy],
+                           "busy_over_idle": round(statistics.mean(busy) / statistics.mean(idle), 3)}
+    print(json.dumps({"summary": summary, "loadavg_after": os.getloadavg()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
