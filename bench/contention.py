@@ -6,8 +6,9 @@
 Each measurement is one `fitvision train --recipe cpu --epochs 1 --train-limit N --progressive-size 0`
 process (32 px throughout); its summary.json's training images/s is the figure. "busy" runs it beside
 `python -c "while True: pass"` (one core taken, as a browser tab or a second job takes it); "idle"
-alone. A policy is the OMP_WAIT_POLICY the process starts with ("default": unset, libgomp spins a
-while before sleeping). Prints one JSON line per run and a summary: the busy/idle ratio per policy.
+alone. A policy: "now", fitvision as it is (a passive OpenMP wait policy, one thread fewer per core
+another process keeps busy); "before", as it was (libgomp's own wait policy, which spins a while
+before sleeping, and all threads); or an OMP_WAIT_POLICY with a fixed thread count ("passive:1"). Prints one JSON line per run and a summary: the busy/idle ratio per policy.
 Run it on an otherwise idle machine and say the load average.
 """
 
@@ -25,10 +26,14 @@ from pathlib import Path
 
 
 def run_once(policy: str, busy: bool, images: int, out: Path) -> float:
-    env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
-    if policy != "default":
-        env["OMP_WAIT_POLICY"] = policy.upper()
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS",
+                                                            "FITVISION_CPU_THREADS")}
+    if policy == "before":  # fitvision before issue 30's change: libgomp's own policy, all threads always
+        env.update(OMP_WAIT_POLICY="", FITVISION_CPU_THREADS="fixed")
+    elif policy != "now":  # "passive:1": that OMP_WAIT_POLICY (and OMP_NUM_THREADS)
+        policy, _, threads = policy.partition(":")
+        env["OMP_WAIT_POLICY"] = "" if policy == "default" else policy.upper()
+        env["FITVISION_CPU_THREADS"] = threads or "fixed"
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         if hog:
@@ -46,7 +51,7 @@ def run_once(policy: str, busy: bool, images: int, out: Path) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--policies", nargs="+", default=["default", "passive"])
+    p.add_argument("--policies", nargs="+", default=["before", "now"])
     p.add_argument("--images", type=int, default=10000)
     args = p.parse_args()
     results: dict[tuple[str, str], list[float]] = {}

@@ -16,6 +16,12 @@ def data_dir() -> Path:
     return path
 
 
+# Runs (in this process and the CLI subprocesses the tests start) use the default thread count,
+# whatever else the machine is doing: results that tests compare bit for bit must not depend on
+# how busy the CI machine happened to be (fitvision.train.device.share_cpu; its own test unsets it).
+os.environ.setdefault("FITVISION_CPU_THREADS", "fixed")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep tests away from the user's cache unless a test asks for the shared one."""

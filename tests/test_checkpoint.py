@@ -113,6 +113,29 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path):
     assert strip == [{k: v for k, v in row.items() if "seconds" not in k} for row in resumed.state.history]
 
 
+def test_resume_keeps_the_thread_count_the_run_started_with(tmp_path, monkeypatch):
+    """A run that started beside a busy process trained on fewer threads (device.share_cpu); its
+    resume, on an idle machine, must use as many, or CPU reductions split differently."""
+    monkeypatch.delenv("FITVISION_CPU_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        learn = make_learner()
+        learn.fit(1)
+        learn.save_checkpoint(tmp_path / "checkpoint.pt")
+        assert load_checkpoint(tmp_path / "checkpoint.pt")["threads"] == 1
+        torch.set_num_threads(2)
+        make_learner().fit(1, resume_from=tmp_path / "checkpoint.pt")
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own choice wins
+        make_learner().fit(1, resume_from=tmp_path / "checkpoint.pt")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_resume_refuses_another_run_length(tmp_path):
     learn = make_learner()
     learn.fit(1)

@@ -2,6 +2,7 @@
 
 import io
 import math
+import os
 
 import numpy as np
 import pytest
@@ -440,3 +441,48 @@ def test_general_and_imagenette_keep_biases_undecayed_cpu_decays_them_per_step_l
         assert groups["body_no_decay"]["wd"] == bias_wd and groups["head_no_decay"]["wd"] == bias_wd, name
         assert groups["body"]["wd"] == cfg.wd, name
     assert bias_wd > 0 and groups["body_no_decay"]["lr"] * bias_wd == pytest.approx(groups["body"]["lr"] * cfg.wd)
+
+
+def test_a_busy_cpu_gets_one_fewer_thread(monkeypatch):
+    """Beside a process keeping a core busy, training takes one thread fewer (bench/contention.py:
+    37% of the idle throughput with 2 threads, 58% with 1); pinned or chosen counts are left alone."""
+    import subprocess
+    import sys
+
+    from fitvision.errors import FitVisionError
+    from fitvision.train import device
+
+    assert [device.threads_beside(b, 2) for b in (0.0, 0.4, 0.6, 1.0, 2.0)] == [2, 2, 1, 1, 1]
+    assert device.threads_beside(2.2, 8) == 6
+    before = torch.get_num_threads()
+    monkeypatch.delenv("FITVISION_CPU_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        monkeypatch.setattr(device, "busy_cores", lambda seconds=0.25: 1.0)
+        torch.set_num_threads(2)
+        note = device.share_cpu()
+        assert torch.get_num_threads() == 1 and note == (
+            f"other processes keep 1.0 of {os.cpu_count()} cores busy: training on 1 of 2 threads "
+            "(FITVISION_CPU_THREADS=N pins the count)")
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice
+        assert device.share_cpu() is None and torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setenv("FITVISION_CPU_THREADS", "3")
+        assert device.share_cpu() is None and torch.get_num_threads() == 3
+        monkeypatch.setenv("FITVISION_CPU_THREADS", "two")
+        with pytest.raises(FitVisionError, match="FITVISION_CPU_THREADS must be a positive integer or 'fixed', got 'two'"):
+            device.share_cpu()
+    finally:
+        torch.set_num_threads(before)
+    # the measurement itself: a busy process shows as (about) one busy core
+    monkeypatch.undo()
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert device.busy_cores(0.5) >= 0.7
+    finally:
+        hog.kill()
+        hog.wait()

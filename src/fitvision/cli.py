@@ -359,6 +359,9 @@ def _command(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before torch loads OpenMP: its threads sleep when idle instead of spinning, which a core shared
+    # with another process pays for (bench/contention.py: faster idle too). The user's setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command(argv))
     args, extra = parser.parse_known_args(argv)

@@ -16,6 +16,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 from __future__ import annotations
 
 import copy
+import os
 import io
 import pickle
 import warnings
@@ -48,6 +49,7 @@ def snapshot(learn, copy_tensors: bool = False) -> dict[str, Any]:
         "loaders": {"train": dl.state_dict() if hasattr(dl, "state_dict") else None},
         "state": learn.state.to_dict(),
         "training": learn.model.training,
+        "threads": torch.get_num_threads(),  # CPU reductions split by thread count: a resume keeps it
     }
     return copy.deepcopy(snap) if copy_tensors else snap
 
@@ -138,3 +140,6 @@ def resume(learn, path: str | Path) -> None:
                              f"{size}: resume with the same number of processes (--nproc, or torchrun's "
                              "--nproc-per-node x --nnodes)")
     restore(learn, {**ck, "training": True}, what=str(path))
+    if learn.device.type == "cpu" and ck.get("threads") and not os.environ.get("OMP_NUM_THREADS") \
+            and not os.environ.get("FITVISION_CPU_THREADS") and not learn.world.distributed:
+        torch.set_num_threads(int(ck["threads"]))  # the count the run started with (device.share_cpu)

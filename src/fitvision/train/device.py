@@ -1,4 +1,5 @@
-"""Where and how fast a run computes: the device, the precision on it, and the CPU allocator.
+"""Where and how fast a run computes: the device, the precision on it, the CPU allocator, and how
+many CPU threads when other processes share the cores.
 
 "auto" resolves to what the hardware does well: the first CUDA GPU when there is one, else the
 CPU; bf16 autocast where the hardware has native bf16 (a CPU with AVX-512 BF16 or AMX, a CUDA
@@ -11,7 +12,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
+import time
 
 import torch
 
@@ -97,3 +100,55 @@ def keep_freed_memory() -> bool:
     ok_mmap = mallopt(_M_MMAP_MAX, 0)
     ok_trim = mallopt(_M_TRIM_THRESHOLD, 1 << 30)  # int-sized: 1 GiB of free memory kept at most
     return bool(ok_mmap and ok_trim)
+
+
+# --------------------------------------------------------------------------- sharing the CPU
+def busy_cores(seconds: float = 0.25) -> float:
+    """How many cores other processes keep busy, from /proc/stat's non-idle time over ``seconds``
+    while this process waits (so the figure is theirs). 0.0 where /proc/stat is not readable."""
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(values), values[3] + values[4]
+
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(seconds)
+        total1, idle1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = total1 - total0
+    return 0.0 if total <= 0 else (total - (idle1 - idle0)) / total * (os.cpu_count() or 1)
+
+
+def threads_beside(busy: float, threads: int) -> int:
+    """One fewer thread per core that other processes keep busy (rounded), at least one. OpenMP's
+    threads meet at every parallel region: one that shares its core with a busy process holds the
+    others up. Measured beside one busy process on 2 cores (bench/contention.py): 2 threads kept 37%
+    of their idle throughput, 1 thread 58%."""
+    return max(1, threads - int(busy + 0.5))
+
+
+def share_cpu() -> str | None:
+    """Set torch's CPU thread count for this run, before it starts; returns a note when it differs
+    from all cores. FITVISION_CPU_THREADS=N pins N, =fixed leaves torch's count as it is (as does
+    OMP_NUM_THREADS, the user's choice); else one fewer thread per core that other processes keep
+    busy right now."""
+    pinned = os.environ.get("FITVISION_CPU_THREADS", "")
+    if pinned == "fixed":
+        return None
+    if pinned:
+        if not pinned.isdigit() or int(pinned) < 1:
+            raise FitVisionError(f"FITVISION_CPU_THREADS must be a positive integer or 'fixed', got {pinned!r}")
+        torch.set_num_threads(int(pinned))
+        return None
+    threads = torch.get_num_threads()
+    if os.environ.get("OMP_NUM_THREADS") or threads < 2:
+        return None
+    busy = busy_cores()
+    fewer = threads_beside(busy, threads)
+    if fewer == threads:
+        return None
+    torch.set_num_threads(fewer)
+    return (f"other processes keep {busy:.1f} of {os.cpu_count()} cores busy: training on {fewer} of {threads} "
+            "threads (FITVISION_CPU_THREADS=N pins the count)")

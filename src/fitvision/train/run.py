@@ -18,7 +18,7 @@ from fitvision.optim.schedules import create_schedule
 from fitvision.train import checkpoint, distributed, rundir
 from fitvision.train.checkpoint import CHECKPOINT
 from fitvision.train.rundir import LOG
-from fitvision.train.device import keep_freed_memory, resolve_device
+from fitvision.train.device import keep_freed_memory, resolve_device, share_cpu
 from fitvision.train.hooks import Checkpointer, EarlyStopping, EpochLog, Hook, Phases, format_seconds
 from fitvision.train.preempt import StopOnSignal, catch_sigterm
 from fitvision.train.seeding import seed_everything
@@ -128,6 +128,10 @@ def _fit(cfg: TrainConfig, run_dir: Path, stop: StopOnSignal, progress: bool, ho
          world: distributed.World, log: contextlib.ExitStack) -> tuple[Setup, list[Tracker]]:
     """Build, make the run directory and fit; returns the Setup, its Learner trained, and the
     trackers (TensorBoard, MLflow) that still have the end of the run to record."""
+    # a CPU shared with a busy process: fewer threads, chosen before any work (a resume keeps the
+    # run's own count, from its checkpoint, so that it stays bit for bit)
+    shared = share_cpu() if not world.distributed and not cfg.resume and resolve_device(cfg.device).type == "cpu" \
+        else None
     s = build(cfg, progress=progress)
     if world.rank:  # the model's init was the same on every rank; dropout's draws must not be
         seed_everything(cfg.seed + world.rank)
@@ -155,6 +159,8 @@ def _fit(cfg: TrainConfig, run_dir: Path, stop: StopOnSignal, progress: bool, ho
     learn.hooks += [*tables, Checkpointer(learn, path, cfg.checkpoint_every), *stops, *trackers, *hooks]
     for line in describe(s):
         logger.info(line)
+    if shared:
+        logger.info(f"note      {shared}")
     logger.info(f"run dir   {run_dir}" + (" (resuming)" if cfg.resume else ""))
     total = max(1, round(cfg.epochs * len(learn.train_dl)))
     learn.fit(cfg.epochs, create_schedule(s.cfg, total_steps=total), resume_from=path if cfg.resume else None)
