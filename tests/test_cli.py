@@ -98,3 +98,12 @@ def test_datasets_show_previews_the_recipes_augmentation(tmp_path, monkeypatch):
     assert titles == [(f"d: 4 training images, augmentation {cfg.aug} (recipe {cfg.recipe}'s)", (4, size, size, 3)),
                       ("d: 4 training images, augmentation dihedral", (4, 40, 40, 3)),
                       ("d: 4 training images", (4, 40, 40, 3))]
+
+
+def test_help_and_eval_parsing_do_not_wait_for_torch():
+    """The registries' choices import torch: only the command that takes the config's flags builds them."""
+    code = ("import sys\nfrom fitvision.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -255,8 +255,9 @@ _TRAINING = ("train", "lr-find", "tune")  # the commands that take the config's 
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The whole CLI. With ``command``, only that subcommand gets the config's flags: their
-    choices come from the registries, which import torch, and `fitvision eval` need not wait."""
+    """The whole CLI. With ``command`` (a name, or "" for none), only that subcommand gets the
+    config's flags: their choices come from the registries, which import torch, and `fitvision
+    --help` or `fitvision eval` need not wait."""
     from fitvision.tune.options import add_search_options
 
     parser = FitVisionParser(
@@ -353,9 +354,12 @@ def cmd_completion(args) -> int:
 
 
 def _command(argv: list[str]) -> str | None:
-    """The subcommand named in argv (its first word that is not an option), if it is one."""
+    """The subcommand named in argv (its first word that is not an option); "" when there is none
+    or it is not one (`fitvision --help`, a typo): no command's config flags are needed then."""
     word = next((a for a in argv if not a.startswith("-")), None)
-    return word if word in COMMANDS and word != "completion" else None
+    if word == "completion":
+        return None  # the script covers every command
+    return word if word in COMMANDS else ""
 
 
 def main(argv: list[str] | None = None) -> int:
