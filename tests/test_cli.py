@@ -100,7 +100,7 @@ def test_datasets_show_previews_the_recipes_augmentation(tmp_path, monkeypatch):
                       ("d: 4 training images", (4, 40, 40, 3))]
 
 
-def test_help_and_eval_parsing_do_not_wait_for_torch():
+def test_help_does_not_wait_for_torch():
     """The registries' choices import torch: only the command that takes the config's flags builds them."""
     code = ("import sys\nfrom fitvision.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
