@@ -331,3 +331,45 @@ def test_a_full_disk_for_the_log_is_one_warning_and_the_run_goes_on(tmp_path, ca
     assert capsys.readouterr().err == (f"warning: cannot append to {tmp_path / 'train.log'} (No space left on "
                                        "device); the run goes on without its log\n")
     assert not any(hasattr(h, "failed") for h in logging.getLogger("fitvision").handlers)  # removed at the end
+
+
+def test_a_run_whose_weights_went_nan_is_an_error_not_a_result(tmp_path, monkeypatch):
+    """Seen with xresnet depth=0 on 32 px under bf16: a conv's weights went NaN where the forward
+    pass multiplies them by zero padding, so the training loss stayed finite and the run "finished"
+    with val_loss nan. Now the run fails, naming the parameter."""
+    from fitvision.config import TrainConfig
+    from fitvision.errors import FitVisionError
+    from fitvision.train.hooks import Hook
+    from fitvision.train.run import train_run
+
+    from test_cli_errors import _split_folders
+
+    class Poison(Hook):
+        def __init__(self):
+            self.learn = None
+
+        def on_batch_end(self, state):
+            if state.step == state.total_steps:  # the last step: the final evaluation sees it
+                import torch
+
+                with torch.no_grad():
+                    self.learn.model.classifier[-1].weight.fill_(float("nan"))
+
+    poison = Poison()
+    import fitvision.train.setup as setup
+
+    build = setup.build
+
+    def spy(cfg, *a, **k):
+        s = build(cfg, *a, **k)
+        poison.learn = s.learn
+        return s
+
+    monkeypatch.setattr("fitvision.train.run.build", spy)
+    cfg = TrainConfig(data=str(_split_folders(tmp_path / "ds")), model="cnn", width=0.25, epochs=1, bs=4,
+                      out=str(tmp_path / "run"))
+    with pytest.raises(FitVisionError) as e:
+        train_run(cfg, progress=False, hooks=[poison])
+    assert str(e.value) == ("the final evaluation's loss is nan (NaN or inf in classifier.2.weight): the weights are "
+                            "not usable; train again with --precision fp32 or a lower --lr")
+    assert not (tmp_path / "run" / "summary.json").exists()

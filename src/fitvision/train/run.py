@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 from fitvision.config import TrainConfig
 from fitvision.errors import FitVisionError, Terminated
@@ -164,7 +167,20 @@ def _fit(cfg: TrainConfig, run_dir: Path, stop: StopOnSignal, progress: bool, ho
     logger.info(f"run dir   {run_dir}" + (" (resuming)" if cfg.resume else ""))
     total = max(1, round(cfg.epochs * len(learn.train_dl)))
     learn.fit(cfg.epochs, create_schedule(s.cfg, total_steps=total), resume_from=path if cfg.resume else None)
+    _check_finite(learn)
     return s, trackers
+
+
+def _check_finite(learn) -> None:
+    """A run whose final evaluation is NaN holds NaN weights (the training loss can stay finite when
+    only weights the forward pass multiplies by zero padding went NaN): an error, not a result."""
+    last = learn.state.history[-1] if learn.state.history else None
+    if last is None or math.isfinite(last["val_loss"]):
+        return
+    bad = [name for name, p in learn.model.named_parameters() if not torch.isfinite(p).all()]
+    where = f"NaN or inf in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}" if bad else "no parameter is NaN"
+    raise FitVisionError(f"the final evaluation's loss is {last['val_loss']} ({where}): the weights are not "
+                         f"usable; train again with --precision fp32 or a lower --lr")
 
 
 def lr_find_run(cfg: TrainConfig) -> Path:
