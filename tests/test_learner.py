@@ -13,7 +13,8 @@ from fakeloader import TinyNet, make_learner, make_loaders, same, weights
 from fitvision.errors import FitVisionError
 from fitvision.train.checkpoint import load_checkpoint
 from fitvision.train.seeding import seed_everything
-from fitvision.train.hooks import TABLE_HEADER, Checkpointer, EarlyStopping, Progress, TrainState, epoch_row
+from fitvision.train.hooks import (TABLE_HEADER, Checkpointer, EarlyStopping, Progress, TrainAccuracy, TrainState,
+                                   epoch_row)
 from fitvision.train.ema import ModelEMA
 from fitvision.train.learner import Learner
 from fitvision.train.device import cpu_has_bf16, resolve_precision
@@ -80,13 +81,32 @@ def test_fractional_epochs():
 
 
 def test_epoch_row_counts_from_one_of_n_under_the_header():
-    row = {"epoch": 2, "lr": 0.009351, "train_loss": 1.23451, "val_loss": 1.12339, "val_acc": 0.61234, "seconds": 25.4}
+    row = {"epoch": 2, "lr": 0.009351, "train_loss": 1.23451, "val_loss": 1.12339, "val_acc": 0.61234,
+           "train_acc": 0.65341, "seconds": 25.4}
     line = epoch_row(row, 12, 3725.0)
-    assert line == "   3/12      1.2345    1.1234   0.6123   9.35e-03   0:25   1:02:05"
-    assert TABLE_HEADER == "epoch    train_loss  val_loss  val_acc  lr         time   elapsed"
-    # each value sits under its column's name
-    for name, value in zip(TABLE_HEADER.split(), ("3/12", "1.2345", "1.1234", "0.6123", "9.35e-03", "0:25", "1:02:05")):
+    assert line == "   3/12      1.2345    1.1234   0.6123     0.6534   9.35e-03   0:25   1:02:05"
+    assert TABLE_HEADER == "epoch    train_loss  val_loss  val_acc  train_acc  lr         time   elapsed"
+    # each value ends under its column's name
+    values = ("3/12", "1.2345", "1.1234", "0.6123", "0.6534", "9.35e-03", "0:25", "1:02:05")
+    for name, value in zip(TABLE_HEADER.split(), values):
         assert TABLE_HEADER.index(name) <= line.index(value) + len(value) - 1, name
+    del row["train_acc"]  # train_acc_limit 0: a dash in its column
+    assert epoch_row(row, 12, 3725.0) == "   3/12      1.2345    1.1234   0.6123          -   9.35e-03   0:25   1:02:05"
+
+
+def test_train_accuracy_is_the_unaugmented_accuracy_on_its_images():
+    """history's train_acc: the model's accuracy on the fixed training images, in eval mode (no
+    dropout, no augmentation), exactly what validate gives on them after the epoch."""
+    from fakeloader import FakeLoader, blobs
+
+    x, y = blobs(96, seed=3)
+    subset = FakeLoader(x, y, 32)  # no augment, no shuffle
+    learn = make_learner()
+    learn.hooks.insert(0, TrainAccuracy(learn, subset))
+    history = learn.fit(2)
+    assert [set(r) >= {"train_acc"} for r in history] == [True, True]
+    assert history[-1]["train_acc"] == learn.validate(subset, tta=False)[1]
+    assert learn.model.training  # the evaluation put the model back as it was
 
 
 def test_progress_without_a_tty_prints_plain_lines():

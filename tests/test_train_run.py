@@ -68,7 +68,8 @@ def test_run_directory_holds_every_file(run):
     assert summary["train_seconds"] > 0 and summary["train_images_per_second"] > 0 and summary["params"] == 113_738
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"]
+    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds", "train_acc"]
+    assert all(0 <= float(r["train_acc"]) <= 1 for r in rows)  # 500 training images, unaugmented
     assert [r["epoch"] for r in rows] == ["0", "1"] and float(rows[-1]["val_acc"]) == summary["val_acc"]
     with open(out / "batches.csv") as f:
         batches = list(csv.DictReader(f))
@@ -78,7 +79,8 @@ def test_run_directory_holds_every_file(run):
     assert any(line.startswith("model     cnn width 1: 113,738 parameters") for line in lines)
     rows = [line for line in lines if line.lstrip().startswith(("1/2 ", "2/2 "))]
     assert len(rows) == 2 and rows[1].startswith("    2/2  ") and " 4.00e-08 " in rows[1]  # 0.01 / 25 / 1e4
-    assert lines[lines.index(rows[0]) - 1] == "epoch    train_loss  val_loss  val_acc  lr         time   elapsed"
+    assert lines[lines.index(rows[0]) - 1] == (
+        "epoch    train_loss  val_loss  val_acc  train_acc  lr         time   elapsed")
     assert lines[-3:-1] == ["writing the weights, predictions and summary.json", "writing the plots and report.html"]
     assert lines[-1].startswith(f"done: val_acc {summary['val_acc']:.4f}")
 

@@ -86,6 +86,8 @@ class TrainConfig:
     tta: bool = _f(False, "flip test-time augmentation at evaluation")
     tta_shift: int = _f(0, "with tta: also views shifted diagonally by this many px (and mirrored); 0 = flip only")
     epoch_valid_limit: int = _f(0, "evaluate all but the last epoch on N evenly spaced validation images; 0 = all")
+    train_acc_limit: int = _f(1000, "each epoch, accuracy on N evenly spaced training images, unaugmented and in "
+                                    "eval mode: history's train_acc, the overfitting gap; 0 = off")
     early_stop: int = _f(0, "stop after this many epochs without val_loss improvement; 0 = off")
     init_from: str = _f("", "run directory whose body weights initialise the model (transfer)")
     freeze: bool = _f(False, "train only the head (for freeze_epochs, or the whole run if 0)")
@@ -200,7 +202,7 @@ def field_names() -> list[str]:
 _POSITIVE = ("epochs", "bs", "accum", "lr", "width", "eps", "bias_lr_mult", "div_factor", "final_div_factor")
 _NON_NEGATIVE = ("size", "train_limit", "valid_limit", "wd", "clip", "label_smoothing", "ema", "early_stop", "mixup", "cutmix",
                  "freeze_epochs", "checkpoint_every", "seed", "progressive_size", "progressive_epochs", "stem_bias_epochs",
-                 "tta_shift", "epoch_valid_limit", "muon_lr")
+                 "tta_shift", "epoch_valid_limit", "train_acc_limit", "muon_lr")
 _FRACTIONS = ("momentum", "beta2", "label_smoothing")  # in [0, 1)
 _PCT_START_SCHEDULES = ("one_cycle", "one_cycle_linear", "cosine_warmup", "flat_cos")
 

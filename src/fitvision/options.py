@@ -29,7 +29,7 @@ _GROUPS = {"data": "data", "model": "model", "epochs": "optimisation", "seed": "
 LR_FIND_UNUSED = frozenset({
     "epochs", "lr", "sched", "pct_start", "div_factor", "final_div_factor", "ema", "lookahead",
     "stem_bias_epochs", "progressive_size", "progressive_epochs", "tta", "tta_shift",
-    "epoch_valid_limit", "crop_pct", "early_stop", "freeze_epochs", "resume", "checkpoint_every", "sync_bn",
+    "epoch_valid_limit", "train_acc_limit", "crop_pct", "early_stop", "freeze_epochs", "resume", "checkpoint_every", "sync_bn",
     "tensorboard", "mlflow", "mixup", "cutmix", "mix_prob", "mix_switch_prob",
 })
 

@@ -6,6 +6,7 @@ pyplot global state, no GUI backend, nothing done at import time (importing fitv
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -54,7 +55,8 @@ def _column(history: Sequence[dict], key: str) -> list[float]:
 
 # --------------------------------------------------------------------------- curves
 def plot_history(history: Sequence[dict], plots_dir: str | Path) -> list[Path]:
-    """accuracy.png (val_acc vs epoch) and loss.png (train and validation loss vs epoch).
+    """accuracy.png (val_acc, and train_acc where recorded, vs epoch) and loss.png (train and
+    validation loss vs epoch).
 
     history: one dict per epoch with epoch, train_loss, val_loss, val_acc (history.csv rows).
     """
@@ -65,8 +67,13 @@ def plot_history(history: Sequence[dict], plots_dir: str | Path) -> list[Path]:
 
     fig = _figure(6.4, 4.2)
     ax = fig.add_subplot()
-    ax.plot(epochs, _column(history, "val_acc"), "-x", color=BLUE)
-    ax.set(xlabel="epoch", ylabel="validation accuracy", title="Accuracy vs. epoch")
+    train_acc = [row.get("train_acc", math.nan) for row in history]
+    if any(v == v for v in train_acc):  # recorded (train_acc_limit > 0): the overfitting gap, seed 002's point
+        ax.plot(epochs, [float(v) for v in train_acc], "-x", color=RED, label="training (unaugmented subset)")
+    ax.plot(epochs, _column(history, "val_acc"), "-x", color=BLUE, label="validation")
+    if any(v == v for v in train_acc):
+        ax.legend()
+    ax.set(xlabel="epoch", ylabel="accuracy", title="Accuracy vs. epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     acc = _save(fig, plots_dir / "accuracy.png")

@@ -61,7 +61,7 @@ class Hook:
 
 # The per-epoch table: a header once, then a row per epoch, the same on a terminal, in a log file
 # and in RUN/train.log. Epochs count from 1 here, as "of N" reads; history.csv keeps 0-based.
-TABLE_HEADER = "epoch    train_loss  val_loss  val_acc  lr         time   elapsed"
+TABLE_HEADER = "epoch    train_loss  val_loss  val_acc  train_acc  lr         time   elapsed"
 
 
 def epochs_planned(state: TrainState) -> int:
@@ -69,9 +69,10 @@ def epochs_planned(state: TrainState) -> int:
 
 
 def epoch_row(row: dict[str, float], epochs: int, elapsed: float) -> str:
-    """One row of the epoch table: "  1/12       1.2345    1.1234   0.6123  9.35e-03   0:25     0:25"."""
+    """One row of the epoch table: "   1/12      1.2345    1.1234   0.6123     0.6534   9.35e-03   0:25     0:25"."""
     count = f"{row['epoch'] + 1}/{epochs}"
-    return (f"{count:>7}  {row['train_loss']:10.4f}  {row['val_loss']:8.4f}  {row['val_acc']:7.4f}  "
+    train_acc = f"{row['train_acc']:9.4f}" if "train_acc" in row else f"{'-':>9}"  # off: train_acc_limit 0
+    return (f"{count:>7}  {row['train_loss']:10.4f}  {row['val_loss']:8.4f}  {row['val_acc']:7.4f}  {train_acc}  "
             f"{row['lr']:9.2e}  {format_seconds(row['seconds']):>5}  {format_seconds(elapsed):>8}")
 
 
@@ -191,6 +192,19 @@ class EpochLog(Hook):
 
         if state.stop_reason:
             file_logger.info(state.stop_reason)
+
+
+class TrainAccuracy(Hook):
+    """Each epoch, the accuracy on a fixed set of training images seen as the validation sees
+    them (no augmentation, no dropout, the EMA weights if any): history's ``train_acc``, whose gap
+    to val_acc is the overfitting (seed 002). First among the hooks, so the table and files have it;
+    its time is not in the epoch's ``seconds``."""
+
+    def __init__(self, learner, loader):
+        self.learner, self.loader = learner, loader
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        state.history[-1]["train_acc"] = self.learner.validate(self.loader, tta=False)[1]
 
 
 class EarlyStopping(Hook):

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fitvision.config import TrainConfig
@@ -133,7 +134,22 @@ class ImageData:
                                      device=cfg.device, transform=transform, rank=w.rank, world_size=w.size, mix=mix)
         self.valid_dl = DeviceLoader(valid_x, valid_y, eval_batch_size(bs), device=cfg.device, rank=w.rank,
                                      world_size=w.size, transform=eval_pipeline(size, mean, std, crop_pct=cfg.crop_pct))
+        self.train_eval_dl = self._train_eval_loader(train_x, train_y, bs, size, mean, std)
         self.valid_indices, self.mean, self.std, self.size, self.notes = valid_idx, list(mean), list(std), size, notes
+
+    def _train_eval_loader(self, train_x, train_y, bs: int, size: int, mean, std) -> DeviceLoader | None:
+        """train_acc_limit evenly spaced training images (splits are often sorted by class) as the
+        validation sees images: no augmentation. None when train_acc_limit is 0."""
+        from fitvision.data.augment import eval_pipeline
+        from fitvision.data.loader import DeviceLoader
+
+        n, limit, w = len(train_y), self.cfg.train_acc_limit, distributed.world()
+        if not limit or not n:
+            return None
+        idx = np.unique(np.linspace(0, n - 1, min(limit, n)).round().astype(np.int64))
+        return DeviceLoader(np.asarray(train_x[idx]), np.asarray(train_y)[idx], eval_batch_size(bs),
+                            device=self.cfg.device, rank=w.rank, world_size=w.size,
+                            transform=eval_pipeline(size, mean, std))
 
     @property
     def device(self) -> torch.device:

@@ -22,7 +22,8 @@ from fitvision.train import checkpoint, distributed, rundir
 from fitvision.train.checkpoint import CHECKPOINT
 from fitvision.train.rundir import LOG
 from fitvision.train.device import keep_freed_memory, resolve_device, share_cpu
-from fitvision.train.hooks import Checkpointer, EarlyStopping, EpochLog, Hook, Phases, format_seconds
+from fitvision.train.hooks import (Checkpointer, EarlyStopping, EpochLog, Hook, Phases, TrainAccuracy,
+                                   format_seconds)
 from fitvision.train.preempt import StopOnSignal, catch_sigterm
 from fitvision.train.seeding import seed_everything
 from fitvision.train.setup import Setup, build, describe
@@ -154,6 +155,8 @@ def _fit(cfg: TrainConfig, run_dir: Path, stop: StopOnSignal, progress: bool, ho
     phases = fine_tune_phases(s.cfg)
     if len(phases) > 1 or phases[0].frozen or phases[0].body_lr_mult != 1.0:
         learn.hooks.append(Phases(learn, phases))
+    if s.data.train_eval_dl is not None:
+        learn.hooks.insert(0, TrainAccuracy(learn, s.data.train_eval_dl))
     if cfg.early_stop:
         learn.hooks.append(EarlyStopping(cfg.early_stop))
     stop.learner = learn

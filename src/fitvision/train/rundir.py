@@ -28,7 +28,8 @@ from fitvision.train.checkpoint import CHECKPOINT
 from fitvision.train.evaluate import loss_and_accuracy
 from fitvision.train.hooks import Hook, TrainState
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds")
+# train_acc last (blank when off): the columns before it are DESIGN.md's, in its order
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds", "train_acc")
 BATCH_COLUMNS = ("step", "epoch", "lr", "mom", "loss")
 
 
@@ -93,7 +94,7 @@ def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) 
     writer = csv.writer(buf)
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([row[c] for c in columns])
+        writer.writerow([row.get(c, "") for c in columns])
     atomic_write_text(path, buf.getvalue())
 
 
