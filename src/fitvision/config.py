@@ -36,13 +36,15 @@ class TrainConfig:
     aug: str = _f("crop_flip", "augmentation preset, on the device per batch")
     progressive_size: int = _f(0, "progressive resizing: epoch 0 trains at this size in px; 0 = off")
     progressive_epochs: float = _f(0.0, "... growing linearly (in 4 px steps) to the full size at this epoch")
-    normalize: str = _f("auto", "channel statistics: auto = the training split's own, cifar = the seeds'")
+    normalize: str = _f("auto", "channel statistics: auto (the training split's own), cifar (the seeds'), half "
+                                "(0.5 and 0.5, seed 002), imagenet, or 'm1,m2,m3/s1,s2,s3'")
     crop_pct: float = _f(1.0, "evaluation keeps the central fraction of each image, resized to size (timm's)")
 
     # --- model ---
     model: str = _f("resnet9", "architecture (`fitvision models`), or timm:NAME / torchvision:NAME")
     width: float = _f(1.0, "channel width multiplier")
-    init: str = _f("default", "weight init: default (each model's own) or lsuv (seed 004)")
+    init: str = _f("default", "weight init: default (each model's own, Kaiming for the zoo), torch (PyTorch's "
+                              "layer defaults) or lsuv (seed 004)")
     model_options: str = _f("", 'extra model arguments "name=value,...", e.g. "dirac=false" for speednet')
 
     # --- optimisation ---
@@ -233,7 +235,7 @@ def _option_value(value: str) -> Any:
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Raise FitVisionError naming the first bad value; names are checked against the registries.
     Pure: reads no file and asks no hardware."""
-    from fitvision.data.augment import NORMALIZE, check_crop_pct
+    from fitvision.data.augment import check_crop_pct, fixed_stats
     from fitvision.data.decode import RESIZE_METHODS
     from fitvision.data.items import check_valid_pct
     from fitvision.models.init import INITS
@@ -266,7 +268,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise FitVisionError(f"{name} must be in [0, 1], got {getattr(cfg, name)!r}")
     if cfg.ema >= 1:
         raise FitVisionError(f"ema must be < 1 (a decay per step), got {cfg.ema!r}")
-    for name, valid in (("wd_mode", WD_MODES), ("normalize", NORMALIZE), ("init", INITS),
+    fixed_stats(cfg.normalize)
+    for name, valid in (("wd_mode", WD_MODES), ("init", INITS),
                         ("resize_method", RESIZE_METHODS)):
         check_choice(name, getattr(cfg, name), valid)
     _validate_names(cfg)

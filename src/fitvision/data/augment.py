@@ -33,7 +33,12 @@ from fitvision.data.transforms import (
 from fitvision.errors import FitVisionError, check_choice
 
 CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # the seeds' CIFAR-10 mean, std
-NORMALIZE = ("auto", "cifar")  # "auto": the training split's own channel stats; "cifar": the seeds' stats
+# Fixed (mean, std) presets: the seeds' CIFAR stats (000/001), seed 002's Normalize((0.5,)*3, (0.5,)*3),
+# and ImageNet's (torchvision's pretrained models). "auto": the training split's own channel stats.
+# Explicit values are "m1,m2,m3/s1,s2,s3".
+NORMALIZE_PRESETS = {"cifar": CIFAR_STATS, "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+                     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+NORMALIZE = ("auto", *NORMALIZE_PRESETS)
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -173,9 +178,29 @@ def train_pipeline(aug: str, size, mean, std, dtype=torch.float32) -> Pipeline:
 
 
 def normalization_stats(normalize: str, train_images) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) per channel as the config's ``normalize`` names them (NORMALIZE)."""
-    check_choice("normalize", normalize, NORMALIZE)
-    return CIFAR_STATS if normalize == "cifar" else channel_stats(train_images)
+    """(mean, std) per channel as the config's ``normalize`` says: "auto" (the training images'
+    own), a preset (NORMALIZE_PRESETS) or explicit "m1,m2,m3/s1,s2,s3"."""
+    fixed = fixed_stats(normalize)
+    return channel_stats(train_images) if fixed is None else fixed
+
+
+def fixed_stats(normalize: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) ``normalize`` fixes, None for "auto"; a bad value is one clear error."""
+    if normalize == "auto":
+        return None
+    if normalize in NORMALIZE_PRESETS:
+        return NORMALIZE_PRESETS[normalize]
+    if "/" not in normalize:
+        check_choice("normalize", normalize, NORMALIZE)  # a misspelt preset: the nearest one
+    try:
+        mean, std = (tuple(float(v) for v in part.split(",")) for part in normalize.split("/"))
+    except ValueError:
+        mean = std = ()
+    if len(mean) != 3 or len(std) != 3 or not all(0 < s < float("inf") for s in std) \
+            or not all(abs(m) < float("inf") for m in mean):
+        raise FitVisionError(f"normalize must be auto, {', '.join(NORMALIZE_PRESETS)} or three means and three "
+                             f"positive stds as 'm1,m2,m3/s1,s2,s3', got {normalize!r}")
+    return mean, std
 
 
 def check_crop_pct(crop_pct: float) -> None:

@@ -1,4 +1,5 @@
-"""Weight initialisation: Kaiming (the default every zoo model applies) and LSUV (seed 004)."""
+"""Weight initialisation: Kaiming (the default every zoo model applies), PyTorch's own layer
+defaults, and LSUV (seed 004)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,28 @@ from torch import nn
 from fitvision.errors import FitVisionError
 from fitvision.models.groups import unwrap
 
-INITS = ("default", "lsuv")  # "default": each model's own (kaiming); "lsuv": lsuv_init on a training batch
+# "default": each model's own (Kaiming for the zoo); "torch": PyTorch's own layer defaults (what a
+# model built from torch.nn gets with no init step: the seeds' 002 and 003); "lsuv": lsuv_init on a
+# training batch (seed 004), after the model's own.
+INITS = ("default", "torch", "lsuv")
 
 INIT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _BN = nn.modules.batchnorm._BatchNorm
+
+
+def torch_default_init(model: nn.Module) -> int:
+    """Every conv and linear layer back to PyTorch's own initialisation (``reset_parameters``: weights
+    uniform within sqrt(6 / ((1 + 5) fan_in)), Kaiming's with a = sqrt(5); biases within
+    1 / sqrt(fan_in)). Norm layers keep what the model set (a zero-gamma BatchNorm stays zero);
+    layers whose weight a parametrization computes (spectral norm) are left alone. Returns how many
+    layers it reset."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, INIT_LAYERS) and not nn.utils.parametrize.is_parametrized(m, "weight") \
+                and not m.weight.is_meta:
+            m.reset_parameters()
+            count += 1
+    return count
 
 
 def kaiming_init(model: nn.Module, skip: Iterable[nn.Module] = ()) -> None:

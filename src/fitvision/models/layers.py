@@ -42,21 +42,21 @@ class ConvBnAct(nn.Sequential):
     gives ResNet9 its 6,575,370 parameters). ``act=False`` leaves the ReLU out, for the last
     conv of a residual branch; ``zero_bn`` starts its BatchNorm scale at 0 so the branch
     begins as the identity (Bag of Tricks, "zero gamma"). ``act_cls`` swaps the ReLU for
-    another activation (e.g. ``nn.Mish``); ``groups`` makes the conv grouped (ResNeXt).
+    another activation (e.g. ``nn.Mish``); ``groups`` makes the conv grouped (ResNeXt);
+    ``act_first`` puts the activation before the BatchNorm (seed 004's conv_layer order).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  pool: bool = False, bias: bool = True, act: bool = True, zero_bn: bool = False,
-                 act_cls: type[nn.Module] = nn.ReLU, groups: int = 1):
-        layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                      padding=kernel_size // 2, bias=bias, groups=groups),
-            nn.BatchNorm2d(out_channels),
-        ]
+                 act_cls: type[nn.Module] = nn.ReLU, groups: int = 1, act_first: bool = False):
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+                         padding=kernel_size // 2, bias=bias, groups=groups)
+        bn = nn.BatchNorm2d(out_channels)
         if zero_bn:
-            nn.init.zeros_(layers[1].weight)
-        if act:
-            layers.append(act_cls(inplace=True))
+            nn.init.zeros_(bn.weight)
+        layers: list[nn.Module] = [conv, bn]
+        if act:  # act_first: conv -> activation -> BatchNorm, seed 004's conv_layer
+            layers.insert(1 if act_first else 2, act_cls(inplace=True))
         if pool:
             layers.append(nn.MaxPool2d(2))
         super().__init__(*layers)

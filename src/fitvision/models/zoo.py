@@ -17,6 +17,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from fitvision.errors import FitVisionError, check_choice
 from fitvision.models.base import ImageClassifier
 from fitvision.models.init import kaiming_init
 from fitvision.models.layers import ConvBlock, ConvBnAct, Flatten, LinearBlock, Residual, prev_pow_2, scaled
@@ -177,30 +178,35 @@ def resnet9(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dro
     return ResNet9(num_classes, in_channels, widths, dropout, conv_bias)
 
 
+ORDERS = ("bn_act", "act_bn")  # XResNet's layers: conv-BN-ReLU, or the seed's conv-ReLU-BN
+
+
 class XResNet(ImageClassifier):
     """Seed 004's Bag-of-Tricks CNN with residual stages.
 
     Stem: three 3x3 convs, c_in -> prev_pow_2(9*c_in) (stride 1) -> x2 (stride 2) -> x2 (stride 2).
     Then per stage width: a stride-2 3x3 conv, followed by ``depth`` residual blocks
     (conv-BN-ReLU, conv-BN with its BatchNorm scale starting at 0, add, ReLU). ``depth=0`` is
-    the seed's plain CNN. Layers are conv-BN-ReLU with bias-free convs (the seed's conv_layer
-    puts the ReLU before BatchNorm; BN before the residual add is the ResNet order). Head:
-    adaptive average pool, flatten, optional dropout, linear.
+    the seed's plain CNN. Layers are conv-BN-ReLU with bias-free convs (``order="bn_act"``, the
+    ResNet order), or with ``order="act_bn"`` the seed's conv_layer: conv (with bias) -> ReLU ->
+    BatchNorm. Head: adaptive average pool, flatten, optional dropout, linear.
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, widths: Sequence[int] = (64, 64, 128, 256),
-                 depth: int = 1, dropout: float = 0.0):
+                 depth: int = 1, dropout: float = 0.0, order: str = "bn_act"):
         super().__init__()
+        check_choice("order", order, ORDERS)
+        if depth < 0:
+            raise FitVisionError(f"depth must be >= 0, got {depth}")
+        # act_bn: the seed's conv -> ReLU -> BatchNorm; the conv bias, before the ReLU, is not redundant then
+        layer = partial(ConvBnAct, bias=order == "act_bn", act_first=order == "act_bn")
         s = prev_pow_2(in_channels * 3 * 3)
-        self.stem = nn.Sequential(ConvBnAct(in_channels, s, bias=False),
-                                  ConvBnAct(s, s * 2, stride=2, bias=False),
-                                  ConvBnAct(s * 2, s * 4, stride=2, bias=False))
+        self.stem = nn.Sequential(layer(in_channels, s), layer(s, s * 2, stride=2), layer(s * 2, s * 4, stride=2))
         stages, c_in = [], s * 4
         for c in widths:
-            blocks: list[nn.Module] = [ConvBnAct(c_in, c, stride=2, bias=False)]
+            blocks: list[nn.Module] = [layer(c_in, c, stride=2)]
             for _ in range(depth):
-                blocks += [Residual(ConvBnAct(c, c, bias=False), ConvBnAct(c, c, bias=False, act=False, zero_bn=True)),
-                           nn.ReLU(inplace=True)]
+                blocks += [Residual(layer(c, c), layer(c, c, act=False, zero_bn=True)), nn.ReLU(inplace=True)]
             stages.append(nn.Sequential(*blocks))
             c_in = c
         self.stages = nn.Sequential(*stages)
@@ -214,6 +220,8 @@ class XResNet(ImageClassifier):
 
 @register_model
 def xresnet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-            widths: Sequence[int] = (64, 64, 128, 256), depth: int = 1, dropout: float = 0.0) -> XResNet:
-    """Seed 004 Bag-of-Tricks CNN: 3x3 stem, residual stages; for Imagenette-size input."""
-    return XResNet(num_classes, in_channels, tuple(scaled(c, width) for c in widths), depth, dropout)
+            widths: Sequence[int] = (64, 64, 128, 256), depth: int = 1, dropout: float = 0.0,
+            order: str = "bn_act") -> XResNet:
+    """Seed 004 Bag-of-Tricks CNN: 3x3 stem, residual stages (depth=0: the seed's plain CNN;
+    order=act_bn: its conv-ReLU-BN layers); for Imagenette-size input."""
+    return XResNet(num_classes, in_channels, tuple(scaled(c, width) for c in widths), depth, dropout, order)

@@ -76,6 +76,7 @@ def build(cfg: TrainConfig, hooks: list[Hook] | None = None, progress: bool = Tr
 def build_model(cfg: TrainConfig, data: ImageData) -> tuple[nn.Module, dict[str, Any], int, list[str]]:
     """(model on the data's device, model.json's meta, parameter count, notes) for cfg.model on data."""
     from fitvision.models import count_params, create_model, lsuv_init
+    from fitvision.models.init import torch_default_init
 
     seed_everything(cfg.seed)  # the model's init draws the same numbers whatever the data code drew
     device, classes, notes = data.device, data.classes, []
@@ -89,6 +90,8 @@ def build_model(cfg: TrainConfig, data: ImageData) -> tuple[nn.Module, dict[str,
         model = create_model(cfg.model, **kwargs).to(device)
     progressive = cfg.progressive_size and cfg.progressive_epochs
     _check_input_size(model, cfg.model, min(data.size, cfg.progressive_size) if progressive else data.size, device)
+    if cfg.init == "torch":
+        notes.append(f"PyTorch's default init on {torch_default_init(model)} conv and linear layers")
     if cfg.init == "lsuv":
         lsuv_init(model, data.train_dl.transform(data.train_dl.images[: cfg.bs]))  # one batch as training sees it
         notes.append("LSUV init on one training batch")
