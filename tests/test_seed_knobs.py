@@ -71,3 +71,12 @@ def test_xresnet_depth_0_with_the_seeds_conv_relu_bn_order():
         create_model("xresnet", order="bnact")
     with pytest.raises(FitVisionError, match="depth must be >= 0, got -1"):
         create_model("xresnet", depth=-1)
+
+
+def test_seed_003_cnn_variants_batchnorm_and_dropout():
+    plain, varied = create_model("cnn"), create_model("cnn", bn=True, dropout=0.5)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.Dropout)) for m in plain.modules())
+    assert "classifier.2.weight" in plain.state_dict()  # saved runs of the plain CNN still load
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in varied.modules()) == 3
+    assert [m.p for m in varied.modules() if isinstance(m, nn.Dropout)] == [0.5]
+    assert varied(torch.randn(2, 3, 32, 32)).shape == (2, 10)

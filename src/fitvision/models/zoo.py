@@ -79,15 +79,19 @@ def convnet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dro
 
 
 class CNN(ImageClassifier):
-    """Seed 003: three conv-ReLU-maxpool stages (32, 64, 128), then 128*4*4 -> classes."""
+    """Seed 003: three conv-ReLU-maxpool stages (32, 64, 128), then 128*4*4 -> classes. ``bn``:
+    BatchNorm after each conv (seed 003's BatchNorm variant); ``dropout``: before the classifier."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, channels: Sequence[int] = (32, 64, 128)):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, channels: Sequence[int] = (32, 64, 128),
+                 bn: bool = False, dropout: float = 0.0):
         super().__init__()
         layers: list[nn.Module] = []
         for c_in, c_out in zip((in_channels, *channels[:-1]), channels):
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            norm = [nn.BatchNorm2d(c_out)] if bn else []
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), *norm, nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(4), Flatten(),
+        drop = [nn.Dropout(dropout)] if dropout else []  # none by default: saved runs keep their layer names
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(4), Flatten(), *drop,
                                         nn.Linear(channels[-1] * 4 * 4, num_classes))
         _finish(self, num_classes)
 
@@ -96,9 +100,10 @@ class CNN(ImageClassifier):
 
 
 @register_model
-def cnn(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> CNN:
-    """Seed 003 CNN: 3 conv-relu-pool layers (32-64-128) + linear."""
-    return CNN(num_classes, in_channels, tuple(scaled(c, width) for c in (32, 64, 128)))
+def cnn(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, bn: bool = False,
+        dropout: float = 0.0) -> CNN:
+    """Seed 003 CNN: 3 conv-relu-pool layers (32-64-128) + linear (bn=true, dropout=P: its variants)."""
+    return CNN(num_classes, in_channels, tuple(scaled(c, width) for c in (32, 64, 128)), bn, dropout)
 
 
 class AlexNet(ImageClassifier):
