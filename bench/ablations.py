@@ -5,11 +5,10 @@
 
 The budget: the `seed` recipe (Adam one-cycle to lr 0.01, L2 1e-4, clip 0.1 by value, batch 400,
 the seeds' CIFAR stats, fp32) on seed 003's CNN (3 conv-ReLU-pool layers, 114k parameters) with
-10,000 CIFAR-10 training images for 5 epochs, evaluated on the 10,000 test images; each variant
-changes one thing (epochs before the last are evaluated on 2,000 test images, the last on all). A run is
-one `fitvision train` process; its summary.json gives the test
-accuracy and its history.csv the accuracy on 1,000 unaugmented training images (train_acc), whose
-gap to it is the overfitting. Results go to OUT_DIR/results.jsonl (a finished run is not rerun),
+10,000 CIFAR-10 training images for 5 epochs, evaluated on the 10,000 test images (epochs before
+the last on 2,000 of them); each variant changes one thing. A run is one `fitvision train`
+process; its summary.json gives the test accuracy and its history.csv the accuracy on 1,000
+unaugmented training images (train_acc), whose gap to it is the overfitting. Results go to OUT_DIR/results.jsonl (a finished run is not rerun),
 and --table prints the markdown table: per variant the mean and sample standard deviation over the
 seeds, and the difference from the row's first variant (its reference).
 """
