@@ -1,6 +1,5 @@
 """Resume checkpoints: exact round trips, safe loading, atomic writes, in-process exact resume."""
 
-import pickle
 import random
 
 import numpy as np

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from fitvision.train import distributed
 from fitvision.train.device import resolve_device
 from fitvision.train.evaluate import eval_batch_size, subset_indices, valid_indices
 from fitvision.train.seeding import seed_everything
+
+if TYPE_CHECKING:  # annotations only; the loader module is imported where it is used
+    from fitvision.data.loader import DeviceLoader
 
 # The TrainConfig fields ImageData is built from; a Learner cannot change them afterwards.
 DATA_FIELDS = ("data", "size", "storage_size", "resize_method", "train_limit", "valid_limit", "valid_pct", "aug",
