@@ -251,7 +251,6 @@ def cmd_export(args) -> int:
 
 # --------------------------------------------------------------------------- parser
 COMMANDS = ("datasets", "models", "recipes", "train", "lr-find", "eval", "predict", "report", "tune", "export")
-_TRAINING = ("train", "lr-find", "tune")  # the commands that take the config's flags
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from fitvision.logs import file_logger
+
 
 @dataclass
 class TrainState:
@@ -66,6 +68,11 @@ TABLE_HEADER = "epoch    train_loss  val_loss  val_acc  train_acc  lr         ti
 
 def epochs_planned(state: TrainState) -> int:
     return max(1, math.ceil(state.total_steps / max(state.steps_per_epoch, 1)))
+
+
+def last_row(state: TrainState) -> str:
+    """The table row of the epoch just finished, its elapsed time the sum of the epochs so far."""
+    return epoch_row(state.history[-1], epochs_planned(state), sum(row["seconds"] for row in state.history))
 
 
 def epoch_row(row: dict[str, float], epochs: int, elapsed: float) -> str:
@@ -163,8 +170,7 @@ class Progress(Hook):
 
     def on_epoch_end(self, state: TrainState) -> None:
         self._close_bar()
-        elapsed = sum(row["seconds"] for row in state.history)
-        self._print(epoch_row(state.history[-1], epochs_planned(state), elapsed))
+        self._print(last_row(state))
 
     def on_fit_end(self, state: TrainState) -> None:
         self._close_bar()
@@ -177,19 +183,12 @@ class EpochLog(Hook):
     whether or not the terminal shows it."""
 
     def on_fit_start(self, state: TrainState) -> None:
-        from fitvision.logs import file_logger
-
         file_logger.info(TABLE_HEADER)
 
     def on_epoch_end(self, state: TrainState) -> None:
-        from fitvision.logs import file_logger
-
-        elapsed = sum(row["seconds"] for row in state.history)
-        file_logger.info(epoch_row(state.history[-1], epochs_planned(state), elapsed))
+        file_logger.info(last_row(state))
 
     def on_fit_end(self, state: TrainState) -> None:
-        from fitvision.logs import file_logger
-
         if state.stop_reason:
             file_logger.info(state.stop_reason)
 

@@ -20,7 +20,6 @@ from fitvision.logs import logger, run_log
 from fitvision.optim.schedules import create_schedule
 from fitvision.train import checkpoint, distributed, rundir
 from fitvision.train.checkpoint import CHECKPOINT
-from fitvision.train.rundir import LOG
 from fitvision.train.device import keep_freed_memory, resolve_device, share_cpu
 from fitvision.train.hooks import (Checkpointer, EarlyStopping, EpochLog, Hook, Phases, TrainAccuracy,
                                    format_seconds)
@@ -146,7 +145,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, stop: StopOnSignal, progress: bool, ho
                                  precision=s.learn.precision)
     if world.is_main:
         rundir.create(as_run, run_dir)
-        log.enter_context(run_log(run_dir / LOG))
+        log.enter_context(run_log(run_dir / rundir.LOG))
     trackers = create_trackers(as_run, run_dir) if world.is_main else []
     log.push(_end_on_exit(trackers))
     learn, path = s.learn, run_dir / CHECKPOINT
