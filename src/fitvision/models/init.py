@@ -51,9 +51,17 @@ def kaiming_init(model: nn.Module, skip: Iterable[nn.Module] = ()) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _forward_order(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module, bool]]:
+# Modules that act on each unit (channel or feature) alone: what may sit between a layer and the
+# activation whose output LSUV measures. Dropout is off during LSUV, so it passes values through.
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+               nn.Hardswish, nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.Softplus)
+_PASS_THROUGH = (nn.Identity, nn.modules.dropout._DropoutNd)
+
+
+def _forward_order(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module, nn.Module | None, bool]]:
     """Conv and linear layers in the order the forward pass calls them (each once), each with
-    whether the next module the pass calls is a BatchNorm (which the layer then feeds)."""
+    the activation module that takes its output (None if none does: a classifier, or an
+    activation the model calls as a function) and whether a BatchNorm takes the output first."""
     calls: list[tuple[str, nn.Module]] = []  # every leaf module call, in order
     handles = []
     for name, m in model.named_modules():
@@ -70,8 +78,17 @@ def _forward_order(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Modu
     for i, (name, m) in enumerate(calls):
         if isinstance(m, INIT_LAYERS) and id(m) not in seen:
             seen.add(id(m))
-            feeds_bn = i + 1 < len(calls) and isinstance(calls[i + 1][1], _BN)
-            order.append((name, m, feeds_bn))
+            act, feeds_bn = None, False
+            for _, nxt in calls[i + 1:]:
+                if isinstance(nxt, _BN):
+                    feeds_bn = True
+                    break
+                if isinstance(nxt, ACTIVATIONS):
+                    act = nxt
+                    break
+                if not isinstance(nxt, _PASS_THROUGH):
+                    break
+            order.append((name, m, act, feeds_bn))
     return order
 
 
@@ -91,17 +108,19 @@ def _layer_input(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.T
     return captured[0]
 
 
-def _output_stats(layer: nn.Module, inp: torch.Tensor) -> tuple[float, float]:
-    out = layer(inp).float()
+def _output_stats(layer: nn.Module, act: nn.Module | None, inp: torch.Tensor) -> tuple[float, float]:
+    out = layer(inp)
+    out = (act(out) if act is not None else out).float()
     return out.mean().item(), out.std().item()
 
 
-def _lsuv_layer(model: nn.Module, layer: nn.Module, x: torch.Tensor, name: str,
+def _lsuv_layer(model: nn.Module, layer: nn.Module, act: nn.Module | None, x: torch.Tensor, name: str,
                 tol: float, max_iters: int) -> tuple[float, float]:
     # A layer's input depends only on the layers before it, so one forward pass gives it, and
-    # the iterations below run the layer alone on that input: the same output a full pass gives.
+    # the iterations below run the layer (and its activation) alone on that input: the same
+    # output a full pass gives.
     inp = _layer_input(model, layer, x)
-    mean, std = _output_stats(layer, inp)
+    mean, std = _output_stats(layer, act, inp)
     for _ in range(max_iters):
         if abs(std - 1) <= tol:
             break
@@ -109,32 +128,40 @@ def _lsuv_layer(model: nn.Module, layer: nn.Module, x: torch.Tensor, name: str,
             raise FitVisionError(f"LSUV: layer '{name}' gives a constant output (std {std:.3g}) on this "
                                  "batch; pass a batch of varied, normalised images")
         layer.weight.data /= std
-        mean, std = _output_stats(layer, inp)
-    # The mean step shifts every output by the same amount, so it leaves the std alone.
-    for _ in range(max_iters if layer.bias is not None else 0):
+        mean, std = _output_stats(layer, act, inp)
+    # The mean step shifts every output by the same amount, so it leaves the std alone. After a
+    # ReLU-like activation it could not: there the output's mean is positive by construction
+    # (seed 004's GeneralRelu subtracts a constant after the ReLU for that), so the mean step is
+    # for layers whose own output is measured.
+    for _ in range(max_iters if layer.bias is not None and act is None else 0):
         if abs(mean) <= tol:
             break
         layer.bias.data -= mean
-        mean, std = _output_stats(layer, inp)
+        mean, std = _output_stats(layer, act, inp)
     return mean, std
 
 
 def lsuv_init(model: nn.Module, batch, tol: float = 1e-3, max_iters: int = 10) -> list[tuple[str, float, float]]:
     """Layer-sequential unit variance (Mishkin & Matas 2015; seed 004), input to output.
 
-    For each conv and linear layer in forward order, the layer's own output (before any
-    BatchNorm or activation) is measured on ``batch``; its weight is divided by the output's
-    std until |std - 1| <= tol, then the output's mean is subtracted from its bias until
-    |mean| <= tol (at most ``max_iters`` rescalings and shifts). A bias-free layer that feeds
-    BatchNorm (xresnet's convs) is left alone: its mean cannot move, and the BatchNorm after it
-    normalises its output whatever its scale; any other layer without a bias gets the std step
-    only. Layers whose weight does not require grad (frozen, or fixed by design like speednet's
-    whitening conv) are left alone too.
+    Every conv and linear layer, in forward order, is measured where seed 004 measures it: after
+    its activation (the first activation module its output reaches, through dropout or identity
+    at most). Its weight is divided by that output's std until |std - 1| <= tol (at most
+    ``max_iters`` times). Two cases measure the layer's own output instead: a layer whose output
+    goes through BatchNorm first (xresnet's and ResNet9's convs: the BatchNorm would undo any
+    scale after it, so the layer is scaled to unit output, which starts the BatchNorm's running
+    statistics at the truth and sets the weights' norm, and with it their effective step size),
+    and a layer no activation module follows (a classifier; an activation called as a function).
+    Those with a bias also get the mean step: the output's mean is subtracted from the bias
+    until |mean| <= tol. After a ReLU the mean is positive by design, so it is left as it is.
+    Left alone: layers whose weight does not require grad (frozen, or fixed by design like
+    speednet's whitening conv) and layers whose weight a parametrization computes (spectral
+    norm sets its own scale).
 
     The passes run as training would see the network: BatchNorm normalises with the batch's
     own statistics, while dropout is off (a random mask would make the target move). The
     BatchNorm running statistics and the train/eval mode of every module are put back after.
-    Returns ``[(layer_name, mean, std)]``: each layer's output statistics when it was done,
+    Returns ``[(layer_name, mean, std)]``: each layer's measured statistics when it was done,
     which later layers do not change (they come after it). A layer called twice in one forward
     pass (shared weights) is measured at its first call.
     """
@@ -148,14 +175,9 @@ def lsuv_init(model: nn.Module, batch, tol: float = 1e-3, max_iters: int = 10) -
             if isinstance(m, nn.modules.dropout._DropoutNd):
                 m.eval()
         with torch.no_grad():
-            # Left alone: layers whose weights the model keeps fixed (requires_grad False), and
-            # bias-free layers feeding BatchNorm: their mean cannot move, and the BatchNorm already
-            # gives its output zero mean and unit variance whatever their scale; and layers whose
-            # weight a parametrization computes (spectral norm: it sets the scale itself).
-            layers = [(n, m) for n, m, feeds_bn in _forward_order(model, x)
-                      if not nn.utils.parametrize.is_parametrized(m, "weight")
-                      and m.weight.requires_grad and not (feeds_bn and m.bias is None)]
-            return [(name, *_lsuv_layer(model, layer, x, name, tol, max_iters)) for name, layer in layers]
+            layers = [(n, m, act) for n, m, act, _ in _forward_order(model, x)
+                      if not nn.utils.parametrize.is_parametrized(m, "weight") and m.weight.requires_grad]
+            return [(name, *_lsuv_layer(model, layer, act, x, name, tol, max_iters)) for name, layer, act in layers]
     finally:
         with torch.no_grad():
             for k, v in model.named_buffers():
