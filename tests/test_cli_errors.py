@@ -270,7 +270,7 @@ def test_usage_errors_exit_2(capsys):
                                      "constant, cosine, cosine_warmup, exponential, flat_cos, linear, one_cycle, "
                                      "one_cycle_linear, step)"),
     (["lr-find", "--aug", "crop_flp"], "argument --aug: invalid choice 'crop_flp' (did you mean 'crop_flip'? valid: "
-                                       "none, flip, crop_flip, crop_flip_alt, crop_flip_cutout, dihedral, rrc_flip, heavy)"),
+                                       "none, flip, crop_flip, crop_flip_alt, crop_flip_cutout, dihedral, rrc_flip, perspective, heavy)"),
 ])
 def test_a_bad_flag_value_is_one_line_naming_the_flag(capsys, argv, message):
     prog = " ".join(["fitvision", argv[0]])
@@ -326,7 +326,7 @@ def test_flags_are_never_taken_by_their_prefix(capsys):
     assert build_parser().parse_args(["datasets", "show", "cifar10", "--aug"]).aug == "recipe"
     assert _fail(capsys, ["datasets", "show", "cifar10", "--aug", "rrc_flp"], code=2) == (
         "error: unknown augmentation 'rrc_flp' (did you mean 'rrc_flip'? valid: none, flip, crop_flip, crop_flip_alt, "
-        "crop_flip_cutout, dihedral, rrc_flip, heavy)")
+        "crop_flip_cutout, dihedral, rrc_flip, perspective, heavy)")
 
 
 # --------------------------------------------------------------------------- the real entry point

@@ -34,6 +34,14 @@ class TrainConfig:
     valid_limit: int = _f(0, "evaluate on at most N validation images; 0 = all")
     valid_pct: float = _f(0.0, "fraction carved out as validation from unsplit data (or from train, for tuning)")
     aug: str = _f("crop_flip", "augmentation preset, on the device per batch")
+    rotate: float = _f(0.0, "also rotate each training image by up to +- this many degrees (seed 002: 30); 0 = off")
+    translate: float = _f(0.0, "also shift each training image by up to this fraction of its size; 0 = off")
+    jitter: str = _f("", "also colour jitter: one strength for brightness, contrast and saturation (timm's 0.4), "
+                         "or 'b,c,s,h' (seed 002: 1,1,0,0); empty = off")
+    perspective: float = _f(0.0, "aug perspective: its tilt (default 0.4); other presets: also warp each image, "
+                                 "corners moved up to this fraction of the half-size; 0 = off")
+    rrc_scale: str = _f("", "random-resized crop area range 'low-high' (torchvision's 0.08-1); empty = the preset's")
+    rrc_ratio: str = _f("", "random-resized crop aspect range 'low-high'; empty = 0.75-1.333")
     progressive_size: int = _f(0, "progressive resizing: epoch 0 trains at this size in px; 0 = off")
     progressive_epochs: float = _f(0.0, "... growing linearly (in 4 px steps) to the full size at this epoch")
     normalize: str = _f("auto", "channel statistics: auto (the training split's own), cifar (the seeds'), half "
@@ -235,7 +243,7 @@ def _option_value(value: str) -> Any:
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Raise FitVisionError naming the first bad value; names are checked against the registries.
     Pure: reads no file and asks no hardware."""
-    from fitvision.data.augment import check_crop_pct, fixed_stats
+    from fitvision.data.augment import aug_params, check_crop_pct, fixed_stats
     from fitvision.data.decode import RESIZE_METHODS
     from fitvision.data.items import check_valid_pct
     from fitvision.models.init import INITS
@@ -269,6 +277,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.ema >= 1:
         raise FitVisionError(f"ema must be < 1 (a decay per step), got {cfg.ema!r}")
     fixed_stats(cfg.normalize)
+    aug_params(cfg)
     for name, valid in (("wd_mode", WD_MODES), ("init", INITS),
                         ("resize_method", RESIZE_METHODS)):
         check_choice(name, getattr(cfg, name), valid)

@@ -9,8 +9,10 @@ Pixel values stay in 0..255 units (uint8 or float) from decode to the last step,
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
+import re
 from collections.abc import Callable, Sequence
 
 import torch
@@ -25,10 +27,12 @@ from fitvision.data.transforms import (
     cutout,
     dihedral,
     hflip,
+    perspective,
     random_crop,
     random_resized_crop,
     resize,
     resize_cover,
+    tilted_resized_crop,
 )
 from fitvision.errors import FitVisionError, check_choice
 
@@ -147,34 +151,114 @@ def _scaled(px: int, size) -> int:
     return max(1, round(px * size / 32)) if size else px
 
 
-PRESETS = ("none", "flip", "crop_flip", "crop_flip_alt", "crop_flip_cutout", "dihedral", "rrc_flip", "heavy")
+PRESETS = ("none", "flip", "crop_flip", "crop_flip_alt", "crop_flip_cutout", "dihedral", "rrc_flip", "perspective",
+           "heavy")
+_RRC = {"rrc_flip": ((0.35, 1.0), 0.0), "perspective": ((0.35, 1.0), 0.4)}  # preset: (its scale, its tilt)
 
 
-def train_pipeline(aug: str, size, mean, std, dtype=torch.float32) -> Pipeline:
-    """The named training augmentation; size 0/None keeps the stored size.
+@dataclasses.dataclass(frozen=True)
+class AugParams:
+    """Settings on top of a preset (config fields of the same meaning, parsed by ``aug_params``):
+    ``rotate`` degrees and ``translate`` (fraction of the size) add one random affine op; ``jitter``
+    (brightness, contrast, saturation, hue) adds colour jitter; ``perspective`` is the tilt of the
+    perspective preset, or with another preset adds a perspective warp of that strength;
+    ``scale`` and ``ratio`` replace the random-resized crop's (presets rrc_flip, perspective)."""
+
+    rotate: float = 0.0
+    translate: float = 0.0
+    jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    perspective: float = 0.0
+    scale: tuple[float, float] | None = None
+    ratio: tuple[float, float] | None = None
+
+
+def _numbers(name: str, text: str, counts: tuple[int, ...], form: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in re.split(r"(?<=[\d.])-|,", text))  # '0.08-1' or '0.08,1'; 1e-3 kept
+    except ValueError:
+        values = ()
+    if len(values) not in counts or not all(0 <= v < float("inf") for v in values):
+        raise FitVisionError(f"{name} must be {form}, got {text!r}")
+    return values
+
+
+def aug_params(cfg) -> AugParams:
+    """The config's augmentation settings, checked: one clear error for a bad one."""
+    jitter = scale = ratio = None
+    if cfg.jitter:
+        j = _numbers("jitter", cfg.jitter, (1, 4), "one strength for brightness, contrast and saturation "
+                     "(e.g. 0.4) or four, 'b,c,s,h' (hue at most 0.5)")
+        jitter = (j[0], j[0], j[0], 0.0) if len(j) == 1 else j
+        if jitter[3] > 0.5:
+            raise FitVisionError(f"jitter's hue must be at most 0.5 (half a turn), got {jitter[3]:g}")
+    if cfg.rrc_scale:
+        scale = _numbers("rrc_scale", cfg.rrc_scale, (2,), "an area range 'low-high' with 0 < low <= high <= 1 "
+                         "(torchvision's: 0.08-1)")
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise FitVisionError(f"rrc_scale must be 'low-high' with 0 < low <= high <= 1, got {cfg.rrc_scale!r}")
+    if cfg.rrc_ratio:
+        ratio = _numbers("rrc_ratio", cfg.rrc_ratio, (2,), "an aspect range 'low-high' with 0 < low <= high "
+                         "(torchvision's: 0.75-1.333)")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise FitVisionError(f"rrc_ratio must be 'low-high' with 0 < low <= high, got {cfg.rrc_ratio!r}")
+    if (scale or ratio) and cfg.aug not in _RRC:
+        raise FitVisionError(f"rrc_scale and rrc_ratio set a random-resized crop, and augmentation '{cfg.aug}' has "
+                             f"none: use --aug {' or '.join(_RRC)}")
+    for name in ("rotate", "translate", "perspective"):
+        if not 0 <= getattr(cfg, name) < float("inf"):
+            raise FitVisionError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
+    if cfg.translate > 1 or cfg.perspective > 1:
+        raise FitVisionError("translate and perspective are fractions of the image size: at most 1, got "
+                             f"{max(cfg.translate, cfg.perspective):g}")
+    return AugParams(rotate=cfg.rotate, translate=cfg.translate, jitter=jitter or AugParams.jitter,
+                     perspective=cfg.perspective, scale=scale, ratio=ratio)
+
+
+def _extra_ops(aug: str, p: AugParams) -> list[Aug]:
+    ops = []
+    if p.rotate or p.translate:
+        ops.append(Aug(affine, degrees=p.rotate, translate=p.translate))
+    if p.perspective and aug != "perspective":
+        ops.append(Aug(perspective, distortion=p.perspective))
+    if any(p.jitter):
+        b, c, s, h = p.jitter
+        ops.append(Aug(color_jitter, brightness=b, contrast=c, saturation=s, hue=h))
+    return ops
+
+
+def train_pipeline(aug: str, size, mean, std, dtype=torch.float32, params: AugParams = AugParams()) -> Pipeline:
+    """The named training augmentation, with ``params`` on top; size 0/None keeps the stored size.
 
     none: resize only. flip: + hflip. crop_flip: reflect pad 4 (per 32 px) + random crop +
     flip (the seeds'). crop_flip_alt: translate 2 + alternating flip (airbench).
     crop_flip_cutout: crop_flip + 8 px cutout. dihedral: crop + the 8 symmetries.
-    rrc_flip: random-resized crop, scale 0.35-1, + flip (Imagenette). heavy: affine
-    (rotate 10, zoom 1-1.2, translate 0.1, shear 5, flip) + colour jitter 0.2 / hue 0.02.
+    rrc_flip: random-resized crop, scale 0.35-1, + flip (Imagenette). perspective: the same crop
+    seen tilted by up to 0.4 (seed 004's warp) + flip. heavy: affine (rotate 10, zoom 1-1.2,
+    translate 0.1, shear 5, flip) + colour jitter 0.2 / hue 0.02.
     """
     if aug not in PRESETS:
         raise FitVisionError(f"unknown augmentation '{aug}' (valid: {', '.join(PRESETS)})")
     fit, s = _fit(size), size or None
+    crop = {}
+    if aug in _RRC:
+        default_scale, tilt = _RRC[aug]
+        crop = dict(size=s, scale=params.scale or default_scale, ratio=params.ratio or (3 / 4, 4 / 3), flip_p=0.5)
+        if aug == "perspective":
+            crop["magnitude"] = params.perspective or tilt
     ops: list[Aug] = {
-        "none": fit,
-        "flip": fit + [Aug(hflip)],
-        "crop_flip": [Aug(hflip)] + fit + [Aug(random_crop, padding=_scaled(4, s))],
-        "crop_flip_alt": [Aug(alternating_flip)] + fit + [Aug(random_crop, padding=_scaled(2, s))],
-        "crop_flip_cutout": [Aug(hflip)] + fit + [Aug(random_crop, padding=_scaled(4, s)),
-                                                  Aug(cutout, size=_scaled(8, s))],
-        "dihedral": fit + [Aug(random_crop, padding=_scaled(4, s)), Aug(dihedral)],
-        "rrc_flip": [Aug(random_resized_crop, size=s, scale=(0.35, 1.0), flip_p=0.5)],
-        "heavy": [Aug(affine, degrees=10.0, zoom=(1.0, 1.2), translate=0.1, shear=5.0, flip_p=0.5, size=s),
-                  Aug(color_jitter, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02)],
-    }[aug]
-    return Pipeline(ops, mean, std, dtype)
+        "none": lambda: fit,
+        "flip": lambda: fit + [Aug(hflip)],
+        "crop_flip": lambda: [Aug(hflip)] + fit + [Aug(random_crop, padding=_scaled(4, s))],
+        "crop_flip_alt": lambda: [Aug(alternating_flip)] + fit + [Aug(random_crop, padding=_scaled(2, s))],
+        "crop_flip_cutout": lambda: [Aug(hflip)] + fit + [Aug(random_crop, padding=_scaled(4, s)),
+                                                          Aug(cutout, size=_scaled(8, s))],
+        "dihedral": lambda: fit + [Aug(random_crop, padding=_scaled(4, s)), Aug(dihedral)],
+        "rrc_flip": lambda: [Aug(random_resized_crop, **crop)],
+        "perspective": lambda: [Aug(tilted_resized_crop, **crop)],
+        "heavy": lambda: [Aug(affine, degrees=10.0, zoom=(1.0, 1.2), translate=0.1, shear=5.0, flip_p=0.5, size=s),
+                          Aug(color_jitter, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02)],
+    }[aug]()
+    return Pipeline(ops + _extra_ops(aug, params), mean, std, dtype)
 
 
 def normalization_stats(normalize: str, train_images) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -291,11 +291,7 @@ def perspective(x, generator=None, *, distortion: float = 0.25, size=None, mode:
     dst = _const(((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)), str(x.device))
     src = dst + _rand(generator, B * 8, x.device, -distortion, distortion).view(B, 4, 2)
     hom = _homography(dst.expand(B, 4, 2), src)
-    ys = (torch.arange(oh, device=x.device) * 2 + 1) / oh - 1
-    xs = (torch.arange(ow, device=x.device) * 2 + 1) / ow - 1
-    pts = torch.stack(torch.meshgrid(xs, ys, indexing="xy") + (torch.ones(oh, ow, device=x.device),), -1)
-    warped = pts.view(1, -1, 3) @ hom.transpose(1, 2)  # (B, oh*ow, 3)
-    grid = (warped[..., :2] / warped[..., 2:]).view(B, oh, ow, 2)
+    grid = _homography_grid(hom, oh, ow)
     return _sample(x, grid, (oh, ow), mode, padding_mode, is_grid=True)
 
 
@@ -311,6 +307,22 @@ def _homography(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     b = torch.cat([u, v], 1).double().unsqueeze(-1)
     h = torch.linalg.solve(a, b).float().squeeze(-1)
     return torch.cat([h, torch.ones(B, 1, device=dst.device)], 1).view(B, 3, 3)
+
+
+def _homography_grid(hom: torch.Tensor, oh: int, ow: int) -> torch.Tensor:
+    """(B, oh, ow, 2): each output pixel centre, in -1..1 units, mapped through ``hom``."""
+    dev = hom.device
+    ys = (torch.arange(oh, device=dev) * 2 + 1) / oh - 1
+    xs = (torch.arange(ow, device=dev) * 2 + 1) / ow - 1
+    pts = torch.stack(torch.meshgrid(xs, ys, indexing="xy") + (torch.ones(oh, ow, device=dev),), -1)
+    warped = pts.view(1, -1, 3) @ hom.transpose(1, 2)  # (B, oh*ow, 3)
+    return (warped[..., :2] / warped[..., 2:]).view(hom.shape[0], oh, ow, 2)
+
+
+def check_rrc(name: str, scale, ratio) -> None:
+    if not (0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]):
+        raise FitVisionError(f"{name} needs 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], "
+                             f"got scale={tuple(scale)}, ratio={tuple(ratio)}")
 
 
 def rrc_boxes(generator, n: int, device, H: int, W: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -335,9 +347,7 @@ def random_resized_crop(x, generator=None, *, size=None, scale=(0.08, 1.0), rati
     folds into the grid for free."""
     B, _, H, W = x.shape
     oh, ow = _pair(size) if size else (H, W)
-    if not (0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]):
-        raise FitVisionError(f"random_resized_crop needs 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], "
-                             f"got scale={tuple(scale)}, ratio={tuple(ratio)}")
+    check_rrc("random_resized_crop", scale, ratio)
     top, left, h, w = rrc_boxes(generator, B, x.device, H, W, scale, ratio)
     flip = torch.where(_coin(generator, B, x.device, flip_p), -1.0, 1.0)
     # The grid is separable: x depends on the column only, y on the row only.
@@ -348,3 +358,29 @@ def random_resized_crop(x, generator=None, *, size=None, scale=(0.08, 1.0), rati
     grid[..., 0] = (cx.view(B, 1) + gx * (flip * w / W).view(B, 1)).view(B, 1, ow)
     grid[..., 1] = (cy.view(B, 1) + gy * (h / H).view(B, 1)).view(B, oh, 1)
     return _sample(x, grid, (oh, ow), mode, "border", is_grid=True)
+
+
+def tilted_resized_crop(x, generator=None, *, size=None, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                        magnitude: float = 0.4, flip_p: float = 0.0, mode: str = "bilinear"):
+    """Seed 004's perspective warp: a random-resized crop seen tilted. Within each crop box, the
+    top edge narrows and the bottom widens by up to ``magnitude`` of the half-width (or the
+    reverse), and likewise the left and right edges: the picture as seen from a little above,
+    below or beside, without RandomResizedCrop's squash of the aspect. One homography and one
+    grid_sample per batch; outside the image, reflection."""
+    B, _, H, W = x.shape
+    oh, ow = _pair(size) if size else (H, W)
+    check_rrc("tilted_resized_crop", scale, ratio)
+    top, left, h, w = rrc_boxes(generator, B, x.device, H, W, scale, ratio)
+    up, side = (_rand(generator, B, x.device, -magnitude, magnitude) for _ in range(2))
+    flip = torch.where(_coin(generator, B, x.device, flip_p), -1.0, 1.0)
+    dst = _const(((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)), str(x.device)).expand(B, 4, 2)
+    # corners top-left, top-right, bottom-right, bottom-left, in the box's own -1..1 units
+    shift = torch.stack([torch.stack([up, side], -1), torch.stack([-up, -side], -1),
+                         torch.stack([up, side], -1), torch.stack([-up, -side], -1)], 1)
+    hom = _homography(dst, dst + shift)
+    box = _homography_grid(hom, oh, ow)
+    cx, cy = (left + w / 2) / W * 2 - 1, (top + h / 2) / H * 2 - 1
+    grid = torch.empty(B, oh, ow, 2, device=x.device)
+    grid[..., 0] = cx.view(B, 1, 1) + box[..., 0] * (flip * w / W).view(B, 1, 1)
+    grid[..., 1] = cy.view(B, 1, 1) + box[..., 1] * (h / H).view(B, 1, 1)
+    return _sample(x, grid, (oh, ow), mode, "reflection", is_grid=True)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # annotations only; the loader module is imported where it is
 
 # The TrainConfig fields ImageData is built from; a Learner cannot change them afterwards.
 DATA_FIELDS = ("data", "size", "storage_size", "resize_method", "train_limit", "valid_limit", "valid_pct", "aug",
-               "progressive_size", "progressive_epochs", "normalize", "crop_pct", "bs", "seed", "device")
+               "rotate", "translate", "jitter", "perspective", "rrc_scale", "rrc_ratio", "progressive_size", "progressive_epochs", "normalize", "crop_pct", "bs", "seed", "device")
 
 
 class ImageData:
@@ -90,7 +90,8 @@ class ImageData:
         self._loaders(cfg, ds)
 
     def _loaders(self, cfg: TrainConfig, ds) -> None:
-        from fitvision.data.augment import ProgressiveResize, eval_pipeline, normalization_stats, train_pipeline
+        from fitvision.data.augment import (ProgressiveResize, aug_params, eval_pipeline, normalization_stats,
+                                            train_pipeline)
         from fitvision.data.loader import DeviceLoader
 
         notes: list[str] = []
@@ -122,7 +123,7 @@ class ImageData:
                          "evaluation sharded and gathered")
         elif drop_last:
             notes.append("the last training batch would hold one image; dropped each epoch")
-        transform = train_pipeline(cfg.aug, size, mean, std)
+        transform = train_pipeline(cfg.aug, size, mean, std, params=aug_params(cfg))
         if cfg.progressive_size and cfg.progressive_epochs:
             transform = ProgressiveResize(transform, cfg.progressive_size, cfg.progressive_epochs)
             sizes = [transform.size(e, size) for e in range(math.ceil(cfg.progressive_epochs))]
