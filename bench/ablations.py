@@ -16,13 +16,13 @@ seeds, and the difference from the row's first variant (its reference).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from runlib import train_run
 
 BASE = ["--recipe", "seed", "--model", "cnn", "--train-limit", "10000", "--epochs", "5", "--epoch-valid-limit", "2000",
         "--no-progress", "-q"]
@@ -61,24 +61,11 @@ def key(row: str, variant: str, seed: int) -> str:
 
 def run(row: str, variant: str, flags: list[str], seed: int, out_dir: Path) -> dict:
     name = "".join(c if c.isalnum() else "-" for c in f"{row}-{variant}")[:80] + f"-s{seed}"
-    out = out_dir / name
-    cmd = [sys.executable, "-m", "fitvision", "train", *BASE, *flags, "--seed", str(seed), "--out", str(out)]
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    result = {"key": key(row, variant, seed), "row": row, "variant": variant, "seed": seed, "rc": proc.returncode,
+    result = {"key": key(row, variant, seed), "row": row, "variant": variant, "seed": seed,
               "command": " ".join(["fitvision", "train", *BASE, *flags, "--seed", str(seed)])}
-    if proc.returncode:
-        result["error"] = proc.stderr.strip().splitlines()[-1:] or ""
-        return result
-    summary = json.loads((out / "summary.json").read_text())
-    with open(out / "history.csv") as f:
-        last = list(csv.DictReader(f))[-1]
-    result.update(test_acc=summary["val_acc"], train_acc=float(last["train_acc"]) if last.get("train_acc") else None,
-                  train_seconds=summary["train_seconds"])
-    return result
+    got = train_run([*BASE, *flags, "--seed", str(seed)], out_dir / name)
+    got.pop("wall_seconds", None), got.pop("load_before", None)
+    return {**result, **got}
 
 
 def table(results: list[dict], seeds: list[int]) -> str:

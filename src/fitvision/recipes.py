@@ -84,6 +84,50 @@ RECIPES["gpu"] = dataclasses.replace(RECIPES["cpu"], width=1.0, model_options="c
                                      progressive_size=0, progressive_epochs=0, compile=True, recipe="gpu")
 
 
+# The other seed experiments, each as its seed ran it (docs/seeds.md has the figures). They share
+# what a plain PyTorch loop of the seeds does: torch's Adam defaults (betas 0.9/0.999, eps 1e-8),
+# a constant lr, no decay, no clipping, no augmentation, PyTorch's own layer init, fp32.
+_PLAIN = TrainConfig(opt="adam", momentum=0.9, beta2=0.999, eps=1e-8, wd=0.0, clip=0.0, sched="constant",
+                     aug="none", init="torch", precision="fp32")
+SEED_RECIPES: dict[str, TrainConfig] = {
+    # Seed 001 as it ran: fit_one_cycle was called without opt_func, so its default,
+    # torch.optim.SGD (momentum 0, L2 1e-4), trained, and OneCycleLR cycled that momentum
+    # 0.95 -> 0.85 -> 0.95: momentum SGD. The seed's run also began from a model already at 46.8%.
+    "seed001_sgd": dataclasses.replace(RECIPES["seed"], opt="momentum", momentum=0.95),
+    # Seed 002's ConvNet (2 conv + 2 fc): Adam 1e-3, batch 64, Normalize(0.5, 0.5), 14 epochs;
+    # its train accuracy on 20 batches of 64 (1,280 images): 71% test, a 26-point gap.
+    "seed002": dataclasses.replace(_PLAIN, model="convnet", bs=64, lr=1e-3, epochs=14, normalize="half",
+                                   train_acc_limit=1280),
+    # ... with dropout 0.6/0.6/0.5 for 29 epochs: 73%, the gap down to 7 points.
+    "seed002_dropout": dataclasses.replace(_PLAIN, model="convnet", model_options="dropout=true", bs=64, lr=1e-3,
+                                           epochs=29, normalize="half", train_acc_limit=1280),
+    # ... with its augmentations: RandomRotation(30), flip, ColorJitter(brightness 1, contrast 1),
+    # RandomResizedCrop (area 0.08-1). The seed shows them on one photo and reports no figure.
+    "seed002_aug": dataclasses.replace(_PLAIN, model="convnet", model_options="dropout=true", bs=64, lr=1e-3,
+                                       epochs=29, normalize="half", train_acc_limit=1280, aug="rrc_flip",
+                                       rrc_scale="0.08-1", rotate=30.0, jitter="1,1,0,0"),
+    # Seed 003's MLP (3072 -> 500 -> 10): Adam 3e-4, batch 32, 10 epochs, CIFAR's own stats: 53.5%.
+    "seed003_mlp": dataclasses.replace(_PLAIN, model="mlp", bs=32, lr=3e-4, epochs=10,
+                                       normalize="0.4914,0.48216,0.44653/0.24703,0.24349,0.26159"),
+    # Seed 003's CNN (3 conv-ReLU-pool, 32-64-128): Adam 3e-4, batch 128, Normalize(0.5, 0.5),
+    # 10 epochs: 70.24%.
+    "seed003_cnn": dataclasses.replace(_PLAIN, model="cnn", bs=128, lr=3e-4, epochs=10, normalize="half"),
+    # Seed 003's AlexNet with its regularisation: the 45k/5k split (validation accuracy, on the 5k),
+    # ImageNet stats, L2 1e-4 on every parameter (Adam's weight_decay), dropout 0.5. No seed figure.
+    "seed003_alexnet": dataclasses.replace(_PLAIN, model="alexnet", bs=128, lr=3e-4, epochs=10, valid_pct=0.1,
+                                           normalize="imagenet", wd=1e-4, wd_mode="l2", wd_bn_bias=True),
+    # Seed 004's Bag-of-Tricks CNN on Imagenette: 160 px images squashed to 128 (ResizeFixed), its
+    # stats, conv-ReLU-BN layers 16-32-64 then 64-64-128-256 (stride 2), plain SGD (no momentum,
+    # no decay), batch 64, 5 epochs, the cosine one-cycle combine_scheds([0.3, 0.7]) builds from
+    # 0.1 up to 0.3 and down to 0.05, LSUV: 72.6%.
+    "seed004": dataclasses.replace(_PLAIN, data="imagenette", size=128, storage_size=160, resize_method="squish",
+                                   model="xresnet", model_options="depth=0,order=act_bn", bs=64, epochs=5, opt="sgd",
+                                   momentum=0.0, lr=0.3, sched="one_cycle", pct_start=0.3, div_factor=3.0,
+                                   final_div_factor=2.0, normalize="0.47,0.48,0.45/0.29,0.28,0.30", init="lsuv"),
+}
+for _name, _cfg in SEED_RECIPES.items():
+    RECIPES[_name] = dataclasses.replace(_cfg, recipe=_name)
+
 # What each recipe is for, in a line (`fitvision recipes`); the comments above say why each setting.
 PURPOSES = {
     "cpu": "CIFAR-10 fast on a CPU: SpeedNet, Muon, 12 epochs (91.0% in about 5-11 minutes on 2 cores)",
@@ -91,6 +135,14 @@ PURPOSES = {
     "seed": "seed 001's ResNet9 recipe exactly (the seed reports 90.31%)",
     "imagenette": "Imagenette/Imagewoof at 128 px from random init: XResNet-18, Muon (88.7% in 5 epochs)",
     "general": "any model, any data: the seed's Adam one-cycle, in the hardware's best precision",
+    "seed001_sgd": "seed 001 as it ran: ResNet9 with momentum SGD, the optimizer fit_one_cycle defaulted to (90.31%)",
+    "seed002": "seed 002's ConvNet, Adam 1e-3, 14 epochs (71%, a 26-point train/test gap)",
+    "seed002_dropout": "seed 002's ConvNet with dropout, 29 epochs (73%, the gap 7 points)",
+    "seed002_aug": "seed 002's ConvNet with dropout and its four augmentations (no seed figure)",
+    "seed003_mlp": "seed 003's MLP, Adam 3e-4, 10 epochs (53.5%)",
+    "seed003_cnn": "seed 003's CNN, Adam 3e-4, 10 epochs (70.24%)",
+    "seed003_alexnet": "seed 003's AlexNet on its 45k/5k split, L2 and dropout (no seed figure)",
+    "seed004": "seed 004's Bag-of-Tricks CNN on Imagenette at 128 px, SGD, cosine one-cycle, LSUV (72.6%)",
 }
 
 

@@ -1,0 +1,33 @@
+"""One `fitvision train` process and what it measured: shared by bench/ablations.py and bench/seeds.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def train_run(flags: list[str], out: Path) -> dict:
+    """Run `fitvision train FLAGS --out OUT` (a fresh OUT); {rc, error} or {rc, test_acc, train_acc,
+    train_seconds, wall_seconds, load_before}: summary.json's val_acc, the last epoch's train_acc
+    from history.csv, the run's own training time and the whole process's wall time."""
+    if out.exists():
+        shutil.rmtree(out)
+    load = os.getloadavg()[0]
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "fitvision", "train", *flags, "--out", str(out)],
+                          capture_output=True, text=True)
+    wall = time.monotonic() - start
+    if proc.returncode:
+        return {"rc": proc.returncode, "error": proc.stderr.strip().splitlines()[-1:] or ""}
+    summary = json.loads((out / "summary.json").read_text())
+    with open(out / "history.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    return {"rc": 0, "test_acc": summary["val_acc"],
+            "train_acc": float(last["train_acc"]) if last.get("train_acc") else None,
+            "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1), "load_before": load}
