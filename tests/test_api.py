@@ -93,3 +93,26 @@ def test_import_has_no_side_effects():
             "print('torch' in sys.modules, logging.getLogger('fitvision').handlers, sorted(fv.__all__)[:3])")
     out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False [] ['FitVisionError', 'ImageData', 'Learner']"
+
+
+def test_a_learner_on_a_busy_cpu_trains_on_fewer_threads(learned, monkeypatch):
+    """As `fitvision train` does (device.share_cpu): a Learner made beside a busy process takes one
+    thread fewer per busy core and says so in its notes; made on idle cores again, all threads."""
+    import torch
+
+    from fitvision.train import device
+
+    data, *_ = learned
+    before = torch.get_num_threads()
+    monkeypatch.delenv("FITVISION_CPU_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(device, "busy_cores", lambda seconds=0.25: 1.0)
+        learn = fv.Learner(data, "cnn", progress=False)
+        assert torch.get_num_threads() == 1 and any("training on 1 of 2 threads" in n for n in learn.notes)
+        monkeypatch.setattr(device, "busy_cores", lambda seconds=0.25: 0.0)
+        learn = fv.Learner(data, "cnn", progress=False)
+        assert torch.get_num_threads() == 2 and not any("threads" in n for n in learn.notes)
+    finally:
+        torch.set_num_threads(before)

@@ -484,6 +484,8 @@ def test_a_busy_cpu_gets_one_fewer_thread(monkeypatch):
         assert torch.get_num_threads() == 1 and note == (
             f"other processes keep 1.0 of {os.cpu_count()} cores busy: training on 1 of 2 threads "
             "(FITVISION_CPU_THREADS=N pins the count)")
+        monkeypatch.setattr(device, "busy_cores", lambda seconds=0.25: 0.0)
+        assert device.share_cpu() is None and torch.get_num_threads() == 2  # idle again: all threads back
         torch.set_num_threads(2)
         monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice
         assert device.share_cpu() is None and torch.get_num_threads() == 2

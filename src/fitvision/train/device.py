@@ -129,11 +129,16 @@ def threads_beside(busy: float, threads: int) -> int:
     return max(1, threads - int(busy + 0.5))
 
 
+# The count share_cpu last lowered torch's threads from and to, in this process: a notebook's later
+# run on an idle machine goes back to all of them.
+_LOWERED: dict[str, int] = {}
+
+
 def share_cpu() -> str | None:
     """Set torch's CPU thread count for this run, before it starts; returns a note when it differs
     from all cores. FITVISION_CPU_THREADS=N pins N, =fixed leaves torch's count as it is (as does
     OMP_NUM_THREADS, the user's choice); else one fewer thread per core that other processes keep
-    busy right now."""
+    busy right now (and back to all of them when a later call finds the cores idle)."""
     pinned = os.environ.get("FITVISION_CPU_THREADS", "")
     if pinned == "fixed":
         return None
@@ -143,12 +148,16 @@ def share_cpu() -> str | None:
         torch.set_num_threads(int(pinned))
         return None
     threads = torch.get_num_threads()
+    if _LOWERED and threads == _LOWERED["to"]:
+        threads = _LOWERED["from"]  # our own earlier choice, not the user's: a later run starts from all again
     if os.environ.get("OMP_NUM_THREADS") or threads < 2:
         return None
     busy = busy_cores()
     fewer = threads_beside(busy, threads)
+    torch.set_num_threads(fewer)
+    _LOWERED.clear()
     if fewer == threads:
         return None
-    torch.set_num_threads(fewer)
+    _LOWERED.update({"from": threads, "to": fewer})
     return (f"other processes keep {busy:.1f} of {os.cpu_count()} cores busy: training on {fewer} of {threads} "
             "threads (FITVISION_CPU_THREADS=N pins the count)")
