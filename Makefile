@@ -1,4 +1,4 @@
-# Two entry points for a newcomer: `make train` and `make test`. Each sets up .venv first.
+# Two entry points for a newcomer: `make train` and `make test` (and `make docs`). Each sets up .venv first.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +15,7 @@ export FITVISION_DATA_DIR := $(abspath ../shared/datasets)
 endif
 endif
 
-.PHONY: setup train test clean
+.PHONY: setup train test docs clean
 
 setup: $(STAMP)
 
@@ -32,5 +32,9 @@ train: setup
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
+# The documentation site into site/ (strict: a warning fails the build; tests/test_docs_site.py runs it in CI).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build site src/*.egg-info .pytest_cache

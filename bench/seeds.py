@@ -50,13 +50,14 @@ def table(results: list[dict]) -> str:
             continue
         accs = [100 * r["test_acc"] for r in got]
         spread = f" +- {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
-        seeds = ", ".join(str(r["seed"]) for r in got)
+        seeds = ("seed " if len(got) == 1 else "seeds ") + ", ".join(str(r["seed"]) for r in got)
         gaps = [100 * (r["train_acc"] - r["test_acc"]) for r in got if r.get("train_acc") is not None]
         gap = f"{statistics.mean(gaps):+.1f}" if gaps else ""
         walls = [r["wall_seconds"] for r in got]
         loads = [r["load_before"] for r in got]
-        wall = (f"{statistics.mean(walls):,.0f} s (load {min(loads):.1f}-{max(loads):.1f})")
-        lines.append(f"| {doc} | {what} | {figure} | {statistics.mean(accs):.2f}{spread} (seeds {seeds}) | {gap} "
+        load = f"{min(loads):.1f}" + (f"-{max(loads):.1f}" if len(loads) > 1 else "")
+        wall = f"{statistics.mean(walls):,.0f} s (load {load})"
+        lines.append(f"| {doc} | {what} | {figure} | {statistics.mean(accs):.2f}{spread} ({seeds}) | {gap} "
                      f"| {wall} | {command} |")
     return "\n".join(lines)
 
