@@ -191,6 +191,34 @@ def test_resize_method_has_its_own_cache_entry(tmp_path, monkeypatch):
     assert isinstance(again.train_x, np.memmap) and again.train_x.max() == 0
 
 
+def test_resize_filters_nearest_keeps_pixels_and_has_its_own_cache(tmp_path, monkeypatch):
+    """Seed 004's comparison: nearest takes every output pixel from one input pixel (textures
+    kept, aliasing too), bicubic blends them; each filter gets its own cache entry and run setting."""
+    board = np.kron(RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8), np.ones((4, 4, 1), np.uint8))  # 64 px
+    path = _save(tmp_path / "board.png", Image.fromarray(board))
+    colours = {tuple(c) for c in board.reshape(-1, 3)}
+    nearest = decode_image(path, storage_size=16, resize_filter="nearest")
+    assert all(tuple(c) in colours for c in nearest.reshape(-1, 3))
+    np.testing.assert_array_equal(nearest, board[2::4, 2::4])  # the centre pixel of each 4x4 cell
+    cubic = decode_image(path, storage_size=16)  # the default, bicubic (after a box reduction): blends
+    assert sum(tuple(c) not in colours for c in cubic.reshape(-1, 3)) > 50
+    two_step = Image.fromarray(board).resize((32, 32), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    np.testing.assert_array_equal(decode_image(path, storage_size=16, resize_filter="bicubic_nearest"),
+                                  np.asarray(two_step.resize((16, 16), Image.Resampling.NEAREST)))
+    with pytest.raises(FitVisionError, match=r"^unknown resize_filter 'cubic' \(did you mean 'bicubic'\?"):
+        decode_image(path, resize_filter="cubic")
+    monkeypatch.setenv("FITVISION_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            _save(root / split / c / "0.png", Image.fromarray(board))
+    near = load_dataset(root, storage_size=16, resize_filter="nearest")
+    load_dataset(root, storage_size=16)
+    names = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(names) == 2 and sum("-s16-nearest-" in n for n in names) == 1
+    np.testing.assert_array_equal(near.train_x[0], nearest)
+
+
 def _split_folder(root: Path, n_train=4, n_valid=2, classes=("a", "b"), size=40) -> Path:
     for split, n in (("train", n_train), ("test", n_valid)):
         for c in classes:

@@ -211,6 +211,8 @@ BAD_FIELDS = [
     ("storage_size", "160", 'storage_size must be a whole number from 1 to 4096, got "160"'),
     ("crop_pct", 0, "crop_pct must be a number in (0, 1], got 0"),
     ("resize_method", "stretch", 'resize_method must be "crop" or "squish", got "stretch"'),
+    ("resize_filter", "cubic", 'resize_filter must be "bicubic" or "bilinear" or "lanczos" or "nearest" or '
+                               '"bicubic_nearest", got "cubic"'),
     ("fitvision_version", 1, "fitvision_version must be a version string, got 1"),
     ("classes", ["a", "b"], None),  # 3 outputs: the message train_run's users already know
 ]

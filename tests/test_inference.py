@@ -139,6 +139,26 @@ def test_predict_squares_images_as_training_did(tmp_path, run):
                                    np.sort(_reference_probs(run, np.array(decoded)[None]))[0, ::-1], rtol=1e-4, atol=1e-6)
 
 
+def test_predict_resizes_with_the_filter_training_used(tmp_path, run):
+    """A run trained on nearest-resized images (--resize-filter nearest) predicts on images
+    resized the same way; a run without the key (older runs) used bicubic."""
+    from dataclasses import replace
+
+    from fitvision.data.decode import decode_image
+
+    big = np.kron(_images(1, 1, seed=7)[0], np.ones((3, 3, 1), np.uint8))  # 96 px
+    path = tmp_path / "big.png"
+    Image.fromarray(big).save(path)
+    assert run.resize_filter == "bicubic"
+    nearest = replace(run, meta={**run.meta, "resize_filter": "nearest", "storage_size": 32})  # stored at 32 px
+    decoded = decode_image(path, storage_size=32, resize_filter="nearest")
+    np.testing.assert_array_equal(decoded, big[1::3, 1::3])
+    assert not np.array_equal(decoded, decode_image(path, storage_size=32))
+    (got,) = inference.predict_files(nearest, [path], topk=3)
+    np.testing.assert_allclose([t["prob"] for t in got["top"]],
+                               np.sort(_reference_probs(run, decoded[None]))[0, ::-1], rtol=1e-4, atol=1e-6)
+
+
 def test_evaluate_run_matches_a_hand_computation(run, folder):
     from fitvision.data.dataset import load_dataset
 

@@ -30,6 +30,7 @@ class TrainConfig:
     size: int = _f(0, "training input size in px; 0 = the dataset's storage size")
     storage_size: int = _f(160, "decode size in px (shorter side) for images larger than 32 px")
     resize_method: str = _f("crop", "how a picture becomes a stored square: crop the centre, or squish the whole")
+    resize_filter: str = _f("bicubic", "the filter that resizes it at decode (seed 004 compares nearest with bicubic)")
     train_limit: int = _f(0, "use only the first N training images (after a seeded shuffle); 0 = all")
     valid_limit: int = _f(0, "evaluate on at most N validation images; 0 = all")
     valid_pct: float = _f(0.0, "fraction carved out as validation from unsplit data (or from train, for tuning)")
@@ -244,7 +245,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     """Raise FitVisionError naming the first bad value; names are checked against the registries.
     Pure: reads no file and asks no hardware."""
     from fitvision.data.augment import aug_params, check_crop_pct, fixed_stats
-    from fitvision.data.decode import RESIZE_METHODS
+    from fitvision.data.decode import RESIZE_FILTERS, RESIZE_METHODS
     from fitvision.data.items import check_valid_pct
     from fitvision.models.init import INITS
     from fitvision.optim.factory import WD_MODES
@@ -279,7 +280,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     fixed_stats(cfg.normalize)
     aug_params(cfg)
     for name, valid in (("wd_mode", WD_MODES), ("init", INITS),
-                        ("resize_method", RESIZE_METHODS)):
+                        ("resize_method", RESIZE_METHODS), ("resize_filter", RESIZE_FILTERS)):
         check_choice(name, getattr(cfg, name), valid)
     _validate_names(cfg)
     return cfg

@@ -44,7 +44,7 @@ def flag(name: str) -> str:
 def choices() -> dict[str, tuple[str, ...]]:
     """The valid values of every enumerated field, from the registries themselves (imports torch)."""
     from fitvision.data.augment import PRESETS
-    from fitvision.data.decode import RESIZE_METHODS
+    from fitvision.data.decode import RESIZE_FILTERS, RESIZE_METHODS
     from fitvision.models.init import INITS
     from fitvision.optim.factory import WD_MODES, optimizer_names
     from fitvision.optim.schedules import SCHEDULES
@@ -52,7 +52,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     from fitvision.train.device import PRECISIONS
     from fitvision.train.learner import CLIP_MODES
 
-    return {"aug": PRESETS, "resize_method": RESIZE_METHODS, "init": INITS,
+    return {"aug": PRESETS, "resize_method": RESIZE_METHODS, "resize_filter": RESIZE_FILTERS, "init": INITS,
             "opt": tuple(optimizer_names()), "wd_mode": WD_MODES, "clip_mode": CLIP_MODES,
             "sched": tuple(SCHEDULES), "precision": PRECISIONS, "recipe": ("auto", *RECIPES)}
 

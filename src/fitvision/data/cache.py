@@ -58,13 +58,17 @@ def _stat(path: str) -> os.stat_result:
         return os.lstat(path)
 
 
-def cache_folder(name: str, source_fp: dict, storage_size: int, resize_method: str = "crop") -> Path:
+def cache_folder(name: str, source_fp: dict, storage_size: int, resize_method: str = "crop",
+                 resize_filter: str = "bicubic") -> Path:
     key = {"source": source_fp, "storage_size": storage_size, "format": FORMAT_VERSION}
-    if resize_method != "crop":  # (the default stays out of the key, so existing caches stay valid)
+    if resize_method != "crop":  # (the defaults stay out of the key, so existing caches stay valid)
         key["resize_method"] = resize_method
+    if resize_filter != "bicubic":
+        key["resize_filter"] = resize_filter
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "data"
-    method = "" if resize_method == "crop" else f"-{resize_method}"
+    method = ("" if resize_method == "crop" else f"-{resize_method}") + \
+        ("" if resize_filter == "bicubic" else f"-{resize_filter}")
     return cache_dir() / f"{slug}-s{storage_size}{method}-{digest}"
 
 

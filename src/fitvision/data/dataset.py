@@ -35,11 +35,12 @@ class Dataset:
     nested: int = 0  # how many of the images sit in a sub-folder of their class folder
 
 
-def _build_folders(source: readers.Source, storage_size: int, resize_method: str, writer, label: str):
+def _build_folders(source: readers.Source, storage_size: int, resize_method: str, writer, label: str,
+                   resize_filter: str = "bicubic"):
     found = layout.folder_layout(source)
     layout.warn_empty(source, found)
     xs, keep, bad = decode_images(source, {"train": found.train, "valid": found.valid}, storage_size,
-                                   resize_method, writer, label)
+                                   resize_method, writer, label, resize_filter)
     if not keep["train"].any():
         name, why = next(iter(bad.items()))
         raise FitVisionError(f"none of the {len(found.train)} training images in {source} could be decoded "
@@ -67,7 +68,8 @@ def _writer(folder: Path):
         return cache.MemoryWriter()
 
 
-def _build(path: Path, folder: Path, storage_size: int, resize_method: str, label: str, source_fp: dict):
+def _build(path: Path, folder: Path, storage_size: int, resize_method: str, label: str, source_fp: dict,
+           resize_filter: str = "bicubic"):
     source = readers.Source(path)
     writer = _writer(folder)
     try:
@@ -76,8 +78,10 @@ def _build(path: Path, folder: Path, storage_size: int, resize_method: str, labe
             classes, tx, ty, vx, vy = readers.read_cifar(source, meta_name)
             arrays, skipped, nested = {"train_x": tx, "train_y": ty, "valid_x": vx, "valid_y": vy}, [], 0
         else:
-            classes, arrays, skipped, nested = _build_folders(source, storage_size, resize_method, writer, label)
+            classes, arrays, skipped, nested = _build_folders(source, storage_size, resize_method, writer, label,
+                                                              resize_filter)
         meta = {"classes": classes, "source": source_fp, "storage_size": storage_size, "resize_method": resize_method,
+                "resize_filter": resize_filter,
                 "counts": {"train": len(arrays["train_y"]), "valid": len(arrays["valid_y"])}, "nested": nested,
                 "skipped": [{"file": f, "reason": why} for f, why in skipped]}
         if isinstance(writer, cache.MemoryWriter):
@@ -105,28 +109,29 @@ def _report_skipped(meta: dict, source, strict: bool) -> None:
 
 # --------------------------------------------------------------------------- public
 def load_dataset(name_or_path, storage_size: int = 160, valid_pct: float = 0.0, seed: int = 0,
-                 strict: bool = False, resize_method: str = "crop") -> Dataset:
+                 strict: bool = False, resize_method: str = "crop", resize_filter: str = "bicubic") -> Dataset:
     """Decoded train/valid arrays (memory-mapped from the cache after the first call).
 
     Images larger than storage_size are stored as squares of that side: "crop" keeps the
     central square of the shorter side, "squish" the whole picture with its aspect ratio
-    given up (fastai's ResizeMethod names; CIFAR's arrays are stored as they are).
+    given up (fastai's ResizeMethod names; CIFAR's arrays are stored as they are), resized with
+    ``resize_filter`` (decode.RESIZE_FILTERS).
     valid_pct > 0 carves a seeded random validation split from the training images (the whole
     data set when unsplit); an existing valid/test split is then not used.
     """
     if storage_size < 8:
         raise FitVisionError(f"storage_size must be at least 8 pixels, got {storage_size}")
-    check_resize_method(resize_method)
+    check_resize_method(resize_method, resize_filter)
     check_valid_pct(valid_pct)
     source = resolve(name_or_path)
     name = dataset_name(name_or_path)
     source_fp = cache.fingerprint(source)
-    folder = cache.cache_folder(name, source_fp, storage_size, resize_method)
+    folder = cache.cache_folder(name, source_fp, storage_size, resize_method, resize_filter)
     loaded = cache.load(folder)
     # A cache without "nested" was built when images in sub-folders of a class folder were left
     # out (train/valid) or made classes of their own (unsplit): build it again, once.
     if loaded is None or "nested" not in loaded[0]:
-        loaded = _build(source, folder, storage_size, resize_method, name, source_fp)
+        loaded = _build(source, folder, storage_size, resize_method, name, source_fp, resize_filter)
     meta, arrays = loaded
     _report_skipped(meta, source, strict)
     ds = Dataset(name=name, classes=classnames.readable(list(meta["classes"])), location=str(source),

@@ -30,6 +30,10 @@ CHUNK = 256  # images per task sent to a decode worker
 SNIFF = 64  # images whose header sizes choose the dataset's storage side
 MIN_PARALLEL = 2000  # below this, starting worker processes costs more than it saves
 RESIZE_METHODS = ("crop", "squish")  # how a non-square image becomes a stored square
+# The filter that resizes it. bicubic (after a box reduction to 3x the target, Pillow's reducing_gap)
+# is the default; seed 004 compares lanczos ("ANTIALIAS"), bicubic, nearest (the only one that keeps
+# fine textures, with aliasing) and bicubic_nearest (bicubic to twice the size, then nearest).
+RESIZE_FILTERS = ("bicubic", "bilinear", "lanczos", "nearest", "bicubic_nearest")
 
 
 # --------------------------------------------------------------------------- one image
@@ -69,22 +73,34 @@ def _to_rgb(img):
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def _square(img, side: int, resize_method: str = "crop") -> np.ndarray:
+def _resize(img, side: int, resize_filter: str):
     from PIL import Image
 
+    R = Image.Resampling
+    if resize_filter == "nearest":
+        return img.resize((side, side), R.NEAREST)
+    if resize_filter == "bicubic_nearest":
+        if min(img.size) > 2 * side:
+            img = img.resize((2 * side, 2 * side), R.BICUBIC, reducing_gap=3.0)
+        return img.resize((side, side), R.NEAREST)
+    filters = {"bicubic": R.BICUBIC, "bilinear": R.BILINEAR, "lanczos": R.LANCZOS}
+    return img.resize((side, side), filters[resize_filter], reducing_gap=3.0)
+
+
+def _square(img, side: int, resize_method: str = "crop", resize_filter: str = "bicubic") -> np.ndarray:
     w, h = img.size
     if (w, h) == (side, side):
         return np.asarray(img, dtype=np.uint8)
     if resize_method == "squish":
         # the whole picture, aspect ratio given up: nothing at the edges is lost
-        img = img.resize((side, side), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        img = _resize(img, side, resize_filter)
     else:
         s = min(w, h)
         left, top = (w - s) // 2, (h - s) // 2
         # crop first: resizing with a box would let the filter reach into the cropped-off border
         img = img.crop((left, top, left + s, top + s))
         if s != side:
-            img = img.resize((side, side), Image.Resampling.BICUBIC, reducing_gap=3.0)
+            img = _resize(img, side, resize_filter)
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -98,39 +114,42 @@ def _refuse_bombs():
         yield
 
 
-def check_resize_method(resize_method: str) -> None:
+def check_resize_method(resize_method: str, resize_filter: str = "bicubic") -> None:
     check_choice("resize_method", resize_method, RESIZE_METHODS)
+    check_choice("resize_filter", resize_filter, RESIZE_FILTERS)
 
 
-def _decode(src, side: int | None, storage_size: int, resize_method: str = "crop") -> np.ndarray:
+def _decode(src, side: int | None, storage_size: int, resize_method: str = "crop",
+            resize_filter: str = "bicubic") -> np.ndarray:
     """One image to uint8 (side, side, 3); side=None picks min(storage_size, shorter side)."""
     from PIL import ImageOps
 
     with _open(src) as img:
         if side is None:
             side = min(storage_size, *img.size)
-        if img.format == "JPEG":
-            img.draft("RGB", (side, side))  # decode at a reduced DCT scale when much larger than side
+        if img.format == "JPEG" and "nearest" not in resize_filter:
+            img.draft("RGB", (side, side))  # decode at a reduced DCT scale (a smoothing) when much larger
         ImageOps.exif_transpose(img, in_place=True)
-        return _square(_to_rgb(img), side, resize_method)
+        return _square(_to_rgb(img), side, resize_method, resize_filter)
 
 
-def decode_image(path, storage_size: int = 160, resize_method: str = "crop", size: int | None = None) -> np.ndarray:
+def decode_image(path, storage_size: int = 160, resize_method: str = "crop", size: int | None = None,
+                 resize_filter: str = "bicubic") -> np.ndarray:
     """uint8 (H, W, 3) exactly as training data is decoded; for prediction. ``path`` may also be a
     PIL image or a uint8 array (H, W, 3) or (H, W): it goes through the same resize. size: exactly
     (size, size, 3) whatever the image's own size, as a dataset's arrays are (so a folder of
     mixed sizes stacks); None: a square of min(storage_size, the image's shorter side)."""
-    check_resize_method(resize_method)
+    check_resize_method(resize_method, resize_filter)
     if size is not None and size < 1:
         raise FitVisionError(f"size must be at least 1 pixel, got {size}")
     if not isinstance(path, (str, os.PathLike)):
         path = _image_bytes(path)
         with _refuse_bombs():
-            return np.array(_decode(path, size, storage_size, resize_method))
+            return np.array(_decode(path, size, storage_size, resize_method, resize_filter))
     try:
         with _refuse_bombs():
             # a copy: Pillow's array is read-only, and a caller may well edit the image in place
-            return np.array(_decode(str(path), size, storage_size, resize_method))
+            return np.array(_decode(str(path), size, storage_size, resize_method, resize_filter))
     except FileNotFoundError:
         raise FitVisionError(f"image not found: {path}") from None
     except NotRegularFile as e:
@@ -155,14 +174,14 @@ def _image_bytes(image) -> bytes:
     return buf.getvalue()
 
 
-def _decode_chunk(chunk: list, side: int, storage_size: int, resize_method: str):
+def _decode_chunk(chunk: list, side: int, storage_size: int, resize_method: str, resize_filter: str = "bicubic"):
     """Worker task: (indices decoded, stacked images, [(index, reason)] for bad ones)."""
     ok, bad = [], []
     out = np.empty((len(chunk), side, side, 3), dtype=np.uint8)
     with _refuse_bombs():
         for idx, src in chunk:
             try:
-                out[len(ok)] = _decode(src, side, storage_size, resize_method)
+                out[len(ok)] = _decode(src, side, storage_size, resize_method, resize_filter)
                 ok.append(idx)
             except NotRegularFile as e:  # skipped like an unreadable image, said plainly
                 bad.append((idx, str(e)))
@@ -212,18 +231,18 @@ def _ignore_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _decode_stream(stream, side: int, storage_size: int, resize_method: str, n: int):
+def _decode_stream(stream, side: int, storage_size: int, resize_method: str, n: int, resize_filter: str = "bicubic"):
     """Yield worker results for the (index, bytes|path) stream; parallel when large."""
     workers = _workers()
     if workers == 1 or n < MIN_PARALLEL or multiprocessing.current_process().daemon:
         # (a daemon process, e.g. a DataLoader worker, may not start children)
         for chunk in _chunks(stream, CHUNK):
-            yield _decode_chunk(chunk, side, storage_size, resize_method)
+            yield _decode_chunk(chunk, side, storage_size, resize_method, resize_filter)
         return
     with multiprocessing.get_context(_start_method()).Pool(workers, initializer=_ignore_ctrl_c) as pool:
         pending: deque = deque()
         for chunk in _chunks(stream, CHUNK):
-            pending.append(pool.apply_async(_decode_chunk, (chunk, side, storage_size, resize_method)))
+            pending.append(pool.apply_async(_decode_chunk, (chunk, side, storage_size, resize_method, resize_filter)))
             if len(pending) >= 3 * workers:  # bounded: never read the whole archive ahead
                 yield pending.popleft().get()
         while pending:
@@ -231,7 +250,7 @@ def _decode_stream(stream, side: int, storage_size: int, resize_method: str, n: 
 
 
 def decode_images(source: readers.Source, splits: dict[str, list[str]], storage_size: int, resize_method: str,
-                   writer, label: str):
+                   writer, label: str, resize_filter: str = "bicubic"):
     """Decode each split's files into a cache array: ({split: array}, {split: keep mask}, {file: reason})."""
     from tqdm import tqdm
 
@@ -248,7 +267,7 @@ def decode_images(source: readers.Source, splits: dict[str, list[str]], storage_
     with tqdm(total=len(names), desc=f"decoding {label}", unit="img", file=sys.stderr, disable=None,
               leave=False) as bar:
         for idxs, images, errors in _decode_stream(itertools.chain(first, stream), side, storage_size,
-                                                   resize_method, len(names)):
+                                                   resize_method, len(names), resize_filter):
             for k, split in enumerate(splits):
                 sel = (idxs >= starts[k]) & (idxs < starts[k + 1])
                 xs[split][idxs[sel] - starts[k]] = images[sel]

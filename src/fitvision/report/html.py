@@ -142,7 +142,8 @@ def _render_mistakes(run_dir: Path, preds: dict, meta: dict, dataset) -> str | N
                 dataset = load_dataset(config["data"],
                                        storage_size=int(config.get("storage_size", meta["storage_size"])),
                                        valid_pct=float(config.get("valid_pct", 0.0)), seed=int(config.get("seed", 0)),
-                                       resize_method=str(meta.get("resize_method", "crop")))
+                                       resize_method=str(meta.get("resize_method", "crop")),
+                                       resize_filter=str(meta.get("resize_filter", "bicubic")))
         except (FitVisionError, KeyError, OSError) as e:
             return f"Mistakes grid not drawn: the validation images are not available here ({e})."
     indices = preds["indices"][pick]

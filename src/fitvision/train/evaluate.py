@@ -162,6 +162,10 @@ class Run:
         # how training made its images square (runs from before the option all cropped)
         return str(self.meta.get("resize_method", "crop"))
 
+    @property
+    def resize_filter(self) -> str:
+        return str(self.meta.get("resize_filter", "bicubic"))  # runs from before the option: bicubic
+
     def predict(self, images, topk: int = 3):
         """A path, PIL image or uint8 array (H, W, 3) -> {"class", "prob", "top": [{"class", "prob"}]};
         a list of them -> a list. Decoded and transformed as the run's validation images were."""
@@ -243,7 +247,7 @@ def evaluate_run(run, data: str | None = None, tta: bool | None = None,
     # Other data is scored on its own validation split; the run's valid_pct carves one only
     # where it has none (an unsplit folder), as training would.
     ds = load_dataset(data or cfg["data"], storage_size=storage, valid_pct=0.0 if data else valid_pct, seed=seed,
-                      resize_method=run.resize_method)
+                      resize_method=run.resize_method, resize_filter=run.resize_filter)
     if data and len(ds.valid_y) == 0 and valid_pct > 0:  # carved from what is loaded: a reload warned twice
         ds = carve_valid(ds, valid_pct, seed)
     if list(ds.classes) != run.classes:
@@ -290,7 +294,7 @@ def predict_files(run, files: Iterable[str | Path], topk: int = 3) -> list[dict[
     _check_topk(topk)
     topk = min(topk, len(run.classes))
     pipe = _eval_pipeline(run)
-    storage = (int(run.meta["storage_size"]), run.resize_method)
+    storage = (int(run.meta["storage_size"]), run.resize_method, run.resize_filter)
     chunks = [files[i:i + PREDICT_BATCH] for i in range(0, len(files), PREDICT_BATCH)]
     results: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=_threads()) as pool:
@@ -309,7 +313,8 @@ def predict_images(run, images: list, topk: int = 3) -> list[dict[str, Any]]:
 
     run = _as_run(run)
     _check_topk(topk)
-    decoded = [decode_image(im, int(run.meta["storage_size"]), run.resize_method) for im in images]
+    decoded = [decode_image(im, int(run.meta["storage_size"]), run.resize_method, resize_filter=run.resize_filter)
+               for im in images]
     names = [str(im) if isinstance(im, (str, os.PathLike)) else None for im in images]
     out = _predict_chunk(run, _eval_pipeline(run), names, decoded, min(topk, len(run.classes))) if images else []
     return [{**({"file": r["file"]} if r["file"] else {}), "class": r["top"][0]["class"],
@@ -354,14 +359,14 @@ def _expand_folders(files: list[str]) -> list[str]:
     return out
 
 
-def _decode(path: str, storage_size: int, resize_method: str) -> np.ndarray | str:
+def _decode(path: str, storage_size: int, resize_method: str, resize_filter: str) -> np.ndarray | str:
     """uint8 (H, W, 3) decoded as training decoded it, or the reason it could not be."""
     from fitvision.data.decode import decode_image
 
     if os.path.isdir(path):  # only an empty one gets here (_expand_folders)
         return f"no images in folder {path}"
     try:
-        return decode_image(path, storage_size=storage_size, resize_method=resize_method)
+        return decode_image(path, storage_size=storage_size, resize_method=resize_method, resize_filter=resize_filter)
     except FitVisionError as e:
         return str(e)
 

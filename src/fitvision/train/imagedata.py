@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # annotations only; the loader module is imported where it is
     from fitvision.data.loader import DeviceLoader
 
 # The TrainConfig fields ImageData is built from; a Learner cannot change them afterwards.
-DATA_FIELDS = ("data", "size", "storage_size", "resize_method", "train_limit", "valid_limit", "valid_pct", "aug",
+DATA_FIELDS = ("data", "size", "storage_size", "resize_method", "resize_filter", "train_limit", "valid_limit", "valid_pct", "aug",
                "rotate", "translate", "jitter", "perspective", "rrc_scale", "rrc_ratio", "progressive_size", "progressive_epochs", "normalize", "crop_pct", "bs", "seed", "device")
 
 
@@ -82,7 +82,7 @@ class ImageData:
         seed_everything(cfg.seed)
         cfg = dataclasses.replace(cfg, device=str(resolve_device(cfg.device)))
         ds = load_dataset(cfg.data, storage_size=cfg.storage_size, valid_pct=cfg.valid_pct, seed=cfg.seed,
-                          resize_method=cfg.resize_method)
+                          resize_method=cfg.resize_method, resize_filter=cfg.resize_filter)
         if len(ds.classes) < 2:  # it would "reach" 100% without learning anything
             raise FitVisionError(f"{ds.location} has one class ({', '.join(ds.classes)}); a classifier needs at "
                                  "least two class folders")

@@ -107,12 +107,14 @@ def check_meta(meta: dict[str, Any], path: str | Path) -> None:
 
 def _check_optional(meta: dict[str, Any], bad) -> None:
     """The fields runs before them lack (read with a default then): checked when present."""
-    from fitvision.data.decode import RESIZE_METHODS
+    from fitvision.data.decode import RESIZE_FILTERS, RESIZE_METHODS
 
     if "crop_pct" in meta and not (_is_number(meta["crop_pct"]) and 0 < meta["crop_pct"] <= 1):
         raise bad("crop_pct", "a number in (0, 1]")
     if "resize_method" in meta and meta["resize_method"] not in RESIZE_METHODS:
         raise bad("resize_method", " or ".join(f'"{m}"' for m in RESIZE_METHODS))
+    if "resize_filter" in meta and meta["resize_filter"] not in RESIZE_FILTERS:
+        raise bad("resize_filter", " or ".join(f'"{m}"' for m in RESIZE_FILTERS))
     if "fitvision_version" in meta and not isinstance(meta["fitvision_version"], str):
         raise bad("fitvision_version", "a version string")
 

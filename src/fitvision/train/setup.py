@@ -108,7 +108,7 @@ def build_model(cfg: TrainConfig, data: ImageData) -> tuple[nn.Module, dict[str,
         notes.append(f"initialised from {done['init_from']}: {done['loaded']} tensors, {head}")
     meta = {"model": cfg.model, "model_kwargs": kwargs, "classes": list(classes), "mean": data.mean,
             "std": data.std, "input_size": [data.size, data.size], "storage_size": cfg.storage_size,
-            "resize_method": cfg.resize_method, "crop_pct": cfg.crop_pct, "fitvision_version": __version__}
+            "resize_method": cfg.resize_method, "resize_filter": cfg.resize_filter, "crop_pct": cfg.crop_pct, "fitvision_version": __version__}
     return model, meta, count_params(model), notes
 
 
