@@ -246,18 +246,18 @@ def train_pipeline(aug: str, size, mean, std, dtype=torch.float32, params: AugPa
         if aug == "perspective":
             crop["magnitude"] = params.perspective or tilt
     ops: list[Aug] = {
-        "none": lambda: fit,
-        "flip": lambda: fit + [Aug(hflip)],
-        "crop_flip": lambda: [Aug(hflip)] + fit + [Aug(random_crop, padding=_scaled(4, s))],
-        "crop_flip_alt": lambda: [Aug(alternating_flip)] + fit + [Aug(random_crop, padding=_scaled(2, s))],
-        "crop_flip_cutout": lambda: [Aug(hflip)] + fit + [Aug(random_crop, padding=_scaled(4, s)),
-                                                          Aug(cutout, size=_scaled(8, s))],
-        "dihedral": lambda: fit + [Aug(random_crop, padding=_scaled(4, s)), Aug(dihedral)],
-        "rrc_flip": lambda: [Aug(random_resized_crop, **crop)],
-        "perspective": lambda: [Aug(tilted_resized_crop, **crop)],
-        "heavy": lambda: [Aug(affine, degrees=10.0, zoom=(1.0, 1.2), translate=0.1, shear=5.0, flip_p=0.5, size=s),
-                          Aug(color_jitter, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02)],
-    }[aug]()
+        "none": fit,
+        "flip": fit + [Aug(hflip)],
+        "crop_flip": [Aug(hflip)] + fit + [Aug(random_crop, padding=_scaled(4, s))],
+        "crop_flip_alt": [Aug(alternating_flip)] + fit + [Aug(random_crop, padding=_scaled(2, s))],
+        "crop_flip_cutout": [Aug(hflip)] + fit + [Aug(random_crop, padding=_scaled(4, s)),
+                                                  Aug(cutout, size=_scaled(8, s))],
+        "dihedral": fit + [Aug(random_crop, padding=_scaled(4, s)), Aug(dihedral)],
+        "rrc_flip": [Aug(random_resized_crop, **crop)],
+        "perspective": [Aug(tilted_resized_crop, **crop)],
+        "heavy": [Aug(affine, degrees=10.0, zoom=(1.0, 1.2), translate=0.1, shear=5.0, flip_p=0.5, size=s),
+                  Aug(color_jitter, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02)],
+    }[aug]
     return Pipeline(ops + _extra_ops(aug, params), mean, std, dtype)
 
 
