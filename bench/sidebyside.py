@@ -1,0 +1,104 @@
+"""fitvision against the airbench peers, side by side in one sitting (issue 30): the speed ratio.
+
+    FITVISION_DATA_DIR=../shared/datasets .venv/bin/python bench/sidebyside.py [--recipe cpu]
+        [--peers muon ab94] [--seeds 0 1 2] [--out-dir runs/sidebyside] [--table] [-- EXTRA TRAIN FLAGS]
+
+The runs alternate, seed by seed: fitvision, then each peer (../shared/peers/run.sh; set it up once
+with ../shared/peers/setup.sh), then fitvision with the next seed, ... so that a machine whose
+speed drifts during the sitting drifts for all of them alike. Each run is one process, timed from
+its start to its exit (the peers' own timers leave out their start-up; this clock does not, for
+anyone). Results go to OUT_DIR/results.jsonl; the table gives, per system, the mean and sample
+standard deviation of the test accuracy (each with its own TTA) and of the wall time, and the
+ratio of fitvision's mean wall time to the faster peer's: the figure issue 30 asks to bring to 0.5.
+Run it only on an idle machine: it records the load average before each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from runlib import train_run
+
+PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
+NAMES = {"muon": "airbench94_muon", "ab94": "airbench94"}
+
+
+def peer_run(peer: str, seed: int) -> dict:
+    """One peer process: its JSON line's test accuracy (with its TTA), the process's wall time."""
+    args = [str(PEERS / "run.sh"), peer] + (["--seed", str(seed)] if peer == "ab94" else [])
+    load = os.getloadavg()[0]
+    start = time.monotonic()
+    proc = subprocess.run(args, capture_output=True, text=True)
+    wall = time.monotonic() - start
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        return {"rc": proc.returncode or 1, "error": (proc.stderr.strip().splitlines() or ["no JSON line"])[-1]}
+    out = json.loads(lines[-1])
+    return {"rc": 0, "test_acc": out["test_acc"], "wall_seconds": round(wall, 1), "load_before": load}
+
+
+def table(results: list[dict], recipe: str) -> str:
+    ok = [r for r in results if r.get("rc") == 0]
+    systems = sorted({r["system"] for r in ok}, key=lambda s: (s != "fitvision", s))
+    lines = ["| system | test accuracy | wall time (s) | runs (seeds) | load before |", "|---|---|---|---|---|"]
+    walls = {}
+    for system in systems:
+        got = [r for r in ok if r["system"] == system]
+        accs, secs = [100 * r["test_acc"] for r in got], [r["wall_seconds"] for r in got]
+        walls[system] = statistics.mean(secs)
+        sd = (lambda xs, f: f" +- {statistics.stdev(xs):{f}}" if len(xs) > 1 else "")
+        loads = [r["load_before"] for r in got]
+        name = f"fitvision (`--recipe {recipe}`)" if system == "fitvision" else NAMES.get(system, system)
+        lines.append(f"| {name} | {statistics.mean(accs):.2f}{sd(accs, '.2f')} | {walls[system]:,.1f}{sd(secs, ',.1f')} "
+                     f"| {len(got)} ({', '.join(str(r['seed']) for r in got)}) | {min(loads):.2f}-{max(loads):.2f} |")
+    peers = {s: w for s, w in walls.items() if s != "fitvision"}
+    if "fitvision" in walls and peers:
+        fastest = min(peers, key=peers.get)
+        lines.append(f"\nfitvision's wall time / the faster peer's ({NAMES.get(fastest, fastest)}): "
+                     f"**{walls['fitvision'] / peers[fastest]:.2f}x**")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", default="cpu")
+    p.add_argument("--peers", nargs="*", default=["muon", "ab94"], choices=sorted(NAMES))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out-dir", type=Path, default=Path("runs/sidebyside"))
+    p.add_argument("--table", action="store_true", help="only print the table of what results.jsonl holds")
+    args = p.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = args.out_dir / "results.jsonl"
+    results = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    if not args.table:
+        if args.peers and not (PEERS / "run.sh").is_file():
+            p.error(f"no peers at {PEERS}: they live in ../shared/peers beside the checkout")
+        for seed in args.seeds:
+            runs = [("fitvision", None)] + [(peer, peer) for peer in args.peers]
+            for system, peer in runs:
+                if peer is None:
+                    flags = ["--recipe", args.recipe, "--seed", str(seed), *extra, "--no-progress", "-q"]
+                    got = train_run(flags, args.out_dir / f"fitvision-s{seed}")
+                else:
+                    got = peer_run(peer, seed)
+                result = {"system": system, "seed": seed, **got}
+                results.append(result)
+                with open(path, "a") as f:
+                    f.write(json.dumps(result) + "\n")
+                print(json.dumps(result), flush=True)
+    print(table(results, args.recipe))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
