@@ -22,11 +22,14 @@ def test_gpu_script_dry_run(tmp_path, data_dir):
                           env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
-    assert [r["system"] for r in rows] == ["fitvision, gpu recipe"] * 3 + ["fitvision, seed recipe", "airbench94_muon"]
-    assert [r["seed"] for r in rows[:3]] == [0, 1, 2] and all(r["rc"] == 0 and 0 <= r["val_acc"] <= 1 for r in rows[:4])
-    assert rows[-1]["skipped"] == "needs CUDA: data and script checked"
+    assert [r["system"] for r in rows] == ["fitvision, gpu recipe"] * 3 + [
+        "fitvision, seed recipe", "airbench94_muon", "fitvision, seed001_sgd recipe"]
+    assert [r["seed"] for r in rows[:3]] == [0, 1, 2]
+    assert all(r["rc"] == 0 and 0 <= r["val_acc"] <= 1 for r in rows[:4] + rows[5:])
+    assert rows[4]["skipped"] == "needs CUDA: data and script checked"
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| fitvision, gpu recipe | 3/3 |" in table and "| airbench94_muon | 0 | needs CUDA" in table
+    assert "| fitvision, seed001_sgd recipe | 1/1 |" in table
     assert "7 skipped" in proc.stdout  # the CUDA tests ran (and skipped, without a GPU)
     import torch
 
