@@ -22,7 +22,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from runlib import train_run
+from runlib import record, train_run
 
 BASE = ["--recipe", "seed", "--model", "cnn", "--train-limit", "10000", "--epochs", "5", "--epoch-valid-limit", "2000",
         "--no-progress", "-q"]
@@ -119,9 +119,7 @@ def main() -> int:
                         result = run(row, variant, flags, seed, args.out_dir)
                         same[command] = result
                     results.append(result)
-                    with open(path, "a") as f:
-                        f.write(json.dumps(result) + "\n")
-                    print(json.dumps(result), flush=True)
+                    record(path, result)
     print(table(results, args.seeds))
     return 0
 

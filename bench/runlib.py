@@ -31,3 +31,10 @@ def train_run(flags: list[str], out: Path) -> dict:
     return {"rc": 0, "test_acc": summary["val_acc"],
             "train_acc": float(last["train_acc"]) if last.get("train_acc") else None,
             "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1), "load_before": load}
+
+
+def record(path: Path, result: dict) -> None:
+    """Append one result to a results.jsonl (a finished run is never run again) and print it."""
+    with open(path, "a") as f:
+        f.write(json.dumps(result) + "\n")
+    print(json.dumps(result), flush=True)

@@ -23,7 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from runlib import train_run
+from runlib import record, train_run
 
 # The ResNet9 rows run in bf16 on a CPU: in fp32 one would take about 3x its hour or more.
 BF16 = ["--precision", "bf16"]
@@ -91,9 +91,7 @@ def main() -> int:
                           "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                           **train_run(flags, args.out_dir / f"{recipe}-s{seed}")}
                 results.append(result)
-                with open(path, "a") as f:
-                    f.write(json.dumps(result) + "\n")
-                print(json.dumps(result), flush=True)
+                record(path, result)
     print(table(results))
     return 0
 

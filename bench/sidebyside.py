@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from runlib import train_run
+from runlib import record, train_run
 
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
 NAMES = {"muon": "airbench94_muon", "ab94": "airbench94"}
@@ -93,9 +93,7 @@ def main() -> int:
                     got = peer_run(peer, seed)
                 result = {"system": system, "seed": seed, **got}
                 results.append(result)
-                with open(path, "a") as f:
-                    f.write(json.dumps(result) + "\n")
-                print(json.dumps(result), flush=True)
+                record(path, result)
     print(table(results, args.recipe))
     return 0
 
