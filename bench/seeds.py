@@ -41,14 +41,26 @@ ROWS = [
 ]
 
 
+def cpu_model() -> str:
+    """The processor's name as /proc/cpuinfo gives it, less the trade marks ("Intel Xeon Processor")."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].replace("(R)", "").replace("(TM)", "")
+                return " ".join(name.replace("Processor", "").split())
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def table(results: list[dict]) -> str:
     lines = ["| seed | experiment | seed's figure | fitvision (test accuracy) | train - test gap | wall time per run "
-             "| command |", "|---|---|---|---|---|---|---|"]
+             "| machine | command |", "|---|---|---|---|---|---|---|---|"]
     for doc, what, figure, recipe, *extra in ROWS:
         got = [r for r in results if r["recipe"] == recipe and r.get("rc") == 0]
         command = "`" + " ".join(["fitvision", "train", "--recipe", recipe, *(extra[0] if extra else [])]) + "`"
         if not got:
-            lines.append(f"| {doc} | {what} | {figure} | not run yet | | | {command} |")
+            lines.append(f"| {doc} | {what} | {figure} | not run yet | | | | {command} |")
             continue
         accs = [100 * r["test_acc"] for r in got]
         spread = f" +- {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
@@ -59,8 +71,9 @@ def table(results: list[dict]) -> str:
         loads = [r["load_before"] for r in got]
         load = f"{min(loads):.1f}" + (f"-{max(loads):.1f}" if len(loads) > 1 else "")
         wall = f"{statistics.mean(walls):,.0f} s (load {load})"
+        machine = ", ".join(sorted({f"{r['cpus']}-core {r.get('cpu_model', r['machine'])}" for r in got}))
         lines.append(f"| {doc} | {what} | {figure} | {statistics.mean(accs):.2f}{spread} ({seeds}) | {gap} "
-                     f"| {wall} | {command} |")
+                     f"| {wall} | {machine} | {command} |")
     return "\n".join(lines)
 
 
@@ -89,6 +102,7 @@ def main() -> int:
                 flags = ["--recipe", recipe, *flags_of[recipe], "--seed", str(seed), "--no-progress", "-q"]
                 result = {"recipe": recipe, "seed": seed, "command": " ".join(["fitvision", "train", *flags]),
                           "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                          "cpu_model": cpu_model(),
                           **train_run(flags, args.out_dir / f"{recipe}-s{seed}")}
                 results.append(result)
                 record(path, result)
