@@ -9,6 +9,9 @@ process (32 px throughout); its summary.json's training images/s is the figure. 
 alone. A policy: "now", fitvision as it is (a passive OpenMP wait policy, one thread fewer per core
 another process keeps busy); "before", as it was (libgomp's own wait policy, which spins a while
 before sleeping, and all threads); or an OMP_WAIT_POLICY with a fixed thread count ("passive:1"). Prints one JSON line per run and a summary: the busy/idle ratio per policy.
+``--peers muon ab94`` measures the airbench peers the same way (../shared/peers/run.sh PEER --epochs 1
+--train-limit N, as they ship: libgomp's wait policy, two threads), their images/s from their own
+JSON line (training images x epochs / their train_seconds, the whitening init included).
 Run it on an otherwise idle machine and say the load average.
 """
 
@@ -25,6 +28,30 @@ import time
 from pathlib import Path
 
 
+PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
+
+
+def busy_process() -> subprocess.Popen:
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    time.sleep(1.0)  # the competitor is running before training starts
+    return hog
+
+
+def peer_once(peer: str, busy: bool, images: int) -> float:
+    """A peer's training images/s over one epoch of `images` images, alone or beside a busy process."""
+    hog = busy_process() if busy else None
+    try:
+        proc = subprocess.run([str(PEERS / "run.sh"), peer, "--epochs", "1", "--train-limit", str(images),
+                               "--test-limit", "1000"], capture_output=True, text=True, check=True)
+    finally:
+        if hog:
+            hog.kill()
+            hog.wait()
+    res = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    epochs = float(res.get("epochs") or res["args"]["epochs"])
+    return res["train_images"] * epochs / res["train_seconds"]
+
+
 def run_once(policy: str, busy: bool, images: int, out: Path) -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS",
                                                             "FITVISION_CPU_THREADS")}
@@ -34,10 +61,8 @@ def run_once(policy: str, busy: bool, images: int, out: Path) -> float:
         policy, _, threads = policy.partition(":")
         env["OMP_WAIT_POLICY"] = "" if policy == "default" else policy.upper()
         env["FITVISION_CPU_THREADS"] = threads or "fixed"
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    hog = busy_process() if busy else None
     try:
-        if hog:
-            time.sleep(1.0)  # the competitor is running before training starts
         subprocess.run([sys.executable, "-m", "fitvision", "train", "--recipe", "cpu", "--epochs", "1",
                         "--train-limit", str(images), "--valid-limit", "1000", "--progressive-size", "0",
                         "--no-progress", "-q", "--out", str(out)], env=env, check=True)
@@ -53,19 +78,26 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--policies", nargs="+", default=["before", "now"])
     p.add_argument("--images", type=int, default=10000)
+    p.add_argument("--peers", nargs="*", default=[], choices=["muon", "ab94"],
+                   help="also measure these peers (../shared/peers, set up with its setup.sh)")
     args = p.parse_args()
+    if args.peers and not (PEERS / "run.sh").is_file():
+        p.error(f"no peers at {PEERS}: they live in ../shared/peers beside the checkout")
     results: dict[tuple[str, str], list[float]] = {}
     print(json.dumps({"loadavg_before": os.getloadavg()}), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):  # alternated, so a drift of the machine's speed hits all alike
-            for policy in args.policies:
+            for policy in [*args.policies, *(f"peer:{peer}" for peer in args.peers)]:
                 for load in ("idle", "busy"):
-                    ips = run_once(policy, load == "busy", args.images, Path(tmp) / f"{policy}-{load}-{repeat}")
+                    if policy.startswith("peer:"):
+                        ips = peer_once(policy[5:], load == "busy", args.images)
+                    else:
+                        ips = run_once(policy, load == "busy", args.images, Path(tmp) / f"{policy}-{load}-{repeat}")
                     results.setdefault((policy, load), []).append(ips)
                     print(json.dumps({"policy": policy, "load": load, "repeat": repeat,
                                       "images_per_second": round(ips, 1)}), flush=True)
     summary = {}
-    for policy in args.policies:
+    for policy in [*args.policies, *(f"peer:{peer}" for peer in args.peers)]:
         idle, busy = results[(policy, "idle")], results[(policy, "busy")]
         summary[policy] = {"idle": round(statistics.mean(idle), 1), "idle_runs": [round(x) for x in idle],
                            "busy": round(statistics.mean(busy), 1), "busy_runs": [round(x) for x in busy],

@@ -2,6 +2,11 @@
 
     python bench/pipeline.py --json            # one JSON object on stdout
     python bench/pipeline.py --json --quick    # smaller sizes, a rough figure in ~20 s
+    OMP_WAIT_POLICY=PASSIVE python bench/pipeline.py --json --busy --share-cpu   # a shared CPU, as fitvision runs
+
+--busy measures beside `python -c "while True: pass"` (one core taken); --share-cpu sets the thread
+count as `fitvision train` does (fitvision.train.device.share_cpu: one fewer per busy core); the CLI
+also sets OMP_WAIT_POLICY=PASSIVE before torch loads, which only the environment can do here.
 
 Measures, in one process on one machine:
   cifar_images_per_second       DeviceLoader + crop_flip (reflect pad 4, crop, flip) + normalize,
@@ -25,6 +30,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -165,11 +172,29 @@ def main(argv=None) -> dict:
     p.add_argument("--train-bs", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's own)")
     p.add_argument("--train-steps", type=int, default=0, help="timed steps of each kind (default 5, quick 3)")
+    p.add_argument("--busy", action="store_true", help="measure beside a busy process (one core taken)")
+    p.add_argument("--share-cpu", action="store_true", help="set the thread count as fitvision train does")
     args = p.parse_args(argv)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+    try:
+        if hog:
+            time.sleep(1.0)  # the competitor runs before anything is measured
+        return _measure(args)
+    finally:
+        if hog:
+            hog.kill()
+            hog.wait()
+
+
+def _measure(args) -> dict:
     repeats = args.repeats or (2 if args.quick else 3)
     steps = args.train_steps or (3 if args.quick else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif args.share_cpu:
+        from fitvision.train.device import share_cpu
+
+        share_cpu()
     torch.manual_seed(0)
     load_before = os.getloadavg()[0]
 
@@ -196,7 +221,8 @@ def main(argv=None) -> dict:
                     "torch": torch.__version__, "device": "cpu",
                     # other processes competing for the cores make every figure lower
                     "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
-        "quick": args.quick,
+        "quick": args.quick, "busy": args.busy, "share_cpu": args.share_cpu,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
     }
     if args.json:
         print(json.dumps(result))
