@@ -209,6 +209,20 @@ def test_gpu_recipe_is_the_cpu_recipe_at_full_width_with_airbenchs_gpu_choices()
                       "progressive_epochs": (8, 0), "compile": (False, True)}
 
 
+def test_cpu92_recipe_is_the_cpu_recipe_at_full_width_for_18_epochs():
+    """The second tier (issue 30) changes only the width and the length, so the cpu recipe's
+    end-to-end test below covers its code, and docs/benchmarks.md's figures name exactly this."""
+    from dataclasses import fields
+
+    from fitvision.recipes import RECIPES
+
+    cpu, tier = RECIPES["cpu"], RECIPES["cpu92"]
+    differ = {f.name: (getattr(cpu, f.name), getattr(tier, f.name)) for f in fields(cpu)
+              if getattr(cpu, f.name) != getattr(tier, f.name)}
+    assert differ == {"width": (0.75, 1.0), "model_options": ("convs=2-3-3,widths=48-192-256", "convs=2-3-3"),
+                      "recipe": ("cpu", "cpu92"), "epochs": (12, 18), "progressive_epochs": (8, 12)}
+
+
 @pytest.mark.parametrize("recipe", ["cpu", "gpu"])
 def test_speed_recipes_learn_real_cifar(data_dir, tmp_path, recipe):
     """Each speed recipe end to end on this device (a GPU runs the same code), at a scale a test
