@@ -24,29 +24,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from runlib import beside_busy_process
 
 
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
 
 
-def busy_process() -> subprocess.Popen:
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    time.sleep(1.0)  # the competitor is running before training starts
-    return hog
-
-
 def peer_once(peer: str, busy: bool, images: int) -> float:
     """A peer's training images/s over one epoch of `images` images, alone or beside a busy process."""
-    hog = busy_process() if busy else None
-    try:
+    with beside_busy_process(busy):
         proc = subprocess.run([str(PEERS / "run.sh"), peer, "--epochs", "1", "--train-limit", str(images),
                                "--test-limit", "1000"], capture_output=True, text=True, check=True)
-    finally:
-        if hog:
-            hog.kill()
-            hog.wait()
     res = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     epochs = float(res.get("epochs") or res["args"]["epochs"])
     return res["train_images"] * epochs / res["train_seconds"]
@@ -61,15 +51,10 @@ def run_once(policy: str, busy: bool, images: int, out: Path) -> float:
         policy, _, threads = policy.partition(":")
         env["OMP_WAIT_POLICY"] = "" if policy == "default" else policy.upper()
         env["FITVISION_CPU_THREADS"] = threads or "fixed"
-    hog = busy_process() if busy else None
-    try:
+    with beside_busy_process(busy):
         subprocess.run([sys.executable, "-m", "fitvision", "train", "--recipe", "cpu", "--epochs", "1",
                         "--train-limit", str(images), "--valid-limit", "1000", "--progressive-size", "0",
                         "--no-progress", "-q", "--out", str(out)], env=env, check=True)
-    finally:
-        if hog:
-            hog.kill()
-            hog.wait()
     return json.loads((out / "summary.json").read_text())["train_images_per_second"]
 
 
@@ -86,8 +71,9 @@ def main() -> int:
     results: dict[tuple[str, str], list[float]] = {}
     print(json.dumps({"loadavg_before": os.getloadavg()}), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+        systems = [*args.policies, *(f"peer:{peer}" for peer in args.peers)]
         for repeat in range(args.repeats):  # alternated, so a drift of the machine's speed hits all alike
-            for policy in [*args.policies, *(f"peer:{peer}" for peer in args.peers)]:
+            for policy in systems:
                 for load in ("idle", "busy"):
                     if policy.startswith("peer:"):
                         ips = peer_once(policy[5:], load == "busy", args.images)
@@ -97,7 +83,7 @@ def main() -> int:
                     print(json.dumps({"policy": policy, "load": load, "repeat": repeat,
                                       "images_per_second": round(ips, 1)}), flush=True)
     summary = {}
-    for policy in [*args.policies, *(f"peer:{peer}" for peer in args.peers)]:
+    for policy in systems:
         idle, busy = results[(policy, "idle")], results[(policy, "busy")]
         summary[policy] = {"idle": round(statistics.mean(idle), 1), "idle_runs": [round(x) for x in idle],
                            "busy": round(statistics.mean(busy), 1), "busy_runs": [round(x) for x in busy],

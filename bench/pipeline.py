@@ -30,8 +30,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -39,6 +37,7 @@ import torch
 
 from fitvision.data.augment import CIFAR_STATS, train_pipeline
 from fitvision.data.loader import DeviceLoader
+from runlib import beside_busy_process
 
 
 def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -175,15 +174,8 @@ def main(argv=None) -> dict:
     p.add_argument("--busy", action="store_true", help="measure beside a busy process (one core taken)")
     p.add_argument("--share-cpu", action="store_true", help="set the thread count as fitvision train does")
     args = p.parse_args(argv)
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
-    try:
-        if hog:
-            time.sleep(1.0)  # the competitor runs before anything is measured
+    with beside_busy_process(args.busy):
         return _measure(args)
-    finally:
-        if hog:
-            hog.kill()
-            hog.wait()
 
 
 def _measure(args) -> dict:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -38,3 +40,30 @@ def record(path: Path, result: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(result) + "\n")
     print(json.dumps(result), flush=True)
+
+
+def cpu_model() -> str:
+    """The processor's name as /proc/cpuinfo gives it (bench/speed.py keeps its own copy: a test
+    loads that file alone, without bench/ on the import path)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@contextlib.contextmanager
+def beside_busy_process(busy: bool = True):
+    """Run the body beside `python -c "while True: pass"` (one core taken), or alone if not busy."""
+    if not busy:
+        yield
+        return
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)  # the competitor is running before the measurement starts
+        yield
+    finally:
+        hog.kill()
+        hog.wait()

@@ -23,7 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from runlib import record, train_run
+from runlib import cpu_model, record, train_run
 
 # The ResNet9 rows run in bf16 on a CPU: in fp32 one would take about 3x its hour or more.
 BF16 = ["--precision", "bf16"]
@@ -41,16 +41,9 @@ ROWS = [
 ]
 
 
-def cpu_model() -> str:
-    """The processor's name as /proc/cpuinfo gives it, less the trade marks ("Intel Xeon Processor")."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].replace("(R)", "").replace("(TM)", "")
-                return " ".join(name.replace("Processor", "").split())
-    except OSError:
-        pass
-    return platform.machine()
+def _short(name: str) -> str:
+    """A processor's name less the trade marks: "Intel(R) Xeon(R) Processor" -> "Intel Xeon"."""
+    return " ".join(name.replace("(R)", "").replace("(TM)", "").replace("Processor", "").split())
 
 
 def table(results: list[dict]) -> str:
@@ -71,7 +64,7 @@ def table(results: list[dict]) -> str:
         loads = [r["load_before"] for r in got]
         load = f"{min(loads):.1f}" + (f"-{max(loads):.1f}" if len(loads) > 1 else "")
         wall = f"{statistics.mean(walls):,.0f} s (load {load})"
-        machine = ", ".join(sorted({f"{r['cpus']}-core {r.get('cpu_model', r['machine'])}" for r in got}))
+        machine = ", ".join(sorted({f"{r['cpus']}-core {_short(r.get('cpu_model', r['machine']))}" for r in got}))
         lines.append(f"| {doc} | {what} | {figure} | {statistics.mean(accs):.2f}{spread} ({seeds}) | {gap} "
                      f"| {wall} | {machine} | {command} |")
     return "\n".join(lines)

@@ -194,33 +194,32 @@ def test_model_options_reach_the_model_and_model_json(tiny_speednet):
     assert any("first layer initialised from" in note for note in default.notes)
 
 
-def test_gpu_recipe_is_the_cpu_recipe_at_full_width_with_airbenchs_gpu_choices():
-    """docs and config say so (8 epochs, compiled, one input size); the CPU test below then covers
-    the gpu recipe's code too."""
+def _recipe_changes(base: str, other: str) -> dict:
+    """{field: (base's value, other's)} for each config field the two recipes set differently."""
     from dataclasses import fields
 
     from fitvision.recipes import RECIPES
 
-    cpu, gpu = RECIPES["cpu"], RECIPES["gpu"]
-    differ = {f.name: (getattr(cpu, f.name), getattr(gpu, f.name)) for f in fields(cpu)
-              if getattr(cpu, f.name) != getattr(gpu, f.name)}
-    assert differ == {"width": (0.75, 1.0), "model_options": ("convs=2-3-3,widths=48-192-256", "convs=2-3-3"),
-                      "recipe": ("cpu", "gpu"), "epochs": (12, 8), "progressive_size": (16, 0),
-                      "progressive_epochs": (8, 0), "compile": (False, True)}
+    a, b = RECIPES[base], RECIPES[other]
+    return {f.name: (getattr(a, f.name), getattr(b, f.name)) for f in fields(a)
+            if getattr(a, f.name) != getattr(b, f.name)}
+
+
+def test_gpu_recipe_is_the_cpu_recipe_at_full_width_with_airbenchs_gpu_choices():
+    """docs and config say so (8 epochs, compiled, one input size); the CPU test below then covers
+    the gpu recipe's code too."""
+    assert _recipe_changes("cpu", "gpu") == {
+        "width": (0.75, 1.0), "model_options": ("convs=2-3-3,widths=48-192-256", "convs=2-3-3"),
+        "recipe": ("cpu", "gpu"), "epochs": (12, 8), "progressive_size": (16, 0),
+        "progressive_epochs": (8, 0), "compile": (False, True)}
 
 
 def test_cpu92_recipe_is_the_cpu_recipe_at_full_width_for_18_epochs():
     """The second tier (issue 30) changes only the width and the length, so the cpu recipe's
     end-to-end test below covers its code, and docs/benchmarks.md's figures name exactly this."""
-    from dataclasses import fields
-
-    from fitvision.recipes import RECIPES
-
-    cpu, tier = RECIPES["cpu"], RECIPES["cpu92"]
-    differ = {f.name: (getattr(cpu, f.name), getattr(tier, f.name)) for f in fields(cpu)
-              if getattr(cpu, f.name) != getattr(tier, f.name)}
-    assert differ == {"width": (0.75, 1.0), "model_options": ("convs=2-3-3,widths=48-192-256", "convs=2-3-3"),
-                      "recipe": ("cpu", "cpu92"), "epochs": (12, 18), "progressive_epochs": (8, 12)}
+    assert _recipe_changes("cpu", "cpu92") == {
+        "width": (0.75, 1.0), "model_options": ("convs=2-3-3,widths=48-192-256", "convs=2-3-3"),
+        "recipe": ("cpu", "cpu92"), "epochs": (12, 18), "progressive_epochs": (8, 12)}
 
 
 @pytest.mark.parametrize("recipe", ["cpu", "gpu"])
