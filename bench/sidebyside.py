@@ -3,7 +3,8 @@
     FITVISION_DATA_DIR=../shared/datasets .venv/bin/python bench/sidebyside.py [--recipe cpu]
         [--peers muon ab94] [--seeds 0 1 2] [--out-dir runs/sidebyside] [--table] [-- EXTRA TRAIN FLAGS]
 
-The runs alternate, seed by seed: fitvision, then each peer (../shared/peers/run.sh; set it up once
+``--recipe cpu cpu92`` times several recipes in the one sitting. The runs alternate, seed by seed:
+fitvision (each recipe), then each peer (../shared/peers/run.sh; set it up once
 with ../shared/peers/setup.sh), then fitvision with the next seed, ... so that a machine whose
 speed drifts during the sitting drifts for all of them alike. Each run is one process, timed from
 its start to its exit (the peers' own timers leave out their start-up; this clock does not, for
@@ -44,9 +45,16 @@ def peer_run(peer: str, seed: int) -> dict:
     return {"rc": 0, "test_acc": out["test_acc"], "wall_seconds": round(wall, 1), "load_before": load}
 
 
+def system_of(result: dict, recipe: str) -> str:
+    """'fitvision:RECIPE' for fitvision's runs (results from before recipes were recorded: RECIPE)."""
+    if result["system"] != "fitvision":
+        return result["system"]
+    return f"fitvision:{result.get('recipe', recipe)}"
+
+
 def table(results: list[dict], recipe: str) -> str:
-    ok = [r for r in results if r.get("rc") == 0]
-    systems = sorted({r["system"] for r in ok}, key=lambda s: (s != "fitvision", s))
+    ok = [{**r, "system": system_of(r, recipe)} for r in results if r.get("rc") == 0]
+    systems = sorted({r["system"] for r in ok}, key=lambda s: (not s.startswith("fitvision"), s))
     lines = ["| system | test accuracy | wall time (s) | runs (seeds) | load before |", "|---|---|---|---|---|"]
     walls = {}
     for system in systems:
@@ -55,14 +63,15 @@ def table(results: list[dict], recipe: str) -> str:
         walls[system] = statistics.mean(secs)
         sd = (lambda xs, f: f" +- {statistics.stdev(xs):{f}}" if len(xs) > 1 else "")
         loads = [r["load_before"] for r in got]
-        name = f"fitvision (`--recipe {recipe}`)" if system == "fitvision" else NAMES.get(system, system)
+        name = f"fitvision (`--recipe {system[10:]}`)" if system.startswith("fitvision:") else NAMES.get(system, system)
         lines.append(f"| {name} | {statistics.mean(accs):.2f}{sd(accs, '.2f')} | {walls[system]:,.1f}{sd(secs, ',.1f')} "
                      f"| {len(got)} ({', '.join(str(r['seed']) for r in got)}) | {min(loads):.2f}-{max(loads):.2f} |")
-    peers = {s: w for s, w in walls.items() if s != "fitvision"}
-    if "fitvision" in walls and peers:
+    peers = {s: w for s, w in walls.items() if not s.startswith("fitvision")}
+    if peers:
         fastest = min(peers, key=peers.get)
-        lines.append(f"\nfitvision's wall time / the faster peer's ({NAMES.get(fastest, fastest)}): "
-                     f"**{walls['fitvision'] / peers[fastest]:.2f}x**")
+        for system in (s for s in walls if s.startswith("fitvision:")):
+            lines.append(f"\nfitvision `{system[10:]}`'s wall time / the faster peer's ({NAMES.get(fastest, fastest)}): "
+                         f"**{walls[system] / peers[fastest]:.2f}x**")
     return "\n".join(lines)
 
 
@@ -71,7 +80,7 @@ def main() -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", default="cpu")
+    p.add_argument("--recipe", nargs="+", default=["cpu"])
     p.add_argument("--peers", nargs="*", default=["muon", "ab94"], choices=sorted(NAMES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out-dir", type=Path, default=Path("runs/sidebyside"))
@@ -84,17 +93,17 @@ def main() -> int:
         if args.peers and not (PEERS / "run.sh").is_file():
             p.error(f"no peers at {PEERS}: they live in ../shared/peers beside the checkout")
         for seed in args.seeds:
-            runs = [("fitvision", None)] + [(peer, peer) for peer in args.peers]
-            for system, peer in runs:
-                if peer is None:
-                    flags = ["--recipe", args.recipe, "--seed", str(seed), *extra, "--no-progress", "-q"]
-                    got = train_run(flags, args.out_dir / f"fitvision-s{seed}")
+            runs = [("fitvision", recipe) for recipe in args.recipe] + [(peer, None) for peer in args.peers]
+            for system, recipe in runs:
+                if recipe is not None:
+                    flags = ["--recipe", recipe, "--seed", str(seed), *extra, "--no-progress", "-q"]
+                    got = {"recipe": recipe, **train_run(flags, args.out_dir / f"fitvision-{recipe}-s{seed}")}
                 else:
-                    got = peer_run(peer, seed)
+                    got = peer_run(system, seed)
                 result = {"system": system, "seed": seed, **got}
                 results.append(result)
                 record(path, result)
-    print(table(results, args.recipe))
+    print(table(results, args.recipe[0]))
     return 0
 
 

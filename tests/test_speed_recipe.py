@@ -214,12 +214,14 @@ def test_gpu_recipe_is_the_cpu_recipe_at_full_width_with_airbenchs_gpu_choices()
         "progressive_epochs": (8, 0), "compile": (False, True)}
 
 
-def test_cpu92_recipe_is_the_cpu_recipe_at_full_width_for_18_epochs():
-    """The second tier (issue 30) changes only the width and the length, so the cpu recipe's
+def test_cpu92_recipe_is_the_cpu_recipe_at_full_width_for_17_epochs():
+    """The second tier (issue 30) changes only the width, the length and the
+    intermediate evaluations' size, so the cpu recipe's
     end-to-end test below covers its code, and docs/benchmarks.md's figures name exactly this."""
     assert _recipe_changes("cpu", "cpu92") == {
         "width": (0.75, 1.0), "model_options": ("convs=2-3-3,widths=48-192-256", "convs=2-3-3"),
-        "recipe": ("cpu", "cpu92"), "epochs": (12, 18), "progressive_epochs": (8, 12)}
+        "recipe": ("cpu", "cpu92"), "epochs": (12, 17), "progressive_epochs": (8, 12),
+        "epoch_valid_limit": (2000, 500)}
 
 
 @pytest.mark.parametrize("recipe", ["cpu", "gpu"])
