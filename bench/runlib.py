@@ -16,10 +16,11 @@ from pathlib import Path
 
 def train_run(flags: list[str], out: Path) -> dict:
     """Run `fitvision train FLAGS --out OUT` (a fresh OUT); {rc, error} or {rc, test_acc, train_acc,
-    train_seconds, wall_seconds, load_before}: summary.json's val_acc, the last epoch's train_acc
+    train_seconds, wall_seconds, load_before, gflops_before}: summary.json's val_acc, the last epoch's train_acc
     from history.csv, the run's own training time and the whole process's wall time."""
     if out.exists():
         shutil.rmtree(out)
+    gflops = host_gflops()
     load = os.getloadavg()[0]
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "fitvision", "train", *flags, "--out", str(out)],
@@ -32,7 +33,28 @@ def train_run(flags: list[str], out: Path) -> dict:
         last = list(csv.DictReader(f))[-1]
     return {"rc": 0, "test_acc": summary["val_acc"],
             "train_acc": float(last["train_acc"]) if last.get("train_acc") else None,
-            "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1), "load_before": load}
+            "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1), "load_before": load,
+            "gflops_before": gflops}
+
+
+# A fixed amount of fp32 matrix multiplication on all cores, in its own process so this one keeps
+# no thread pool. The load average cannot see a host that gives this VM's cores less (another
+# tenant on their siblings): on 2026-12-06 the same runs took up to 2x longer an hour apart with
+# nothing else running. This rate, taken before each run, says how fast the machine was.
+_GEMM = """
+import time, torch
+a = torch.randn(1024, 1024); b = torch.randn(1024, 1024); a @ b
+n, start = 0, time.perf_counter()
+while time.perf_counter() - start < 1.0:
+    a @ b; n += 1
+print(round(2 * 1024**3 * n / (time.perf_counter() - start) / 1e9, 1))
+"""
+
+
+def host_gflops() -> float | None:
+    """The machine's fp32 matmul rate now, in GFLOP/s (about 2 s: torch's import and 1 s of work)."""
+    proc = subprocess.run([sys.executable, "-c", _GEMM], capture_output=True, text=True)
+    return float(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else None
 
 
 def record(path: Path, result: dict) -> None:

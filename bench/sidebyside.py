@@ -11,7 +11,8 @@ its start to its exit (the peers' own timers leave out their start-up; this cloc
 anyone). Results go to OUT_DIR/results.jsonl; the table gives, per system, the mean and sample
 standard deviation of the test accuracy (each with its own TTA) and of the wall time, and the
 ratio of fitvision's mean wall time to the faster peer's: the figure issue 30 asks to bring to 0.5.
-Run it only on an idle machine: it records the load average before each run.
+Run it only on an idle machine: it records the load average before each run, and the machine's
+matmul rate (runlib.host_gflops), which also sees a host that gives this machine's cores less.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from runlib import record, train_run
+from runlib import host_gflops, record, train_run
 
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
 NAMES = {"muon": "airbench94_muon", "ab94": "airbench94"}
@@ -34,6 +35,7 @@ NAMES = {"muon": "airbench94_muon", "ab94": "airbench94"}
 def peer_run(peer: str, seed: int) -> dict:
     """One peer process: its JSON line's test accuracy (with its TTA), the process's wall time."""
     args = [str(PEERS / "run.sh"), peer] + (["--seed", str(seed)] if peer == "ab94" else [])
+    gflops = host_gflops()
     load = os.getloadavg()[0]
     start = time.monotonic()
     proc = subprocess.run(args, capture_output=True, text=True)
@@ -42,7 +44,8 @@ def peer_run(peer: str, seed: int) -> dict:
     if proc.returncode or not lines:
         return {"rc": proc.returncode or 1, "error": (proc.stderr.strip().splitlines() or ["no JSON line"])[-1]}
     out = json.loads(lines[-1])
-    return {"rc": 0, "test_acc": out["test_acc"], "wall_seconds": round(wall, 1), "load_before": load}
+    return {"rc": 0, "test_acc": out["test_acc"], "wall_seconds": round(wall, 1), "load_before": load,
+            "gflops_before": gflops}
 
 
 def system_of(result: dict, recipe: str) -> str:
@@ -55,7 +58,8 @@ def system_of(result: dict, recipe: str) -> str:
 def table(results: list[dict], recipe: str) -> str:
     ok = [{**r, "system": system_of(r, recipe)} for r in results if r.get("rc") == 0]
     systems = sorted({r["system"] for r in ok}, key=lambda s: (not s.startswith("fitvision"), s))
-    lines = ["| system | test accuracy | wall time (s) | runs (seeds) | load before |", "|---|---|---|---|---|"]
+    lines = ["| system | test accuracy | wall time (s) | runs (seeds) | load before | GFLOP/s before |",
+             "|---|---|---|---|---|---|"]
     walls = {}
     for system in systems:
         got = [r for r in ok if r["system"] == system]
@@ -63,9 +67,11 @@ def table(results: list[dict], recipe: str) -> str:
         walls[system] = statistics.mean(secs)
         sd = (lambda xs, f: f" +- {statistics.stdev(xs):{f}}" if len(xs) > 1 else "")
         loads = [r["load_before"] for r in got]
+        rates = [r["gflops_before"] for r in got if r.get("gflops_before")]
+        rate = f"{min(rates):.0f}-{max(rates):.0f}" if rates else "not measured"
         name = f"fitvision (`--recipe {system[10:]}`)" if system.startswith("fitvision:") else NAMES.get(system, system)
         lines.append(f"| {name} | {statistics.mean(accs):.2f}{sd(accs, '.2f')} | {walls[system]:,.1f}{sd(secs, ',.1f')} "
-                     f"| {len(got)} ({', '.join(str(r['seed']) for r in got)}) | {min(loads):.2f}-{max(loads):.2f} |")
+                     f"| {len(got)} ({', '.join(str(r['seed']) for r in got)}) | {min(loads):.2f}-{max(loads):.2f} | {rate} |")
     peers = {s: w for s, w in walls.items() if not s.startswith("fitvision")}
     if peers:
         fastest = min(peers, key=peers.get)
