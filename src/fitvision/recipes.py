@@ -85,8 +85,8 @@ RECIPES["gpu"] = dataclasses.replace(RECIPES["cpu"], width=1.0, model_options="c
 # The second tier on a CPU (issue 30), named as airbench names its tiers: the cpu recipe at full
 # width (64-256-256, convs=2-3-3) for 17 epochs, growing 16 -> 32 px by epoch 12, intermediate
 # evaluations on 500 images. 18 epochs gave 91.95% +- 0.06 over 3 seeds in 639 s (1.7x airbench94's
-# wall in the same session); 17 epochs gave the same on seed 0 (92.06% with and without the 18th,
-# one thread), an EMA of the weights (0.98 a step) 0.08 less. docs/benchmarks.md has the runs.
+# wall in the same session); 17 epochs gave the same on seed 0 (91.88% against 91.89 on two threads,
+# 92.06 both on one), an EMA of the weights (0.98 a step) 0.08 less. docs/benchmarks.md has the runs.
 RECIPES["cpu92"] = dataclasses.replace(RECIPES["cpu"], width=1.0, model_options="convs=2-3-3", epochs=17,
                                        progressive_epochs=12, epoch_valid_limit=500, recipe="cpu92")
 
@@ -138,7 +138,7 @@ for _name, _cfg in SEED_RECIPES.items():
 # What each recipe is for, in a line (`fitvision recipes`); the comments above say why each setting.
 PURPOSES = {
     "cpu": "CIFAR-10 fast on a CPU: SpeedNet, Muon, 12 epochs (91.0% in about 5-11 minutes on 2 cores)",
-    "cpu92": "CIFAR-10's second tier on a CPU: the cpu recipe at full width, 18 epochs (91.95%, about 2.2x its time)",
+    "cpu92": "CIFAR-10's second tier on a CPU: the cpu recipe at full width, 17 epochs (about 91.9%, about 2x its time)",
     "gpu": "a CUDA GPU: the cpu recipe's network at full width, 8 epochs, compiled (not yet measured on one)",
     "seed": "seed 001's ResNet9 recipe exactly (the seed reports 90.31%)",
     "imagenette": "Imagenette/Imagewoof at 128 px from random init: XResNet-18, Muon (88.7% in 5 epochs)",
