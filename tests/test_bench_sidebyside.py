@@ -1,0 +1,44 @@
+"""bench/sidebyside.py's table: one row and one ratio per recipe, old results read as the default recipe."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))  # sidebyside imports its sibling runlib
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_the_table_gives_each_recipe_its_row_and_its_ratio_to_the_faster_peer():
+    sidebyside = _load("sidebyside")
+    ok = {"rc": 0, "load_before": 1.0}
+    results = [
+        {"system": "fitvision", "seed": 0, "test_acc": 0.91, "wall_seconds": 300.0, **ok},  # before recipes were kept
+        {"system": "fitvision", "seed": 0, "recipe": "cpu92", "test_acc": 0.92, "wall_seconds": 600.0, **ok},
+        {"system": "ab94", "seed": 0, "test_acc": 0.907, "wall_seconds": 400.0, "gflops_before": 250.4, **ok},
+        {"system": "muon", "seed": 0, "test_acc": 0.906, "wall_seconds": 420.0, **ok},
+        {"system": "muon", "seed": 1, "rc": 1, "error": "no JSON line"},
+    ]
+    out = sidebyside.table(results, "cpu")
+    assert "| fitvision (`--recipe cpu`) | 91.00 | 300.0 | 1 (0) | 1.00-1.00 | not measured |" in out
+    assert "| fitvision (`--recipe cpu92`) | 92.00 | 600.0 | 1 (0) |" in out
+    assert "| airbench94 | 90.70 | 400.0 | 1 (0) | 1.00-1.00 | 250-250 |" in out
+    assert "fitvision `cpu`'s wall time / the faster peer's (airbench94): **0.75x**" in out
+    assert "fitvision `cpu92`'s wall time / the faster peer's (airbench94): **1.50x**" in out
+
+
+def test_the_host_rate_is_a_positive_number_from_a_process_of_its_own():
+    runlib = _load("runlib")
+    rate = runlib.host_gflops()
+    assert rate is not None and rate > 1.0
