@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fitvision.data.loader import fit_steps
 from fitvision.errors import FitVisionError
 from fitvision.optim.schedules import create_schedule
 from fitvision.train import learner as loop
@@ -70,7 +71,7 @@ class Learner(loop.Learner):
         """Train as the config says: its schedule (cfg.sched, lr, pct_start, ...) over ``epochs``
         (default cfg.epochs), as `fitvision train` does."""
         cfg = dataclasses.replace(self.cfg, epochs=epochs or self.cfg.epochs)
-        total = max(1, round(cfg.epochs * len(self.train_dl)))
+        total = fit_steps(self.train_dl, cfg.epochs)
         return self.fit(cfg.epochs, create_schedule(cfg, total_steps=total))
 
     def show_batch(self, n: int = 16, augment: bool = True, path: str | Path | None = None):

@@ -45,6 +45,9 @@ class TrainConfig:
     rrc_ratio: str = _f("", "random-resized crop aspect range 'low-high'; empty = 0.75-1.333")
     progressive_size: int = _f(0, "progressive resizing: epoch 0 trains at this size in px; 0 = off")
     progressive_epochs: float = _f(0.0, "... growing linearly (in 4 px steps) to the full size at this epoch")
+    hardest_frac: float = _f(0.0, "from epoch hardest_start on, train each epoch on this fraction of the training "
+                                   "images: those with the highest loss when last trained; 0 = all")
+    hardest_start: int = _f(2, "... the first epoch that keeps the hardest images only")
     normalize: str = _f("auto", "channel statistics: auto (the training split's own), cifar (the seeds'), half "
                                 "(0.5 and 0.5, seed 002), imagenet, or 'm1,m2,m3/s1,s2,s3'")
     crop_pct: float = _f(1.0, "evaluation keeps the central fraction of each image, resized to size (timm's)")
@@ -213,6 +216,7 @@ def field_names() -> list[str]:
 _POSITIVE = ("epochs", "bs", "accum", "lr", "width", "eps", "bias_lr_mult", "div_factor", "final_div_factor")
 _NON_NEGATIVE = ("size", "train_limit", "valid_limit", "wd", "clip", "label_smoothing", "ema", "early_stop", "mixup", "cutmix",
                  "freeze_epochs", "checkpoint_every", "seed", "progressive_size", "progressive_epochs", "stem_bias_epochs",
+                 "hardest_start",
                  "tta_shift", "epoch_valid_limit", "train_acc_limit", "muon_lr")
 _FRACTIONS = ("momentum", "beta2", "label_smoothing")  # in [0, 1)
 _PCT_START_SCHEDULES = ("one_cycle", "one_cycle_linear", "cosine_warmup", "flat_cos")
@@ -272,7 +276,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if not 0 <= getattr(cfg, name) < 1:
             raise FitVisionError(f"{name} must be in [0, 1), got {getattr(cfg, name)!r}")
     check_crop_pct(cfg.crop_pct)
-    for name in ("mix_prob", "mix_switch_prob"):
+    for name in ("mix_prob", "mix_switch_prob", "hardest_frac"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise FitVisionError(f"{name} must be in [0, 1], got {getattr(cfg, name)!r}")
     if cfg.ema >= 1:

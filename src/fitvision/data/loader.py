@@ -5,12 +5,17 @@ No workers and no per-image Python: each epoch is one permutation, each batch on
 be replayed on its own, which makes resume exact. Under DDP every rank draws the same
 permutation and takes a disjoint slice of it.
 
+With ``hardest`` (fitvision.data.select.HardestFirst), epochs from its start on keep only the
+images with the highest loss when last trained: fewer batches (``batches(epoch)``), and
+``steps(epochs)`` counts a fit's.
+
 For data larger than device memory, ``host_staging=True`` keeps the images in (pinned, on
 CUDA) host memory and copies each gathered batch over with a non-blocking copy, one batch ahead.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -66,7 +71,7 @@ class DeviceLoader:
 
     def __init__(self, images, labels, batch_size: int, shuffle: bool = False, drop_last: bool = False,
                  seed: int = 0, device="cpu", transform: Callable | None = None, rank: int = 0,
-                 world_size: int = 1, host_staging: bool = False, mix: Callable | None = None):
+                 world_size: int = 1, host_staging: bool = False, mix: Callable | None = None, hardest=None):
         if batch_size < 1:
             raise FitVisionError(f"batch size must be at least 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -81,6 +86,7 @@ class DeviceLoader:
         self.seed, self.transform = seed, transform
         self.mix = mix  # (x, y, rng) -> (x, target probabilities): mixup/cutmix (fitvision.data.mix)
         self.rank, self.world_size = rank, world_size
+        self.hardest = hardest  # HardestFirst: the learner records each image's loss in it
         self.epoch = 0
         # The NHWC rows of the images: one gather copies whole images as contiguous blocks
         # (flatten, not reshape(n, -1): that cannot size a batch of 0 images).
@@ -91,15 +97,38 @@ class DeviceLoader:
         self.epoch = int(epoch)
 
     def state_dict(self) -> dict:
-        """All the state there is: the order and the draws follow from (seed, epoch)."""
-        return {"seed": self.seed, "epoch": self.epoch}
+        """All the state there is: the order and the draws follow from (seed, epoch), and with
+        hardest-first selection from the losses it recorded."""
+        state = {"seed": self.seed, "epoch": self.epoch}
+        if self.hardest is not None:
+            state["hardest"] = self.hardest.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+        if self.hardest is not None:
+            if "hardest" not in state:
+                raise FitVisionError("the checkpoint was written without hardest-first selection; resume with "
+                                     "the same config")
+            self.hardest.load_state_dict(state["hardest"])
 
     def __len__(self) -> int:
+        """Batches in a whole epoch (without selection)."""
         n = self.num_samples
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def batches(self, epoch: int) -> int:
+        """Batches in ``epoch``: len(self), fewer in an epoch that keeps the hardest images only."""
+        if self.hardest is None:
+            return len(self)
+        return self.hardest.batches(epoch, len(self), self.batch_size, self.num_samples)
+
+    def steps(self, epochs: float) -> int:
+        """Batches in a fit of ``epochs`` epochs from epoch 0 (the last may be a fraction)."""
+        if self.hardest is None:
+            return round(epochs * len(self))
+        whole = math.floor(epochs)
+        return sum(self.batches(e) for e in range(whole)) + round((epochs - whole) * self.batches(whole))
 
     @property
     def num_samples(self) -> int:
@@ -118,7 +147,10 @@ class DeviceLoader:
             perm = torch.randperm(n, generator=g)
         else:
             perm = torch.arange(n)
-        return perm[self.rank :: self.world_size][: self.num_samples]
+        order = perm[self.rank :: self.world_size][: self.num_samples]
+        if self.hardest is not None:
+            order = self.hardest.choose(order, epoch, self.batches(epoch) * self.batch_size)
+        return order
 
     def generator(self, epoch: int | None = None) -> torch.Generator:
         """The augmentation generator for an epoch, on the device. Each rank draws its own numbers
@@ -135,7 +167,7 @@ class DeviceLoader:
         index = order if self.host_staging else order.to(self.device)
         gen = self.generator(epoch)
         mix_rng = np.random.default_rng(epoch_seed(self.seed, epoch, 2, self.rank)) if self.mix else None
-        bounds = range(0, len(self) * self.batch_size, self.batch_size)
+        bounds = range(0, self.batches(epoch) * self.batch_size, self.batch_size)
         slices = [index[i : i + self.batch_size] for i in bounds]
         ahead = self._gather(slices[0]) if slices else None
         for k, idx in enumerate(slices):
@@ -144,6 +176,8 @@ class DeviceLoader:
                 ahead = self._gather(slices[k + 1])
             yb = self.labels[idx.to(self.device, non_blocking=True)]
             xb = self._transform(xb, gen, epoch)
+            if self.hardest is not None:
+                self.hardest.handed = idx.cpu()
             yield self.mix(xb, yb, mix_rng) if self.mix else (xb, yb)
         self.epoch = epoch + 1
 
@@ -181,6 +215,13 @@ class DeviceLoader:
         n, c, h, w = self.images.shape
         return (f"DeviceLoader({n} x {c}x{h}x{w} uint8 on {self.images.device}, bs={self.batch_size}, "
                 f"shuffle={self.shuffle}, drop_last={self.drop_last}, rank={self.rank}/{self.world_size})")
+
+
+def fit_steps(dl, epochs: float) -> int:
+    """Optimizer steps in a fit of ``epochs`` epochs over ``dl``: epochs x its batches, or the sum of
+    each epoch's own count when it selects (DeviceLoader.steps)."""
+    steps = getattr(dl, "steps", None)
+    return max(1, steps(epochs) if steps is not None else round(epochs * len(dl)))
 
 
 def spaced_subset(dl, limit: int):

@@ -27,6 +27,8 @@ class TrainState:
     batch: int = 0  # batches done in the epoch in progress
     history: list[dict[str, float]] = field(default_factory=list)  # one row per finished epoch
     batches: list[dict[str, float]] = field(default_factory=list)  # step, epoch, lr, mom, loss
+    epoch_steps: int = 0  # batches in the epoch in progress: steps_per_epoch, or fewer when the loader selects
+    epochs: float = 0.0  # the fit's epochs as asked (0: total_steps / steps_per_epoch)
     epoch_images: int = 0  # images trained so far in the epoch in progress
     epoch_train_seconds: float = 0.0  # pure training time in the epoch in progress
     epoch_seconds: float = 0.0  # wall time of the epoch in progress, evaluation included
@@ -67,7 +69,7 @@ TABLE_HEADER = "epoch    train_loss  val_loss  val_acc  train_acc  lr         ti
 
 
 def epochs_planned(state: TrainState) -> int:
-    return max(1, math.ceil(state.total_steps / max(state.steps_per_epoch, 1)))
+    return max(1, math.ceil(state.epochs or state.total_steps / max(state.steps_per_epoch, 1)))
 
 
 def last_row(state: TrainState) -> str:
@@ -126,7 +128,7 @@ class Progress(Hook):
 
     def on_batch_end(self, state: TrainState) -> None:
         ips = state.epoch_images / max(state.epoch_train_seconds, 1e-9)
-        end = state.batch >= state.steps_per_epoch or state.done
+        end = state.batch >= (state.epoch_steps or state.steps_per_epoch) or state.done
         if self.bar_mode:
             self._update_bar(state, ips, end)
             return
@@ -134,7 +136,7 @@ class Progress(Hook):
         if now - self._last_line >= self.interval:
             self._last_line = now
             loss = state.batches[-1]["loss"] if state.batches else float("nan")
-            self._print(f"{self._where(state)} batch {state.batch}/{state.steps_per_epoch} loss {loss:.4f} "
+            self._print(f"{self._where(state)} batch {state.batch}/{state.epoch_steps or state.steps_per_epoch} loss {loss:.4f} "
                         f"{ips:,.0f} img/s eta {format_seconds(self._eta(state))}"
                         + (f"; {self._evaluating(state)}" if end else ""))
 
@@ -143,7 +145,7 @@ class Progress(Hook):
             from tqdm.auto import tqdm
 
             # tqdm's own remaining time is the epoch's; the postfix has the run's, the one that counts
-            self._bar = tqdm(total=state.steps_per_epoch, initial=state.batch - 1, desc=self._where(state),
+            self._bar = tqdm(total=state.epoch_steps or state.steps_per_epoch, initial=state.batch - 1, desc=self._where(state),
                              leave=False, file=self.stream, dynamic_ncols=True, unit="batch",
                              mininterval=self.refresh, miniters=1,
                              bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
@@ -241,7 +243,7 @@ class Checkpointer(Hook):
         self.learner, self.path, self.every_batches = learner, Path(path), every_batches
 
     def on_batch_end(self, state: TrainState) -> None:
-        mid_epoch = 0 < state.batch < state.steps_per_epoch
+        mid_epoch = 0 < state.batch < (state.epoch_steps or state.steps_per_epoch)
         if self.every_batches and mid_epoch and state.step % self.every_batches == 0:
             self.learner.save_checkpoint(self.path)
 

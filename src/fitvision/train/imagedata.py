@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # annotations only; the loader module is imported where it is
 
 # The TrainConfig fields ImageData is built from; a Learner cannot change them afterwards.
 DATA_FIELDS = ("data", "size", "storage_size", "resize_method", "resize_filter", "train_limit", "valid_limit", "valid_pct", "aug",
-               "rotate", "translate", "jitter", "perspective", "rrc_scale", "rrc_ratio", "progressive_size", "progressive_epochs", "normalize", "crop_pct", "bs", "seed", "device")
+               "rotate", "translate", "jitter", "perspective", "rrc_scale", "rrc_ratio", "progressive_size", "progressive_epochs", "hardest_frac", "hardest_start", "normalize", "crop_pct", "bs", "seed", "device")
 
 
 class ImageData:
@@ -93,6 +93,7 @@ class ImageData:
         from fitvision.data.augment import (ProgressiveResize, aug_params, eval_pipeline, normalization_stats,
                                             train_pipeline)
         from fitvision.data.loader import DeviceLoader
+        from fitvision.data.select import HardestFirst
 
         notes: list[str] = []
         train_idx = subset_indices(len(ds.train_y), cfg.train_limit, cfg.seed)
@@ -134,8 +135,14 @@ class ImageData:
         mix = create_mix(cfg, len(self.classes))
         if mix is not None:
             notes.append(describe_mix(mix))
+        hardest = None
+        if 0 < cfg.hardest_frac < 1:
+            hardest = HardestFirst(len(train_y), cfg.hardest_frac, cfg.hardest_start)
+            notes.append(f"from epoch {cfg.hardest_start + 1} on, each epoch trains on the {cfg.hardest_frac:g} of "
+                         "the training images with the highest loss when last trained")
         self.train_dl = DeviceLoader(train_x, train_y, bs, shuffle=True, drop_last=drop_last, seed=cfg.seed,
-                                     device=cfg.device, transform=transform, rank=w.rank, world_size=w.size, mix=mix)
+                                     device=cfg.device, transform=transform, rank=w.rank, world_size=w.size, mix=mix,
+                                     hardest=hardest)
         self.valid_dl = DeviceLoader(valid_x, valid_y, eval_batch_size(bs), device=cfg.device, rank=w.rank,
                                      world_size=w.size, transform=eval_pipeline(size, mean, std, crop_pct=cfg.crop_pct))
         self.train_eval_dl = self._train_eval_loader(train_x, train_y, bs, size, mean, std)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from fitvision.data.loader import spaced_subset
+from fitvision.data.loader import fit_steps, spaced_subset
 from fitvision.errors import FitVisionError, check_choice
 from fitvision.optim import create_optimizer, get_hyper, set_hyper
 from fitvision.optim.schedules import one_cycle, sched_const, step_pos
@@ -136,12 +136,12 @@ class Learner:
 
     # ----------------------------------------------------------------------- the step
     def train_step(self, x: torch.Tensor, y: torch.Tensor, hypers: dict[str, float],
-                   progress: tuple[int, int] | None = None) -> torch.Tensor:
+                   progress: tuple[int, int] | None = None, record=None) -> torch.Tensor:
         """One optimisation step, top to bottom. Returns the loss, detached and still on the device.
 
         ``hypers``: lr, mom, wd for this step. ``progress``: (steps done after this one, steps in
         the fit), which lookahead's averaging follows; None (lr_find) leaves lookahead out, so the
-        step is the optimizer's alone."""
+        step is the optimizer's alone. ``record``: the loader's HardestFirst, given each image's loss."""
         for key, value in hypers.items():
             set_hyper(self.opt, key, value)
         if self._ddp is not None and [p.requires_grad for p in self.model.parameters()] != self._trainable:
@@ -149,16 +149,20 @@ class Learner:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         k = self.options.accum  # K equal chunks, each loss / K: the gradient of the whole batch's mean loss
-        loss = torch.zeros((), device=x.device)
+        loss, each = torch.zeros((), device=x.device), []  # each: per-image losses, for ``record``
         for i, (xc, yc) in enumerate(zip(x.chunk(k), y.chunk(k))):
             # DDP averages over the ranks in the last chunk's backward only (no_sync before it)
             sync = self._ddp is None or i == k - 1
             with contextlib.nullcontext() if sync else self._ddp.no_sync():
                 with self.autocast():  # bf16/fp16 matmuls and convs; autocast keeps BatchNorm and the loss in fp32
-                    part = self.loss_func(self._forward(xc), yc) / k
+                    out = self._forward(xc)
+                    each += [self.loss_func(out, yc, reduction="none")] if record is not None else []
+                    part = (each[-1].mean() if record is not None else self.loss_func(out, yc)) / k
                 # NaN/inf check: in flush_losses, every sync_every steps, so a GPU never waits on the host.
                 self.scaler.scale(part).backward()  # fp16: scaled so small gradients survive; else unchanged
             loss = loss + part.detach().float()
+        if record is not None:
+            record.record(torch.cat(each))
         if self.clip:
             self.scaler.unscale_(self.opt)  # clip the true gradients, not the scaled ones
             params = [p for p in self.model.parameters() if p.grad is not None]
@@ -187,7 +191,7 @@ class Learner:
         if n == 0:
             raise FitVisionError("the training set holds less than one batch; lower the batch size (--bs)")
         sched = sched or {"lr": sched_const(self.lr)}
-        self.state = TrainState(steps_per_epoch=n, total_steps=max(1, round(epochs * n)))
+        self.state = TrainState(steps_per_epoch=n, total_steps=fit_steps(self.train_dl, epochs), epochs=epochs)
         self.final_preds = None
         if resume_from is not None:
             checkpoint.resume(self, resume_from)
@@ -207,12 +211,14 @@ class Learner:
         s = self.state
         self.model.train()
         self.train_dl.set_epoch(s.epoch)
+        batches, hardest = getattr(self.train_dl, "batches", None), getattr(self.train_dl, "hardest", None)
+        s.epoch_steps = batches(s.epoch) if batches is not None else s.steps_per_epoch
         start = time.perf_counter() - s.epoch_train_seconds
         for i, (x, y) in enumerate(self.train_dl):
             if i < s.batch:  # resumed mid-epoch: replay the loader up to where the checkpoint was taken
                 continue
             hypers = {k: fn(step_pos(s.step, s.total_steps)) for k, fn in sched.items() if fn is not None}
-            loss = self.train_step(x, y, hypers, progress=(s.step + 1, s.total_steps))
+            loss = self.train_step(x, y, hypers, progress=(s.step + 1, s.total_steps), record=hardest)
             n = len(y) * self.world.size  # every rank trains an equal shard: the global batch's images
             s.step, s.batch, s.epoch_images = s.step + 1, s.batch + 1, s.epoch_images + n
             # What the optimizer used (a schedule's value, or the optimizer's own when unscheduled).
@@ -239,18 +245,16 @@ class Learner:
         self._pending = []
         for row, batch, loss in zip(rows, batch_idx, torch.stack(losses).float().tolist()):
             if not math.isfinite(loss):
-                raise FitVisionError(
-                    f"the loss became {loss} at epoch {row['epoch']}, batch {batch}"
-                    f" (lr {row['lr']:.3g}): training diverged; lower the learning rate (--lr) and train again"
-                    " (a checkpoint written before it is intact)")
+                raise FitVisionError(f"the loss became {loss} at epoch {row['epoch']}, batch {batch} (lr "
+                                     f"{row['lr']:.3g}): training diverged; lower the learning rate (--lr) and "
+                                     "train again (a checkpoint written before it is intact)")
             self.state.batches.append({**row, "loss": loss})
 
     def _end_epoch(self) -> None:
         s = self.state
         t0 = time.perf_counter()
-        # TTA multiplies the evaluation's cost: pay it for the final epoch only, whose row is the result.
-        # The final evaluation's predictions are the run's result (preds.npz, summary.json): kept
-        # so that writing them does not pay for a second (TTA) pass over the validation set.
+        # TTA multiplies the evaluation's cost: pay it for the final epoch only, whose row (and whose
+        # predictions, kept for preds.npz) is the result: writing them needs no second pass.
         row = {"epoch": s.epoch, **self._evaluate(self.valid_dl if s.done else self.epoch_valid_dl,
                                                   self.tta and s.done, keep=s.done)}
         losses = [b["loss"] for b in s.batches if b["epoch"] == s.epoch]
@@ -267,17 +271,14 @@ class Learner:
                       clip: float | None = None, pct_start: float = 0.3, div_factor: float = 25.0,
                       final_div_factor: float = 1e4) -> list[dict[str, float]]:
         """fit with the 1cycle policy: the seed's fit_one_cycle, i.e. torch's OneCycleLR with its defaults,
-        stepped per batch, momentum (Adam's beta1) cycling 0.95 -> 0.85 -> 0.95 inversely.
-
-        An early stop (hooks.EarlyStopping) ends the cycle where it is: the learning rate then
-        never reaches its final low value.
-        """
+        stepped per batch, momentum (Adam's beta1) cycling 0.95 -> 0.85 -> 0.95 inversely. An early
+        stop (hooks.EarlyStopping) ends the cycle where it is, short of its final low learning rate."""
         if wd is not None:
             set_hyper(self.opt, "wd", wd)
             self.wd = wd
         if clip is not None:
             self.clip = clip
-        total = max(1, round(epochs * len(self.train_dl)))  # torch OneCycleLR's phase boundary, exactly
+        total = fit_steps(self.train_dl, epochs)  # torch OneCycleLR's phase boundary, exactly
         sched = one_cycle(max_lr or self.lr, pct_start, div_factor, final_div_factor, total_steps=total)
         return self.fit(epochs, dict(sched))
 
@@ -394,10 +395,9 @@ class Learner:
 
     def set_body_lr_mult(self, mult: float) -> None:
         """Discriminative learning rates: the body's groups get lr x mult (param_groups names them).
-
-        The multiplier scales each group's own lr_mult as the optimizer was built (biases at
-        bias_lr_mult, Muon's filters at muon_lr / lr), which the first call records as
-        "base_lr_mult"; it lives in the optimizer's state, so a resumed run keeps it."""
+        It scales each group's own lr_mult as the optimizer was built (biases at bias_lr_mult, Muon's
+        filters at muon_lr / lr), which the first call records as "base_lr_mult", in the optimizer's
+        state, so a resumed run keeps it."""
         for group in self.opt.param_groups:
             if str(group.get("name", "")).startswith("body"):
                 base = group.setdefault("base_lr_mult", group.get("lr_mult", 1.0))

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from fitvision.config import TrainConfig
+from fitvision.data.loader import fit_steps
 from fitvision.errors import FitVisionError, Terminated
 from fitvision.logs import logger, run_log
 from fitvision.optim.schedules import create_schedule
@@ -167,7 +168,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, stop: StopOnSignal, progress: bool, ho
     if shared:
         logger.info(f"note      {shared}")
     logger.info(f"run dir   {run_dir}" + (" (resuming)" if cfg.resume else ""))
-    total = max(1, round(cfg.epochs * len(learn.train_dl)))
+    total = fit_steps(learn.train_dl, cfg.epochs)
     learn.fit(cfg.epochs, create_schedule(s.cfg, total_steps=total), resume_from=path if cfg.resume else None)
     _check_finite(learn)
     return s, trackers

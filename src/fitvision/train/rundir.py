@@ -115,6 +115,11 @@ class RunTables(Hook):
 
 def epochs_done(state: TrainState) -> float | int:
     epochs = round(state.step / max(state.steps_per_epoch, 1), 4)
+    if state.epochs and state.total_steps != round(state.epochs * state.steps_per_epoch):
+        # hardest-first selection shortened some epochs: the whole fit, or those finished and the share
+        # of the one in progress
+        epochs = round(state.epochs if state.step >= state.total_steps else
+                       state.epoch + state.batch / max(state.epoch_steps, 1), 4)
     return int(epochs) if epochs == int(epochs) else epochs
 
 
