@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fitvision.train.hooks import Hook
+
 
 class FakeLoader:
     def __init__(self, x, y, batch_size, shuffle=False, seed=0, augment=False):
@@ -72,6 +74,17 @@ def make_learner(seed=0, hooks=(), init_seed=None, **kwargs):
     train_dl, valid_dl = make_loaders(seed=seed)
     kwargs = {"lr": 1e-2, "precision": "fp32", "progress": False, **kwargs}
     return Learner(TinyNet(), train_dl, valid_dl, hooks=list(hooks), **kwargs)
+
+
+class Crash(Hook):
+    """Simulates a crash right after optimizer step `at` (after that step's checkpoint, if any)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_batch_end(self, state):
+        if state.step == self.at:
+            raise KeyboardInterrupt
 
 
 def weights(learn):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from fakeloader import make_learner, same, weights
+from fakeloader import Crash, make_learner, same, weights
 from fitvision.errors import FitVisionError
 from fitvision.train.checkpoint import load_checkpoint, save_checkpoint
 from fitvision.train.seeding import rng_state, set_rng_state
-from fitvision.train.hooks import Checkpointer, Hook
+from fitvision.train.hooks import Checkpointer
 
 
 def _draws():
@@ -81,17 +81,6 @@ def test_a_failed_save_leaves_the_old_checkpoint_intact(tmp_path):
         save_checkpoint(path, {"step": 2, "bad": lambda: 0})  # unpicklable: fails while serialising
     assert path.read_bytes() == before and load_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
-
-
-class Crash(Hook):
-    """Simulates a crash right after optimizer step `at` (after that step's checkpoint, if any)."""
-
-    def __init__(self, at):
-        self.at = at
-
-    def on_batch_end(self, state):
-        if state.step == self.at:
-            raise KeyboardInterrupt
 
 
 def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path):

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from fakeloader import TinyNet, blobs, same, weights
+from fakeloader import Crash, TinyNet, blobs, same, weights
 from fitvision.config import TrainConfig, validate
 from fitvision.data.loader import DeviceLoader, fit_steps
 from fitvision.data.select import HardestFirst
 from fitvision.errors import FitVisionError
 from fitvision.train.checkpoint import load_checkpoint
-from fitvision.train.hooks import Checkpointer, Hook
+from fitvision.train.hooks import Checkpointer
 from fitvision.train.learner import Learner
 from fitvision.train.rundir import epochs_done
 from fitvision.train.seeding import seed_everything
@@ -73,15 +73,6 @@ def test_the_learner_records_each_image_loss_and_trains_the_shortened_epochs():
     plain = _learner(frac=0.0)
     plain.fit(3)
     assert plain.state.total_steps == 27 and epochs_done(plain.state) == 3
-
-
-class Crash(Hook):
-    def __init__(self, at):
-        self.at = at
-
-    def on_batch_end(self, state):
-        if state.step == self.at:
-            raise KeyboardInterrupt
 
 
 def test_resume_mid_epoch_of_a_selecting_fit_is_exact(tmp_path):
