@@ -84,9 +84,9 @@ RECIPES["gpu"] = dataclasses.replace(RECIPES["cpu"], width=1.0, model_options="c
                                      progressive_size=0, progressive_epochs=0, compile=True, recipe="gpu")
 # The second tier on a CPU (issue 30), named as airbench names its tiers: the cpu recipe at full
 # width (64-256-256, convs=2-3-3) for 17 epochs, growing 16 -> 32 px by epoch 12, intermediate
-# evaluations on 500 images. 18 epochs gave 91.95% +- 0.06 over 3 seeds in 639 s (1.7x airbench94's
-# wall in the same session); 17 epochs gave the same on seed 0 (91.88% against 91.89 on two threads,
-# 92.06 both on one), an EMA of the weights (0.98 a step) 0.08 less. docs/benchmarks.md has the runs.
+# evaluations on 500 images: 91.91% +- 0.11 over 3 seeds (two threads; its wall time not yet measured
+# side by side). 18 epochs gave 91.95% +- 0.06 in 639 s (1.7x airbench94's wall in the same session);
+# an EMA of the weights (0.98 a step) 0.08 less on seed 0. docs/benchmarks.md has the runs.
 RECIPES["cpu92"] = dataclasses.replace(RECIPES["cpu"], width=1.0, model_options="convs=2-3-3", epochs=17,
                                        progressive_epochs=12, epoch_valid_limit=500, recipe="cpu92")
 
