@@ -128,7 +128,8 @@ class Progress(Hook):
 
     def on_batch_end(self, state: TrainState) -> None:
         ips = state.epoch_images / max(state.epoch_train_seconds, 1e-9)
-        end = state.batch >= (state.epoch_steps or state.steps_per_epoch) or state.done
+        steps = state.epoch_steps or state.steps_per_epoch  # this epoch's: fewer when the loader selects
+        end = state.batch >= steps or state.done
         if self.bar_mode:
             self._update_bar(state, ips, end)
             return
@@ -136,7 +137,7 @@ class Progress(Hook):
         if now - self._last_line >= self.interval:
             self._last_line = now
             loss = state.batches[-1]["loss"] if state.batches else float("nan")
-            self._print(f"{self._where(state)} batch {state.batch}/{state.epoch_steps or state.steps_per_epoch} loss {loss:.4f} "
+            self._print(f"{self._where(state)} batch {state.batch}/{steps} loss {loss:.4f} "
                         f"{ips:,.0f} img/s eta {format_seconds(self._eta(state))}"
                         + (f"; {self._evaluating(state)}" if end else ""))
 
@@ -145,8 +146,8 @@ class Progress(Hook):
             from tqdm.auto import tqdm
 
             # tqdm's own remaining time is the epoch's; the postfix has the run's, the one that counts
-            self._bar = tqdm(total=state.epoch_steps or state.steps_per_epoch, initial=state.batch - 1, desc=self._where(state),
-                             leave=False, file=self.stream, dynamic_ncols=True, unit="batch",
+            self._bar = tqdm(total=state.epoch_steps or state.steps_per_epoch, initial=state.batch - 1,
+                             desc=self._where(state), leave=False, file=self.stream, dynamic_ncols=True, unit="batch",
                              mininterval=self.refresh, miniters=1,
                              bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         post = {"img/s": f"{ips:,.0f}", "run eta": format_seconds(self._eta(state))}
