@@ -177,7 +177,7 @@ class DeviceLoader:
             yb = self.labels[idx.to(self.device, non_blocking=True)]
             xb = self._transform(xb, gen, epoch)
             if self.hardest is not None:
-                self.hardest.handed = idx.cpu()
+                self.hardest.handed = idx  # on the device, as the losses it will be given
             yield self.mix(xb, yb, mix_rng) if self.mix else (xb, yb)
         self.epoch = epoch + 1
 

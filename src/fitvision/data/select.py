@@ -24,11 +24,12 @@ from fitvision.errors import FitVisionError
 
 
 class HardestFirst:
-    def __init__(self, num_images: int, frac: float, start: int = 0):
+    def __init__(self, num_images: int, frac: float, start: int = 0, device="cpu"):
         if not 0 < frac <= 1:
             raise FitVisionError(f"hardest_frac must lie in (0, 1], got {frac:g}")
         self.frac, self.start = float(frac), int(start)
-        self.losses = torch.full((num_images,), math.inf)  # CPU float32, indexed like the loader's images
+        # float32 on the training device, indexed like the loader's images: recording never waits on a GPU
+        self.losses = torch.full((num_images,), math.inf, device=device)
         self.handed: torch.Tensor | None = None  # the image indices of the batch the loader gave out last
         self._chosen: tuple[int, torch.Tensor] | None = None  # (epoch, its order), fixed when it starts
 
@@ -46,7 +47,7 @@ class HardestFirst:
         if not self.selects(epoch) or keep >= len(order):
             return order
         if self._chosen is None or self._chosen[0] != epoch:
-            top = torch.topk(self.losses[order], keep).indices
+            top = torch.topk(self.losses[order.to(self.losses.device)], keep).indices.cpu()  # once an epoch
             mask = torch.zeros(len(order), dtype=torch.bool)
             mask[top] = True
             self._chosen = (epoch, order[mask])
@@ -57,18 +58,18 @@ class HardestFirst:
         if self.handed is None or len(losses) != len(self.handed):
             raise FitVisionError(f"hardest-first selection got {len(losses)} losses for a batch of "
                                  f"{0 if self.handed is None else len(self.handed)} images")
-        self.losses[self.handed] = losses.detach().float().cpu()
+        self.losses[self.handed] = losses.detach().float()
 
     def state_dict(self) -> dict:
         chosen = None if self._chosen is None else {"epoch": self._chosen[0], "order": self._chosen[1].clone()}
-        return {"losses": self.losses.clone(), "chosen": chosen}
+        return {"losses": self.losses.cpu().clone(), "chosen": chosen}
 
     def load_state_dict(self, state: dict) -> None:
         losses = state["losses"]
         if losses.shape != self.losses.shape:
             raise FitVisionError(f"the checkpoint's hardest-first losses cover {len(losses)} images, this "
                                  f"training set has {len(self.losses)}; resume with the same data")
-        self.losses = losses.clone().float()
+        self.losses = losses.float().to(self.losses.device, copy=True)
         chosen = state.get("chosen")
         self._chosen = None if chosen is None else (int(chosen["epoch"]), chosen["order"].clone())
 

@@ -137,7 +137,7 @@ class ImageData:
             notes.append(describe_mix(mix))
         hardest = None
         if 0 < cfg.hardest_frac < 1:
-            hardest = HardestFirst(len(train_y), cfg.hardest_frac, cfg.hardest_start)
+            hardest = HardestFirst(len(train_y), cfg.hardest_frac, cfg.hardest_start, cfg.device)
             notes.append(f"from epoch {cfg.hardest_start + 1} on, each epoch trains on the {cfg.hardest_frac:g} of "
                          "the training images with the highest loss when last trained")
         self.train_dl = DeviceLoader(train_x, train_y, bs, shuffle=True, drop_last=drop_last, seed=cfg.seed,
