@@ -9,7 +9,8 @@ from torch import nn
 
 from fitvision.config import TrainConfig
 from fitvision.optim import create_optimizer, set_hyper
-from fitvision.optim.steppers import orthogonalize
+from fitvision.optim import steppers
+from fitvision.optim.steppers import newton_schulz_dtype, orthogonalize
 from fitvision.train.learner import Learner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,7 +46,10 @@ def step_both(ref, opt, theirs, ours, steps=100):
 
 
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
-def test_matches_torch_optim_muon_bit_for_bit():
+def test_matches_torch_optim_muon_bit_for_bit(monkeypatch):
+    # torch.optim.Muon always iterates in bf16; fitvision does too where bf16 is native, which
+    # this machine may lack (then it takes fp32: the next test)
+    monkeypatch.setattr(steppers, "newton_schulz_dtype", lambda device: torch.bfloat16)
     torch.manual_seed(0)
     start = [torch.randn(16, 40), torch.randn(50, 12), torch.randn(8, 8)]
     theirs, ours = twin_params(*start)
@@ -55,6 +59,23 @@ def test_matches_torch_optim_muon_bit_for_bit():
     for p, q, w in zip(theirs, ours, start):
         assert torch.equal(p, q)
         assert (p - w).abs().max() > 0.1  # they moved
+
+
+def test_newton_schulz_runs_in_fp32_on_a_cpu_without_native_bf16(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(steppers, "cpu_has_bf16", lambda: True)
+    assert newton_schulz_dtype(cpu) == torch.bfloat16
+    assert newton_schulz_dtype(torch.device("cuda")) == torch.bfloat16
+    torch.manual_seed(0)
+    m = torch.randn(48, 216)
+    in_bf16 = orthogonalize(m)
+    monkeypatch.setattr(steppers, "cpu_has_bf16", lambda: False)
+    assert newton_schulz_dtype(cpu) == torch.float32
+    in_fp32 = orthogonalize(m)
+    assert in_fp32.dtype == torch.float32 and not torch.equal(in_fp32, in_bf16)
+    # the same direction up to bf16's rounding (8 mantissa bits, five iterations)
+    assert (in_fp32 - in_bf16).abs().max() < 0.02
+    assert torch.nn.functional.cosine_similarity(in_fp32.flatten(), in_bf16.flatten(), dim=0) > 0.999
 
 
 def test_vectors_and_non_ortho_groups_take_torch_sgd_nesterov_steps():

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from fitvision.optim.optimizer import Stat, with_defaults
+from fitvision.train.device import cpu_has_bf16
 
 Tensors = list[torch.Tensor]
 
@@ -242,12 +243,20 @@ def lamb_step(
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
+def newton_schulz_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where its matmuls are fast: a GPU, or a CPU with AVX-512 BF16 or AMX (several times
+    fp32's rate; the iteration tolerates the rounding). A CPU without them (AVX2 only) emulates
+    bf16 matmuls some 50x slower than fp32 (4.1 s against 85 ms for the `cpu` recipe's filter
+    banks, each step), so there the iteration runs in fp32."""
+    return torch.bfloat16 if device.type != "cpu" or cpu_has_bf16() else torch.float32
+
+
 def orthogonalize(m: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Approximately U V^T for m = U S V^T, by `steps` Newton-Schulz iterations in bf16 (the
-    iteration tolerates its rounding, and bf16 matmuls are several times faster on CPUs with
-    AVX-512 BF16 and on GPUs). m is 2-D; the result has its shape and dtype."""
+    """Approximately U V^T for m = U S V^T, by `steps` Newton-Schulz iterations in
+    ``newton_schulz_dtype`` (bf16 as torch.optim.Muon, where the hardware has it). m is 2-D; the
+    result has its shape and dtype."""
     a, b, c = NS_COEFFS
-    x = m.to(torch.bfloat16)
+    x = m.to(newton_schulz_dtype(m.device))
     wide = x.size(0) <= x.size(1)
     if not wide:  # iterate on the smaller Gram matrix
         x = x.T
