@@ -3,6 +3,7 @@
 import io
 import math
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from fitvision.train.hooks import (TABLE_HEADER, Checkpointer, EarlyStopping, Pr
                                    epoch_row)
 from fitvision.train.ema import ModelEMA
 from fitvision.train.learner import Learner
+from fitvision.train import device as device_module
 from fitvision.train.device import cpu_has_bf16, resolve_precision
 
 
@@ -344,6 +346,21 @@ def test_precision_rules():
     with pytest.raises(FitVisionError, match=r"unknown precision 'half' \(valid: auto, fp32, bf16, fp16\)"):
         resolve_precision("half", cpu)
     assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_bf16() else "fp32")
+
+
+def test_bf16_asked_for_on_a_cpu_without_it_warns_and_runs(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning) as record:
+        assert resolve_precision("bf16", cpu) == "bf16"
+    assert [str(w.message) for w in record] == [
+        "this CPU has no native bf16 (AVX-512 BF16 or AMX): bf16 runs emulated, several times slower than "
+        "fp32 (--precision auto picks fp32 here)"]
+    assert resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # native: nothing to say
+        assert resolve_precision("bf16", cpu) == "bf16"
 
 
 def test_bf16_autocast_keeps_fp32_weights():

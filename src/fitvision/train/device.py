@@ -15,6 +15,7 @@ import functools
 import os
 import sys
 import time
+import warnings
 
 import torch
 
@@ -63,6 +64,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise FitVisionError("precision fp16 needs a CUDA GPU (GradScaler); use bf16 or fp32 on the CPU")
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise FitVisionError("this GPU has no bf16 support; use --precision fp16 or fp32")
+    if precision == "bf16" and not cuda and not cpu_has_bf16():
+        # It still runs (emulated), so a warning: the run's numbers are right, only slow.
+        warnings.warn("this CPU has no native bf16 (AVX-512 BF16 or AMX): bf16 runs emulated, several "
+                      "times slower than fp32 (--precision auto picks fp32 here)")
     return precision
 
 
