@@ -53,7 +53,11 @@ def test_the_api_example_learns_and_exports_a_run_the_cli_accepts(learned, tmp_p
     assert learn.predict(image)["top"] == cli_pred["top"]
     run = fv.load(run_dir)
     both = run.predict([str(tmp_path / "a.png"), image])
-    assert [p["top"] for p in both] == [cli_pred["top"], cli_pred["top"]]
+    # a batch of two: fp32 kernels may pick another blocking for it than for one image (AVX2
+    # CPUs do), so the probabilities agree to rounding, the classes and their order exactly
+    for p in both:
+        assert [t["class"] for t in p["top"]] == [t["class"] for t in cli_pred["top"]]
+        assert [t["prob"] for t in p["top"]] == pytest.approx([t["prob"] for t in cli_pred["top"]], abs=1e-5)
     assert run.evaluate()["val_acc"] == summary["val_acc"]
 
 
