@@ -69,9 +69,11 @@ def test_newton_schulz_runs_in_fp32_on_a_cpu_without_native_bf16(monkeypatch):
     torch.manual_seed(0)
     m = torch.randn(48, 216)
     in_bf16 = orthogonalize(m)
+    assert torch.equal(in_bf16, orthogonalize(m, dtype=torch.bfloat16))
     monkeypatch.setattr(steppers, "cpu_has_bf16", lambda: False)
     assert newton_schulz_dtype(cpu) == torch.float32
     in_fp32 = orthogonalize(m)
+    assert torch.equal(in_fp32, orthogonalize(m, dtype=torch.float32))
     assert in_fp32.dtype == torch.float32 and not torch.equal(in_fp32, in_bf16)
     # the same direction up to bf16's rounding (8 mantissa bits, five iterations)
     assert (in_fp32 - in_bf16).abs().max() < 0.02

@@ -251,12 +251,14 @@ def newton_schulz_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type != "cpu" or cpu_has_bf16() else torch.float32
 
 
-def orthogonalize(m: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Approximately U V^T for m = U S V^T, by `steps` Newton-Schulz iterations in
-    ``newton_schulz_dtype`` (bf16 as torch.optim.Muon, where the hardware has it). m is 2-D; the
-    result has its shape and dtype."""
+def orthogonalize(
+    m: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Approximately U V^T for m = U S V^T, by `steps` Newton-Schulz iterations in `dtype`
+    (default ``newton_schulz_dtype``: bf16 as torch.optim.Muon, where the hardware has it). m is
+    2-D; the result has its shape and dtype."""
     a, b, c = NS_COEFFS
-    x = m.to(newton_schulz_dtype(m.device))
+    x = m.to(dtype or newton_schulz_dtype(m.device))
     wide = x.size(0) <= x.size(1)
     if not wide:  # iterate on the smaller Gram matrix
         x = x.T
