@@ -270,3 +270,22 @@ def test_setup_lines_show_muons_own_lr_for_the_filters(real_env):
     cfg = dataclasses.replace(cfg, opt="adam", lr=3e-3, sched="one_cycle")
     line = next(x for x in describe(build(cfg, progress=False)) if x.startswith("optimiser "))
     assert line.startswith("optimiser adam lr 0.003 (one_cycle), wd 0.0005 (l2)")
+
+
+
+def test_the_setup_says_why_auto_is_fp32_on_a_cpu_without_native_bf16(real_env, monkeypatch):
+    from fitvision.train import device, setup
+    from fitvision.train.setup import build, describe
+
+    def lines(native: bool, precision: str = "auto") -> list[str]:
+        for module in (device, setup):  # the precision's choice and the note's
+            monkeypatch.setattr(module, "cpu_has_bf16", lambda: native)
+        cfg = TrainConfig(data="cifar10", model="cnn", epochs=1, bs=50, train_limit=100, valid_limit=50,
+                          device="cpu", precision=precision)
+        return describe(build(cfg, progress=False))
+
+    note = "note      precision auto -> fp32: this CPU has no native bf16 (AVX-512 BF16 or AMX)"
+    without = lines(native=False)
+    assert note in without and any("precision fp32" in line for line in without)
+    assert note not in lines(native=True)  # auto is bf16 there
+    assert note not in lines(native=False, precision="fp32")  # asked for: nothing to explain

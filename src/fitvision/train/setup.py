@@ -19,7 +19,7 @@ from fitvision.config import TrainConfig, parse_model_options
 from fitvision.errors import FitVisionError, check_choice
 from fitvision.models.external import external_model, is_external
 from fitvision.train import distributed
-from fitvision.train.device import resolve_device, resolve_precision
+from fitvision.train.device import cpu_has_bf16, resolve_device, resolve_precision
 from fitvision.train.hooks import FreezeAfter, Hook
 from fitvision.train.imagedata import ImageData
 from fitvision.train.learner import CLIP_MODES, Learner
@@ -63,14 +63,23 @@ class Setup:
 
 def build(cfg: TrainConfig, hooks: list[Hook] | None = None, progress: bool = True) -> Setup:
     """Data, model and Learner for cfg; every random draw follows cfg.seed."""
+    asked = cfg.precision
     cfg = preflight(cfg)
     data = ImageData.from_config(cfg)
     model, meta, params, notes = build_model(cfg, data)
     if cfg.sync_bn and distributed.world().distributed:  # BatchNorm statistics over the global batch
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     learn = Learner.from_config(cfg, model, data.train_dl, data.valid_dl, hooks=hooks or [], progress=progress)
-    notes += stem_bias_hook(cfg, learn)
+    notes += stem_bias_hook(cfg, learn) + precision_note(asked, cfg)
     return Setup(cfg=cfg, data=data, learn=learn, meta=meta, params=params, notes=data.notes + notes)
+
+
+def precision_note(asked: str, cfg: TrainConfig) -> list[str]:
+    """Why "auto" gave fp32 on this CPU, where it gives bf16 on others (the same recipe runs
+    several times slower there, and a user comparing machines should see why)."""
+    if asked == "auto" and cfg.precision == "fp32" and cfg.device == "cpu" and not cpu_has_bf16():
+        return ["precision auto -> fp32: this CPU has no native bf16 (AVX-512 BF16 or AMX)"]
+    return []
 
 
 def build_model(cfg: TrainConfig, data: ImageData) -> tuple[nn.Module, dict[str, Any], int, list[str]]:
