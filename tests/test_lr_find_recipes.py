@@ -23,7 +23,7 @@ def test_default_recipe_suggests_what_the_sweep_without_lookahead_suggests():
     """The cpu recipe (what plain `fitvision lr-find` picks without a GPU) turns lookahead on.
     The sweep used to let it pull the weights back to their average every step, and suggested
     about 1e-6 where the same sweep without lookahead suggests about 1e-1."""
-    cfg, why = resolve_config(None, **SMALL, size=16)  # 16 px, 50 steps: a third of the time at 32 px and 100
+    cfg, why = resolve_config(None, **SMALL, size=16)  # 16 px, 50 steps: about half the time of 32 px and 100
     assert cfg.recipe == "cpu" and cfg.lookahead, why
     with_lookahead = build(cfg, progress=False).learn.lr_find(num_it=50)
     without = build(dataclasses.replace(cfg, lookahead=False), progress=False).learn.lr_find(num_it=50)

@@ -272,7 +272,6 @@ def test_setup_lines_show_muons_own_lr_for_the_filters(real_env):
     assert line.startswith("optimiser adam lr 0.003 (one_cycle), wd 0.0005 (l2)")
 
 
-
 def test_the_setup_says_why_auto_is_fp32_on_a_cpu_without_native_bf16(real_env, monkeypatch):
     from fitvision.train import device, setup
     from fitvision.train.setup import build, describe

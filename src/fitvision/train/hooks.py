@@ -39,6 +39,11 @@ class TrainState:
     def done(self) -> bool:
         return self.stop or self.step >= self.total_steps
 
+    @property
+    def batches_this_epoch(self) -> int:
+        """The epoch in progress's batch count: steps_per_epoch, or fewer when the loader selects."""
+        return self.epoch_steps or self.steps_per_epoch
+
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
 
@@ -128,7 +133,7 @@ class Progress(Hook):
 
     def on_batch_end(self, state: TrainState) -> None:
         ips = state.epoch_images / max(state.epoch_train_seconds, 1e-9)
-        steps = state.epoch_steps or state.steps_per_epoch  # this epoch's: fewer when the loader selects
+        steps = state.batches_this_epoch
         end = state.batch >= steps or state.done
         if self.bar_mode:
             self._update_bar(state, ips, end)
@@ -146,7 +151,7 @@ class Progress(Hook):
             from tqdm.auto import tqdm
 
             # tqdm's own remaining time is the epoch's; the postfix has the run's, the one that counts
-            self._bar = tqdm(total=state.epoch_steps or state.steps_per_epoch, initial=state.batch - 1,
+            self._bar = tqdm(total=state.batches_this_epoch, initial=state.batch - 1,
                              desc=self._where(state), leave=False, file=self.stream, dynamic_ncols=True, unit="batch",
                              mininterval=self.refresh, miniters=1,
                              bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
@@ -244,7 +249,7 @@ class Checkpointer(Hook):
         self.learner, self.path, self.every_batches = learner, Path(path), every_batches
 
     def on_batch_end(self, state: TrainState) -> None:
-        mid_epoch = 0 < state.batch < (state.epoch_steps or state.steps_per_epoch)
+        mid_epoch = 0 < state.batch < state.batches_this_epoch
         if self.every_batches and mid_epoch and state.step % self.every_batches == 0:
             self.learner.save_checkpoint(self.path)
 

@@ -40,7 +40,7 @@ class StopOnSignal(Hook):
 
     def on_batch_end(self, state: TrainState) -> None:
         # At an epoch's last batch, let the epoch end: its evaluation and checkpoint follow.
-        if self.signum is not None and state.batch < (state.epoch_steps or state.steps_per_epoch) and not state.done:
+        if self.signum is not None and state.batch < state.batches_this_epoch and not state.done:
             self.learner.save_checkpoint(self.path)
             self._stop(state)
 
