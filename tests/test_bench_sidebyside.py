@@ -42,3 +42,19 @@ def test_the_host_rate_is_a_positive_number_from_a_process_of_its_own():
     runlib = _load("runlib")
     rate = runlib.host_gflops()
     assert rate is not None and rate > 1.0
+
+
+def test_fp32_peers_get_the_flag_that_overrides_their_bf16_default_and_a_row_of_their_own():
+    sidebyside = _load("sidebyside")
+    assert sidebyside.peer_args("ab94", 2, "bf16")[1:] == ["ab94", "--seed", "2"]
+    assert sidebyside.peer_args("ab94", 2, "fp32")[1:] == ["ab94", "--seed", "2", "--dtype", "fp32"]
+    assert sidebyside.peer_args("muon", 2, "fp32")[1:] == ["muon", "--dtype", "fp32"]
+    ok = {"rc": 0, "load_before": 1.0, "seed": 0}
+    results = [
+        {"system": "fitvision", "recipe": "cpu", "test_acc": 0.91, "wall_seconds": 1000.0, **ok},
+        {"system": "ab94", "test_acc": 0.907, "wall_seconds": 1500.0, "dtype": "fp32", **ok},
+        {"system": "ab94", "test_acc": 0.906, "wall_seconds": 800.0, **ok},  # a bf16 run from before dtypes were kept
+    ]
+    out = sidebyside.table(results, "cpu")
+    assert "| airbench94 (fp32) | 90.70 | 1,500.0 | 1 (0) |" in out
+    assert "| airbench94 | 90.60 | 800.0 | 1 (0) |" in out
