@@ -494,12 +494,14 @@ def test_quiet_and_no_progress(capsys, tmp_path, monkeypatch):
     assert (tmp_path / "quiet" / "summary.json").is_file()
     log = (tmp_path / "quiet" / "train.log").read_text()  # the run's log has everything all the same
     assert re.search(r"\n\S+ \S+     2/2  ", log) and " done: val_acc" in log
+    assert re.match(r"\S+ \S+ recipe general\n", log)  # where the settings came from, the log's first line
     assert main([*base, "--no-progress", "--out", str(tmp_path / "plain")]) == 0
     plain = capsys.readouterr().out
     assert "2/2" not in plain and "done: val_acc" in plain and plain.startswith("recipe general")
     assert main([*base, "--out", str(tmp_path / "loud")]) == 0  # last: the library's verbosity back to info
     loud = capsys.readouterr().out
     assert "\n    2/2 " in loud and "done: val_acc" in loud and loud.startswith("recipe general")
+    assert loud.count("recipe general") == 1  # the terminal shows it once; the log has it too
     # config.json: "auto" asked, what this run resolved recorded
     config = json.loads((tmp_path / "loud" / "config.json").read_text())
     assert (config["device"], config["precision"]) == ("cpu", "bf16" if _bf16_fast() else "fp32")

@@ -141,4 +141,4 @@ def fit(recipe: str | None = None, data: str | None = None, config: str | Path |
 
     cfg, why = resolve_config(recipe, config, data=data, **settings)
     logger.info(why)  # train_run's setup runs the pre-flight checks before any work
-    return load(train_run(cfg, progress=progress))
+    return load(train_run(cfg, progress=progress, why=why))

@@ -135,9 +135,10 @@ def cmd_train(args) -> int:
         except FitVisionError as e:
             raise UsageError(str(e)) from None
         return launch(args.argv, nproc, args.nnodes, args.rdzv_endpoint)
+    why = f"resuming {args.out} with the settings in its config.json" if args.resume else why
     if os.environ.get("RANK", "0") == "0" and not args.quiet:  # under torchrun, rank 0 speaks for all
-        print(f"resuming {args.out} with the settings in its config.json" if args.resume else why)
-    train_run(cfg, progress=args.progress and not args.quiet)
+        print(why)
+    train_run(cfg, progress=args.progress and not args.quiet, why=why)
     return 0
 
 

@@ -17,7 +17,7 @@ import torch
 from fitvision.config import TrainConfig
 from fitvision.data.loader import fit_steps
 from fitvision.errors import FitVisionError, Terminated
-from fitvision.logs import logger, run_log
+from fitvision.logs import file_logger, logger, run_log
 from fitvision.optim.schedules import create_schedule
 from fitvision.train import checkpoint, distributed, rundir
 from fitvision.train.checkpoint import CHECKPOINT
@@ -31,27 +31,28 @@ from fitvision.train.tracking import Tracker, create_trackers
 from fitvision.train.transfer import fine_tune_phases
 
 
-def train_run(cfg: TrainConfig, progress: bool = True, hooks: Sequence[Hook] = ()) -> Path:
+def train_run(cfg: TrainConfig, progress: bool = True, hooks: Sequence[Hook] = (), why: str = "") -> Path:
     """Train as cfg says and write the run directory; returns its path.
 
     summary.json: train_seconds is the wall time of the epochs (training and per-epoch
     evaluation, not data loading or compile warm-up); train_images_per_second counts training
     time only. With --resume the run continues from checkpoint.pt exactly as it would have.
     ``progress``: the progress bar and the per-epoch lines. ``hooks``: more hooks, called after
-    the run's own (a search's pruner reads each epoch's row there).
+    the run's own (a search's pruner reads each epoch's row there). ``why``: the line that says
+    where the settings came from (resolve_config's), for train.log; the CLI shows it as it starts.
     """
     with distributed.joined(resolve_device(cfg.device).type) as world:  # under torchrun; else nothing
-        return _train(cfg, world, progress, hooks)
+        return _train(cfg, world, progress, hooks, why)
 
 
-def _train(cfg: TrainConfig, world: distributed.World, progress: bool, hooks: Sequence[Hook]) -> Path:
+def _train(cfg: TrainConfig, world: distributed.World, progress: bool, hooks: Sequence[Hook], why: str) -> Path:
     cfg, run_dir = _prepare(cfg, world)
     with contextlib.ExitStack() as log:  # RUN/train.log from when the run directory exists to the end
-        return _train_logged(cfg, run_dir, world, progress, hooks, log)
+        return _train_logged(cfg, run_dir, world, progress, hooks, log, why)
 
 
 def _train_logged(cfg: TrainConfig, run_dir: Path, world: distributed.World, progress: bool,
-                  hooks: Sequence[Hook], log: contextlib.ExitStack) -> Path:
+                  hooks: Sequence[Hook], log: contextlib.ExitStack, why: str) -> Path:
     from fitvision.report.html import write_report
 
     stop = StopOnSignal(None, run_dir / CHECKPOINT)
@@ -60,7 +61,7 @@ def _train_logged(cfg: TrainConfig, run_dir: Path, world: distributed.World, pro
         # the agent sends it to tear the group down when a peer dies: a checkpoint then needs the
         # dead peer, so the signal keeps its default there and a restart resumes the last one.
         with catch_sigterm(stop) if not world.distributed else contextlib.nullcontext():
-            s, trackers = _fit(cfg, run_dir, stop, progress, hooks, world, log)
+            s, trackers = _fit(cfg, run_dir, stop, progress, hooks, world, log, why)
     except Terminated as e:  # say how to go on (the CLI prints it on its one line)
         raise Terminated(f"{e}; {_how_to_go_on(run_dir)}", e.signum) from None
     except KeyboardInterrupt:  # Ctrl-C
@@ -129,7 +130,7 @@ def _how_to_go_on(run_dir: Path) -> str:
 
 
 def _fit(cfg: TrainConfig, run_dir: Path, stop: StopOnSignal, progress: bool, hooks: Sequence[Hook],
-         world: distributed.World, log: contextlib.ExitStack) -> tuple[Setup, list[Tracker]]:
+         world: distributed.World, log: contextlib.ExitStack, why: str) -> tuple[Setup, list[Tracker]]:
     """Build, make the run directory and fit; returns the Setup, its Learner trained, and the
     trackers (TensorBoard, MLflow) that still have the end of the run to record."""
     # a CPU shared with a busy process: fewer threads, chosen before any work (a resume keeps the
@@ -147,6 +148,8 @@ def _fit(cfg: TrainConfig, run_dir: Path, stop: StopOnSignal, progress: bool, ho
     if world.is_main:
         rundir.create(as_run, run_dir)
         log.enter_context(run_log(run_dir / rundir.LOG))
+        if why:  # the terminal showed it before the data loaded; the log had not begun then
+            file_logger.info(why)
     trackers = create_trackers(as_run, run_dir) if world.is_main else []
     log.push(_end_on_exit(trackers))
     learn, path = s.learn, run_dir / CHECKPOINT
