@@ -95,7 +95,8 @@ def test_train_log_is_the_terminals_lines_timestamped(run):
     assert all(stamp.match(line) for line in log), log
     printed = stdout.splitlines()
     assert [line[20:] for line in log] == printed[printed.index(log[0][20:]):]
-    assert log[0][20:].startswith("data      cifar10: 500 train / 200 valid") and log[-1][20:].startswith("done: ")
+    assert log[0][20:] == "recipe seed" and log[-1][20:].startswith("done: ")  # where the settings came from, first
+    assert log[1][20:].startswith("data      cifar10: 500 train / 200 valid")
 
 
 def test_preds_and_model_json_reproduce_the_evaluation(run, real_env):
