@@ -217,6 +217,7 @@ def test_bad_option_values(capsys, tmp_path, flags, message):
     ({"label_smoothing": 1.5}, "label_smoothing must be in [0, 1), got 1.5"),
     ({"opt": "adam", "beta2": 1.0}, "beta2 must be in [0, 1), got 1.0"),
     ({"opt": "sgd", "momentum": 1.5}, "momentum must be in [0, 1), got 1.5"),
+    ({"tta_confident": 1.5}, "tta_confident must be in [0, 1], got 1.5"),
     ({"sched": "exponential", "div_factor": 0}, "div_factor must be > 0, got 0.0"),
 ])
 def test_out_of_range_config_values_fail_before_any_work(capsys, tmp_path, config, message):

@@ -49,6 +49,27 @@ def test_eval_log_probs_averages_view_probabilities_with_their_weights():
         assert torch.allclose(no_tta, F.log_softmax(model(x), 1), atol=1e-6)
 
 
+def test_confident_images_keep_the_mirror_pair_and_only_the_others_get_the_shifted_views():
+    torch.manual_seed(0)
+    model = create_model("speednet", width=0.25).eval()
+    x = torch.randn(64, 3, 32, 32)
+    null = contextlib.nullcontext()
+    pair = eval_log_probs(model, x, True, null)  # the mirror pair alone (no shift)
+    full = eval_log_probs(model, x, True, null, shift=1)
+    top = pair.exp().max(1).values
+    threshold = float(top.median())  # half the images on each side
+    seen = []
+    counting = lambda v: seen.append(len(v)) or model(v)  # noqa: E731
+    gated = eval_log_probs(counting, x, True, null, shift=1, confident=threshold)
+    unsure = top < threshold
+    assert 0 < int(unsure.sum()) < len(x)
+    torch.testing.assert_close(gated[~unsure], pair[~unsure], rtol=0, atol=1e-6)
+    torch.testing.assert_close(gated[unsure], full[unsure], rtol=0, atol=1e-5)
+    assert seen == [64, 64] + [int(unsure.sum())] * 4  # the shifted views only for the unsure ones
+    assert torch.equal(eval_log_probs(model, x, True, null, shift=1, confident=0.0), full)  # 0: every image
+    assert torch.equal(eval_log_probs(model, x, True, null, confident=0.9), pair)  # no shift: nothing to gate
+
+
 def test_progressive_resize_grows_linearly_to_the_full_size():
     pipe = train_pipeline("crop_flip_alt", 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     grow = ProgressiveResize(pipe, start=16, epochs=8)

@@ -99,6 +99,8 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model (with a warm-up per input size)")
     tta: bool = _f(False, "flip test-time augmentation at evaluation")
     tta_shift: int = _f(0, "with tta: also views shifted diagonally by this many px (and mirrored); 0 = flip only")
+    tta_confident: float = _f(0.0, "with tta_shift: an image whose mirror pair gives its top class at least this "
+                                   "probability skips the shifted views; 0 = every image gets them")
     epoch_valid_limit: int = _f(0, "evaluate all but the last epoch on N evenly spaced validation images; 0 = all")
     train_acc_limit: int = _f(1000, "each epoch, accuracy on N evenly spaced training images, unaugmented and in "
                                     "eval mode: history's train_acc, the overfitting gap; 0 = off")
@@ -276,7 +278,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if not 0 <= getattr(cfg, name) < 1:
             raise FitVisionError(f"{name} must be in [0, 1), got {getattr(cfg, name)!r}")
     check_crop_pct(cfg.crop_pct)
-    for name in ("mix_prob", "mix_switch_prob", "hardest_frac"):
+    for name in ("mix_prob", "mix_switch_prob", "hardest_frac", "tta_confident"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise FitVisionError(f"{name} must be in [0, 1], got {getattr(cfg, name)!r}")
     if cfg.ema >= 1:

@@ -28,7 +28,7 @@ _GROUPS = {"data": "data", "model": "model", "epochs": "optimisation", "seed": "
 # fields would be read and ignored, so lr-find has no flags for them (asked, it says so).
 LR_FIND_UNUSED = frozenset({
     "epochs", "lr", "sched", "pct_start", "div_factor", "final_div_factor", "ema", "lookahead",
-    "stem_bias_epochs", "progressive_size", "progressive_epochs", "tta", "tta_shift",
+    "stem_bias_epochs", "progressive_size", "progressive_epochs", "tta", "tta_shift", "tta_confident",
     "epoch_valid_limit", "train_acc_limit", "crop_pct", "early_stop", "freeze_epochs", "resume", "checkpoint_every", "sync_bn",
     "tensorboard", "mlflow", "mixup", "cutmix", "mix_prob", "mix_switch_prob",
 })

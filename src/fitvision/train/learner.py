@@ -59,6 +59,7 @@ class LoopOptions:
     compile: bool | str = False  # True: torch.compile (inductor); a string names another backend
     tta: bool = False  # flip test-time augmentation for the last epoch's evaluation and predictions
     tta_shift: int = 0
+    tta_confident: float = 0.0  # with tta_shift: images the mirror pair is this sure of skip the shifted views
     epoch_valid_limit: int = 0  # evaluate all but the last epoch on N evenly spaced validation images
     accum: int = 1  # each step's batch in K forward/backward passes (equal chunks), then one update
 
@@ -315,8 +316,9 @@ class Learner:
     def get_log_preds(self, dl=None, tta: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-probabilities float32 (N, C), targets int64 (N,)) on the CPU, in loader order."""
         tta, dl = self.tta if tta is None else tta, dl or self.valid_dl
+        o = self.options
         log_probs, targets = collect_log_probs(self.model, self._eval_forward(), dl, tta, self.autocast(),
-                                               self.options.tta_shift, self.channels_last)
+                                               o.tta_shift, self.channels_last, o.tta_confident)
         if getattr(dl, "world_size", 1) > 1:  # a shard each (torchrun): every rank gets the whole, in order
             log_probs, targets = distributed.gather_interleaved(log_probs), distributed.gather_interleaved(targets)
         return log_probs, targets
@@ -354,9 +356,7 @@ class Learner:
         transform = self.eval_transform or (lambda b: b.float() / 255)
         batches = ((transform(x[i:i + batch_size].to(self.device)), torch.zeros(0))
                    for i in range(0, len(x), batch_size))
-        log_probs, _ = collect_log_probs(self.model, self._eval_forward(), batches, self.tta if tta is None else tta,
-                                         self.autocast(), self.options.tta_shift, self.channels_last)
-        return log_probs.exp()
+        return self.get_log_preds(batches, tta)[0].exp()
 
     # ----------------------------------------------------------------------- state, weights, freezing
     def save_checkpoint(self, path: str | Path) -> None:

@@ -172,7 +172,15 @@ def describe(s: Setup) -> list[str]:
     extras = [f"label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else "",
               f"biases at {cfg.bias_lr_mult:g}x lr" if cfg.bias_lr_mult != 1 else "",
               f"EMA {cfg.ema:g}" if cfg.ema else "", "lookahead" if cfg.lookahead else "",
-              ("flip + shifted-view" if cfg.tta_shift else "flip") + " TTA at the end" if cfg.tta else ""]
+              _tta_line(cfg) if cfg.tta else ""]
     if any(extras):
         lines.append("extras    " + ", ".join(e for e in extras if e))
     return lines + [f"note      {n}" for n in s.notes]
+
+
+def _tta_line(cfg: TrainConfig) -> str:
+    if not cfg.tta_shift:
+        return "flip TTA at the end"
+    unsure = (f" (shifted views only where the pair's top probability < {cfg.tta_confident:g})"
+              if cfg.tta_confident else "")
+    return f"flip + shifted-view TTA at the end{unsure}"
