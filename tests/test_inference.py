@@ -258,15 +258,17 @@ def test_evaluate_run_on_other_unsplit_data_warns_once(run, tmp_path, monkeypatc
     assert len(caught) == 1  # before the fix the data was loaded twice, and warned twice
 
 
-def test_eval_reproduces_train_runs_val_acc_exactly(folder, tmp_path, capsys):
-    """The acceptance check in small: `fitvision eval RUN` == summary.json, to the last bit."""
+@pytest.mark.parametrize("tta", [[], ["--tta", "--tta-shift", "1", "--tta-confident", "0.5"]])
+def test_eval_reproduces_train_runs_val_acc_exactly(folder, tmp_path, capsys, tta):
+    """The acceptance check in small: `fitvision eval RUN` == summary.json, to the last bit (also
+    with the TTA's shifted views gated by the mirror pair's confidence)."""
     pytest.importorskip("fitvision.train.run")
     from fitvision.cli import main
 
     out = tmp_path / "r"
     # valid_limit exercises train_run's seeded subset; bs 8 makes the eval batches (16) split the 18.
     assert main(["train", "--data", str(folder), "--model", "resnet9", "--width", "0.125", "--epochs", "1",
-                 "--bs", "8", "--valid-limit", "18", "--seed", "3", "--out", str(out)]) == 0
+                 "--bs", "8", "--valid-limit", "18", "--seed", "3", "--out", str(out)] + tta) == 0
     summary = json.loads((out / "summary.json").read_text())
     capsys.readouterr()
     assert main(["eval", str(out), "--json"]) == 0
@@ -313,3 +315,25 @@ def test_crop_pct_is_kept_in_the_run_and_used_by_eval(folder, tmp_path, capsys):
 def test_saved_weights_are_readable_like_the_runs_other_files(run):
     # safetensors writes its file 0600; the run's files are all 0644 (shared, copied, served)
     assert {(run.path / name).stat().st_mode & 0o777 for name in ("model.safetensors", "model.json")} == {0o644}
+
+
+def test_tta_gate_bench_counts_the_views_each_confidence_costs(run, tmp_path):
+    """bench/tta_gate.py: 0 is six views for every image, a confidence no pair reaches is six too
+    and the same scores, one every pair reaches is the mirror pair alone (two views)."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    gated = tmp_path / "gated"
+    shutil.copytree(run.path, gated)
+    cfg = json.loads((gated / "config.json").read_text())
+    (gated / "config.json").write_text(json.dumps({**cfg, "tta": True, "tta_shift": 1}))
+    path = Path(__file__).resolve().parents[1] / "bench" / "tta_gate.py"
+    spec = importlib.util.spec_from_file_location("bench_tta_gate", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = {row["confident"]: row for row in bench.gate_rows(str(gated), [0.0, 1.0, 1e-9])}
+    assert [rows[p]["views_per_image"] for p in (0.0, 1.0, 1e-9)] == [6.0, 6.0, 2.0]
+    assert (rows[1.0]["val_acc"], rows[1.0]["val_loss"]) == (rows[0.0]["val_acc"], rows[0.0]["val_loss"])
+    pair = inference.evaluate_run(inference.load_run(run.path), tta=True)  # tta_shift 0: the mirror pair
+    assert (rows[1e-9]["val_acc"], rows[1e-9]["val_loss"]) == (round(pair["val_acc"], 4), round(pair["val_loss"], 4))

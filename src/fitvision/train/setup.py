@@ -181,6 +181,6 @@ def describe(s: Setup) -> list[str]:
 def _tta_line(cfg: TrainConfig) -> str:
     if not cfg.tta_shift:
         return "flip TTA at the end"
-    unsure = (f" (shifted views only where the pair's top probability < {cfg.tta_confident:g})"
+    unsure = (f" (shifted views only where the mirror pair's top probability < {cfg.tta_confident:g})"
               if cfg.tta_confident else "")
     return f"flip + shifted-view TTA at the end{unsure}"
