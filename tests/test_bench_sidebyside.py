@@ -1,4 +1,5 @@
-"""bench/sidebyside.py's table: one row and one ratio per recipe, old results read as the default recipe."""
+"""bench/ scripts: sidebyside.py's table (one row and one ratio per recipe, old results read as the
+default recipe); conv_kernels.py's rows (every conv of a recipe, the gradients a step computes)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,21 @@ def test_fp32_peers_get_the_flag_that_overrides_their_bf16_default_and_a_row_of_
     out = sidebyside.table(results, "cpu")
     assert "| airbench94 (fp32) | 90.70 | 1,500.0 | 1 (0) |" in out
     assert "| airbench94 | 90.60 | 800.0 | 1 (0) |" in out
+
+
+def test_conv_kernels_times_every_conv_of_the_recipe_and_only_the_gradients_a_step_computes():
+    kernels = _load("conv_kernels")
+    table = kernels.conv_table("cpu", size=16, batch=64, precision="fp32", repeats=1)
+    rows = table["rows"]
+    # the cpu recipe's SpeedNet: the whitening stem, then 2 + 3 + 3 convs; a group's second and
+    # third convs see the same input and merge into one row
+    assert [r["count"] for r in rows] == [1, 1, 1, 1, 2, 1, 2]
+    stem, first = rows[0], rows[1]
+    assert (stem["weight"][2:], stem["input_grad_ms"], stem["weight_grad_ms"]) == ([2, 2], None, None)
+    assert all(r["input_grad_ms"] > 0 and r["weight_grad_ms"] > 0 for r in rows[1:])
+    c_out, c_in = first["weight"][:2]  # at the 2x2 stem's 15x15 output (16 px, no padding)
+    assert first["input"][1:] == first["output"][1:] == [15, 15]
+    assert first["gflop"] == round(2 * 64 * 15 * 15 * c_out * c_in * 9 / 1e9, 4)
+    assert abs(sum(r["share"] for r in rows) - 1) < 0.01
+    assert table["precision"] == "fp32" and table["batch"] == 64
+    assert kernels.markdown(table).count("\n") == len(rows) + 1
