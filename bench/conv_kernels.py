@@ -21,10 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runlib import cpu_model, host_gflops
+from runlib import cpu_model, host_gflops, recipe_model
 
-from fitvision.config import parse_model_options
-from fitvision.models import create_model
 from fitvision.recipes import RECIPES
 from fitvision.train.device import resolve_precision
 
@@ -34,8 +32,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def conv_shapes(recipe: str, size: int) -> list[dict]:
     """The recipe's convolutions in forward order, with the input each sees at ``size`` px; identical
     ones (same input, weight and geometry) merged into one row with a count."""
-    cfg = RECIPES[recipe]
-    model = create_model(cfg.model, num_classes=10, width=cfg.width, **parse_model_options(cfg.model_options))
+    model = recipe_model(recipe)
     seen: dict[tuple, dict] = {}
 
     def hook(name):

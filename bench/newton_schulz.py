@@ -18,13 +18,10 @@ import time
 
 import torch
 
-from runlib import cpu_model
+from runlib import cpu_model, recipe_model
 
-from fitvision.config import parse_model_options
-from fitvision.models import create_model
 from fitvision.models.groups import head_module
 from fitvision.optim.steppers import newton_schulz_dtype, orthogonalize
-from fitvision.recipes import RECIPES
 from fitvision.train.device import cpu_has_bf16
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -33,8 +30,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 def filter_banks(recipe: str) -> list[torch.Tensor]:
     """The matrices Muon orthogonalises for the recipe's model: the body's trainable tensors with
     ndim >= 2 (the head steps with SGD), each flattened to out x rest, random as gradients are."""
-    cfg = RECIPES[recipe]
-    model = create_model(cfg.model, num_classes=10, width=cfg.width, **parse_model_options(cfg.model_options))
+    model = recipe_model(recipe)
     head = {id(p) for p in head_module(model).parameters()}
     torch.manual_seed(0)
     return [torch.randn(len(p), p[0].numel()) for p in model.parameters()

@@ -89,3 +89,13 @@ def beside_busy_process(busy: bool = True):
     finally:
         hog.kill()
         hog.wait()
+
+
+def recipe_model(recipe: str):
+    """A named recipe's network for 10 classes, freshly initialised (no data-dependent init)."""
+    from fitvision.config import parse_model_options
+    from fitvision.models import create_model
+    from fitvision.recipes import RECIPES
+
+    cfg = RECIPES[recipe]
+    return create_model(cfg.model, num_classes=10, width=cfg.width, **parse_model_options(cfg.model_options))
