@@ -29,8 +29,11 @@ $(STAMP): pyproject.toml
 train: setup
 	$(BIN)/fitvision train $(ARGS)
 
+# The suite in one worker process per core (pytest-xdist), each test file whole in one worker so that
+# a module's fixtures (a trained model, a PostgreSQL server) are built once; TEST_WORKERS=0 runs it in one.
+TEST_WORKERS ?= auto
 test: setup
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # The documentation site into site/ (strict: a warning fails the build; tests/test_docs_site.py runs it in CI).
 docs: setup

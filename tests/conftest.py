@@ -21,6 +21,13 @@ def data_dir() -> Path:
 # how busy the CI machine happened to be (fitvision.train.device.share_cpu; its own test unsets it).
 os.environ.setdefault("FITVISION_CPU_THREADS", "fixed")
 
+# Under pytest-xdist (`make test`: one worker per core) each worker and the processes it starts
+# compute on one thread: two workers of two spinning OpenMP threads each on two cores would slow
+# both many times over. Tests that need a thread count set their own (and restore it).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
