@@ -407,3 +407,40 @@ def test_dangling_symlink_is_skipped_like_an_unreadable_image(tmp_path):
                                          r"\(FileNotFoundError: .*gone\.png'\)$"):
         ds = load_dataset(tmp_path / "data")
     assert len(ds.train_y) == 4
+
+
+def test_decode_workers_end_on_sigterm_whatever_handler_the_parent_has():
+    """Pool.terminate() ends its workers with SIGTERM, then waits for them. Forked workers inherit
+    the parent's Python SIGTERM handler, and fitvision's (train/preempt.py) is installed before the
+    data loads. With a handler that only records the signal (as that one does during a fit) and
+    the workers mid-task, terminate() never returned before the fix: each worker finished its task
+    and then waited on the task queue's lock, which terminate() holds. The workers now restore
+    the default action and die at once."""
+    import contextlib
+    import os
+    import signal
+    import threading
+    import time
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        pool = decode._pool(2)
+        assert pool.map(abs, [-1, -2]) == [1, 2]  # both workers up
+        busy = [pool.apply_async(time.sleep, (20,)) for _ in range(2)]  # one task each, mid-task at the end
+        time.sleep(1)
+        pids = [p.pid for p in pool._pool]
+        ender = threading.Thread(target=pool.terminate, daemon=True)
+        ender.start()
+        ender.join(30)
+        hung = ender.is_alive()
+        if hung:  # free the test run; the assertion below reports it
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            ender.join(30)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not hung, "Pool.terminate() hung: a decode worker outlived SIGTERM"
+    assert not any(r.ready() for r in busy)  # killed mid-task, not left to finish
+    assert seen == []  # the signal went to the workers, not to this process

@@ -225,10 +225,22 @@ def _chunks(stream, size: int):
         yield chunk
 
 
-def _ignore_ctrl_c() -> None:
-    """Decode workers leave Ctrl-C to the parent, which stops the pool and prints one line; a
-    worker interrupted itself would print its own traceback."""
+def _worker_signals() -> None:
+    """A decode worker's signals, set first thing in it. Ctrl-C is left to the parent, which stops
+    the pool and prints one line (a worker interrupted itself would print its own traceback).
+    SIGTERM gets its default action back: ``Pool.terminate`` ends the workers with it and then
+    waits for them. A forked worker inherits the parent's Python handlers, and fitvision's
+    preemption handler (train/preempt.py) is installed before the data loads; a Python handler
+    only runs between bytecodes, so a SIGTERM that lands just before the worker blocks on the task
+    queue's lock stays pending while it waits there for good, and the parent with it (seen once,
+    on leaving the pool after a decode inside ``fitvision train``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _pool(workers: int):
+    """A process pool of ``workers`` decode workers (fork on Linux, see _start_method)."""
+    return multiprocessing.get_context(_start_method()).Pool(workers, initializer=_worker_signals)
 
 
 def _decode_stream(stream, side: int, storage_size: int, resize_method: str, n: int, resize_filter: str = "bicubic"):
@@ -239,7 +251,7 @@ def _decode_stream(stream, side: int, storage_size: int, resize_method: str, n: 
         for chunk in _chunks(stream, CHUNK):
             yield _decode_chunk(chunk, side, storage_size, resize_method, resize_filter)
         return
-    with multiprocessing.get_context(_start_method()).Pool(workers, initializer=_ignore_ctrl_c) as pool:
+    with _pool(workers) as pool:
         pending: deque = deque()
         for chunk in _chunks(stream, CHUNK):
             pending.append(pool.apply_async(_decode_chunk, (chunk, side, storage_size, resize_method, resize_filter)))
