@@ -4,7 +4,6 @@ cheap intermediate evaluations, and bench/speed.py's bookkeeping."""
 import contextlib
 import importlib.util
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -257,10 +256,7 @@ def test_speed_recipes_learn_real_cifar(data_dir, tmp_path, recipe):
     from fitvision.recipes import resolve_recipe
     from fitvision.train.run import train_run
 
-    # A real network, not a tiny tensor: two threads when the suite runs alone; under xdist the
-    # worker's one (conftest), as a second spinning thread beside the other worker slows both
-    # (this test took 124.6 s so, 65.4 s alone). The one_thread fixture restores it.
-    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+    torch.set_num_threads(2)  # the one_thread fixture restores it; a real network, not a tiny tensor
     cfg, _ = resolve_recipe(recipe, data="cifar10")
     cfg = replace(cfg, device="cpu", epochs=4, bs=200, train_limit=2000, valid_limit=500,
                   progressive_epochs=2 if cfg.progressive_size else 0, stem_bias_epochs=1, epoch_valid_limit=0,
